@@ -1,0 +1,127 @@
+"""Input/output geometry of the two U-Nets, as pure functions.
+
+UNetOriginal uses valid (unpadded) 3x3 convolutions, as in Ronneberger et al. 2015: each of the
+four encoder levels loses 4 pixels to its two convolutions and halves at the max-pool, the
+bottom loses 4 more, and each decoder level doubles and loses 4 again. Its output is therefore the
+centre of its input, 184 pixels smaller (a 92-pixel border on every side): 572 -> 388.
+
+To predict the *whole* image, the paper's overlap-tile strategy is used: the image is resized to
+the output size and mirror-padded by the 92-pixel border, so the 388x388 output lines up pixel
+for pixel with the resized image (and with the mask resized to the same size).
+
+UNet1024 uses padded convolutions and six 2x2 pools: output size = input size, and each side
+must be divisible by 64.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import NamedTuple
+
+from carvana.errors import ConfigError
+
+UNET_ORIGINAL = "unet_original"
+UNET1024 = "unet1024"
+MODEL_NAMES = (UNET_ORIGINAL, UNET1024)
+
+ORIGINAL_DEPTH = 4  # max-pools in the paper's U-Net
+ORIGINAL_BORDER = 92  # (input - output) / 2 for depth 4 with two valid 3x3 convs per level
+UNET1024_DIVISOR = 64  # 2 ** 6 max-pools
+
+
+class Size(NamedTuple):
+    """An image size. Written WxH everywhere users see it (1918x1280), like the photos."""
+
+    width: int
+    height: int
+
+    def __str__(self) -> str:
+        return f"{self.width}x{self.height}"
+
+    @classmethod
+    def parse(cls, text: str) -> "Size":
+        """Parse '572', '572x572' or '384x256' (width x height)."""
+        parts = text.lower().replace("×", "x").split("x")
+        try:
+            if len(parts) == 1:
+                side = int(parts[0])
+                return cls(side, side)
+            if len(parts) == 2:
+                return cls(int(parts[0]), int(parts[1]))
+        except ValueError:
+            pass
+        raise ConfigError(f"input size {text!r}: expected WIDTHxHEIGHT, e.g. 384x256, or one number for a square")
+
+
+def original_output_side(input_side: int, depth: int = ORIGINAL_DEPTH) -> int | None:
+    """Output side of the valid-convolution U-Net for one input side, or None if it cannot take it."""
+    side = input_side
+    for _ in range(depth):
+        side -= 4
+        if side <= 0 or side % 2:
+            return None
+        side //= 2
+    side -= 4  # bottom block
+    if side <= 0:
+        return None
+    for _ in range(depth):
+        side = side * 2 - 4
+        if side <= 0:
+            return None
+    return side
+
+
+def original_valid_input_sides(lo: int, hi: int, depth: int = ORIGINAL_DEPTH) -> list[int]:
+    """All input sides in [lo, hi] that the valid-convolution U-Net can take."""
+    return [s for s in range(lo, hi + 1) if original_output_side(s, depth) is not None]
+
+
+def original_input_side_for_output(output_side: int, depth: int = ORIGINAL_DEPTH) -> int | None:
+    """The input side whose output is exactly `output_side`, or None if no input gives it."""
+    smallest = next(s for s in range(1, 1 << 12) if original_output_side(s, depth) is not None)
+    side = output_side + smallest - original_output_side(smallest, depth)
+    return side if original_output_side(side, depth) == output_side else None
+
+
+def _nearest_valid(side: int, depth: int = ORIGINAL_DEPTH) -> str:
+    valid = original_valid_input_sides(max(1, side - 16), side + 16, depth)
+    return ", ".join(map(str, valid)) or "none nearby"
+
+
+@dataclass(frozen=True)
+class Geometry:
+    """How images map onto a model: what size goes in, what comes out, and the border between."""
+
+    model: str
+    input_size: Size
+    output_size: Size
+    border: int  # pixels of mirror padding on each side (0 for same-size nets)
+
+    @property
+    def covered_size(self) -> Size:
+        """The size an image (and its mask) is resized to; the output covers exactly this."""
+        return self.output_size
+
+
+def model_geometry(model: str, input_size: Size, depth: int = ORIGINAL_DEPTH) -> Geometry:
+    """Geometry of `model` at `input_size`; raises ConfigError with valid sizes when it can't work."""
+    if model == UNET_ORIGINAL:
+        out = []
+        for side in input_size:
+            o = original_output_side(side, depth)
+            if o is None:
+                raise ConfigError(
+                    f"input size {input_size}: {model} cannot take a side of {side} "
+                    f"(valid sides nearby: {_nearest_valid(side, depth)}; sides are 16k+124, e.g. 572)"
+                )
+            out.append(o)
+        output = Size(*out)
+        return Geometry(model, input_size, output, (input_size.width - output.width) // 2)
+    if model == UNET1024:
+        for side in input_size:
+            if side <= 0 or side % UNET1024_DIVISOR:
+                raise ConfigError(
+                    f"input size {input_size}: {model} needs sides divisible by {UNET1024_DIVISOR} "
+                    f"({side} is not; e.g. 1024x1024, 1536x1024, 384x256)"
+                )
+        return Geometry(model, input_size, input_size, 0)
+    raise ConfigError(f"model {model!r}: unknown (choose from {', '.join(MODEL_NAMES)})")

@@ -1,0 +1,77 @@
+"""The callback interface: named hooks that receive an explicit state object.
+
+`CarvanaClassifier.train` calls the training hooks with a `TrainState`; `predict` calls the
+prediction hooks with a `PredictState`. A callback overrides only the hooks it needs.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from carvana.config import Config
+from carvana.geometry import Geometry
+
+
+@dataclass
+class ValidationPreview:
+    """A few validation examples from the last epoch, at the model's covered size, on the CPU."""
+
+    images: torch.Tensor  # (N, 3, H, W) float, de-normalised to [0, 1]
+    masks: torch.Tensor  # (N, H, W) float 0/1
+    probabilities: torch.Tensor  # (N, H, W) float in [0, 1]
+
+
+@dataclass
+class TrainState:
+    config: Config
+    run_name: str
+    model: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: Any  # a torch LR scheduler or None
+    scaler: Any  # torch.amp.GradScaler or None
+    device: torch.device
+    epochs: int  # the epoch the run ends at (absolute, counting resumed epochs)
+    epoch: int = 0  # last completed epoch, 1-based; 0 before the first ends
+    global_step: int = 0  # optimiser steps taken so far, over the whole run
+    metrics: dict[str, float] = field(default_factory=dict)  # this epoch: train_loss, val_dice, lr, ...
+    best_score: float | None = None  # best value of the checkpoint's monitored metric so far
+    stop_training: bool = False  # set by a callback (early stopping) to end after this epoch
+    preview: ValidationPreview | None = None
+
+
+@dataclass
+class PredictState:
+    config: Config
+    model: torch.nn.Module
+    geometry: Geometry
+    total: int  # images to predict
+    done: int = 0  # images predicted so far, the current batch included
+    names: list[str] = field(default_factory=list)  # current batch: file names (e.g. 0004d4463b50_01.jpg)
+    probabilities: torch.Tensor | None = None  # current batch: (B, H, W) float32 in [0, 1] on the CPU
+
+
+class Callback:
+    """Base class: every hook does nothing."""
+
+    def on_train_begin(self, state: TrainState) -> None:
+        pass
+
+    def on_epoch_end(self, state: TrainState) -> None:
+        pass
+
+    def on_train_end(self, state: TrainState) -> None:
+        pass
+
+    def on_train_interrupted(self, state: TrainState) -> None:
+        """Training stopped early by Ctrl-C or a diverged loss; `state.epoch` is the last complete epoch."""
+
+    def on_predict_begin(self, state: PredictState) -> None:
+        pass
+
+    def on_predict_batch_end(self, state: PredictState) -> None:
+        pass
+
+    def on_predict_end(self, state: PredictState) -> None:
+        pass

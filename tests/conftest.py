@@ -1,0 +1,31 @@
+"""Shared test setup: small, deterministic and quiet on a 2-core CPU box."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+# Keep torch from oversubscribing the two cores when tests run subprocesses beside it.
+os.environ.setdefault("OMP_NUM_THREADS", "2")
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+REAL_TEST_PHOTOS = REPO_ROOT.parent / "shared" / "fixtures" / "carvana-real" / "test"
+
+try:
+    from hypothesis import HealthCheck, settings
+
+    settings.register_profile(
+        "ci", deadline=None, max_examples=60, suppress_health_check=[HealthCheck.too_slow]
+    )
+    settings.load_profile("ci")
+except ImportError:  # hypothesis is a test dependency; tests that use it import it themselves
+    pass
+
+
+@pytest.fixture(autouse=True)
+def _no_real_kaggle_credentials(monkeypatch, tmp_path_factory):
+    """Tests never see the developer's real Kaggle credentials or config folder."""
+    for name in ("KAGGLE_USERNAME", "KAGGLE_KEY", "KAGGLE_API_TOKEN", "KAGGLE_CONFIG_DIR"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("KAGGLE_CONFIG_DIR", str(tmp_path_factory.mktemp("kaggle-config")))
