@@ -31,6 +31,8 @@ def atomic_path(target: str | Path) -> Iterator[Path]:
         fd, tmp_name = tempfile.mkstemp(prefix=TEMP_PREFIX + target.name + ".", dir=target.parent)
     except OSError as e:
         raise CarvanaError(f"{target.parent}: cannot write here ({e.strerror or e})") from None
+    # mkstemp creates 0600 files; give the result the permissions a plain open() would have.
+    os.fchmod(fd, 0o666 & ~_umask())
     os.close(fd)
     tmp = Path(tmp_name)
     try:
@@ -52,6 +54,12 @@ def atomic_write_bytes(target: str | Path, data: bytes) -> None:
 
 def atomic_write_text(target: str | Path, text: str) -> None:
     atomic_write_bytes(target, text.encode("utf-8"))
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def _fsync(path: Path) -> None:

@@ -6,6 +6,7 @@ prediction hooks with a `PredictState`. A callback overrides only the hooks it n
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -39,6 +40,11 @@ class TrainState:
     best_score: float | None = None  # best value of the checkpoint's monitored metric so far
     stop_training: bool = False  # set by a callback (early stopping) to end after this epoch
     preview: ValidationPreview | None = None
+    # Added for resuming and interruptions:
+    history: list[dict[str, float]] = field(default_factory=list)  # `metrics` of every completed epoch, in order
+    mid_epoch: bool = False  # True once the weights have moved past the end of `epoch` (an epoch is running)
+    last_checkpoint: Path | None = None  # the newest checkpoint this run can be resumed from
+    last_checkpoint_epoch: int = 0  # the epoch that checkpoint holds
 
 
 @dataclass
@@ -75,3 +81,6 @@ class Callback:
 
     def on_predict_end(self, state: PredictState) -> None:
         pass
+
+    def on_predict_interrupted(self, state: PredictState) -> None:
+        """Prediction stopped early (Ctrl-C or an error); `on_predict_end` will not be called."""

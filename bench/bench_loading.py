@@ -1,0 +1,115 @@
+"""Training data loading: images/s the training loader delivers, ours vs the seed's way, same run.
+
+Input: the 32 real 1918x1280 Kaggle JPEGs with synthetic palette-GIF masks (bench/fixtures.py).
+For each preset's geometry (cpu 192x128, unet1024 1024x1024, unet_original 388 covered -> 572 input):
+- seed's way (reference written here): PIL `Image.open`, PIL LANCZOS (antialiased) resize of the
+  photo to the network input and of the mask to the network output, `np.asarray(...) / 255` as
+  float32 -> torch tensor, DataLoader with `num_workers=0`;
+- ours: `make_train_loader` (OpenCV decode with libjpeg's reduced-size decode, INTER_AREA resize,
+  uint8 -> normalised float in one multiply-add), with 0 workers (same single process as the
+  seed), with 0 workers plus augmentation, and with 2 workers (the presets' default).
+Every way is timed over whole passes of the loader (batches of the preset's batch size).
+Target: ours (0 workers, no augmentation) >= 2x the seed's images/s.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from bench.common import print_table, record  # noqa: E402
+from bench.fixtures import PHOTO_SIZE, make_train_folder  # noqa: E402
+from carvana.config import preset  # noqa: E402
+from carvana.data.augment import Augmenter  # noqa: E402
+from carvana.data.datasets import make_train_loader  # noqa: E402
+from carvana.data.layout import CarvanaData  # noqa: E402
+from carvana.geometry import Geometry, model_geometry  # noqa: E402
+
+TARGET_SPEEDUP = 2.0
+PRESETS = ("cpu", "unet1024", "unet_original")
+
+
+class SeedWayDataset(Dataset):
+    """The seed's loading, as a reference: PIL decode, LANCZOS resize, float / 255 tensors."""
+
+    def __init__(self, image_paths: list[Path], mask_paths: list[Path], geometry: Geometry):
+        self.image_paths, self.mask_paths, self.geometry = image_paths, mask_paths, geometry
+
+    def __len__(self) -> int:
+        return len(self.image_paths)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        from PIL import Image
+
+        image = Image.open(self.image_paths[index]).resize(tuple(self.geometry.input_size), Image.LANCZOS)
+        mask = Image.open(self.mask_paths[index]).resize(tuple(self.geometry.output_size), Image.LANCZOS)
+        image_array = np.asarray(image.convert("RGB"), dtype=np.float32) / 255.0
+        mask_array = np.asarray(mask.convert("L"), dtype=np.float32) / 255.0
+        return (torch.from_numpy(image_array.transpose(2, 0, 1).copy()),
+                torch.from_numpy((mask_array > 0.5).astype(np.float32)).unsqueeze(0))
+
+
+def _images_per_s(loader, repeat: int) -> float:
+    """Best images/s over `repeat` full passes (after one warm-up pass that also starts workers)."""
+    count = sum(images.shape[0] for images, _ in loader)
+    best = float("inf")
+    for _ in range(repeat):
+        start = time.perf_counter()
+        for images, masks in loader:
+            pass
+        best = min(best, time.perf_counter() - start)
+    return count / best
+
+
+def main(quick: bool = False) -> dict:
+    repeat = 1 if quick else 2
+    figures: dict = {"target_speedup": TARGET_SPEEDUP}
+    table = []
+    with tempfile.TemporaryDirectory(prefix="bench-loading-") as tmp:
+        images, masks = make_train_folder(Path(tmp))
+        if quick:
+            images, masks = images[:16], masks[:16]
+        names = [p.name for p in images]
+        data = CarvanaData(data_dir=Path(tmp), image_size=PHOTO_SIZE, train_dir=images[0].parent,
+                           masks_dir=masks[0].parent, train_names=names)
+        figures["images"] = len(names)
+        for name in PRESETS:
+            config = preset(name)
+            geometry = model_geometry(config.model, config.input_size)
+            batch = config.batch_size
+            seed_loader = DataLoader(SeedWayDataset(images, masks, geometry), batch_size=batch, num_workers=0)
+            ours = {
+                "ours_0w": make_train_loader(data, names, geometry, batch_size=batch, workers=0, pin_memory=False),
+                "ours_0w_augment": make_train_loader(data, names, geometry, batch_size=batch, workers=0,
+                                                     augment=Augmenter(), pin_memory=False),
+                "ours_2w": make_train_loader(data, names, geometry, batch_size=batch, workers=2, pin_memory=False),
+            }
+            rates = {"seed_0w": _images_per_s(seed_loader, repeat)}
+            rates.update({label: _images_per_s(loader, repeat) for label, loader in ours.items()})
+            del ours  # stops the persistent workers
+            for label, rate in rates.items():
+                figures[f"{name}_{label}_images_per_s"] = rate
+                table.append([name, f"{geometry.input_size}", label, rate, rate / rates["seed_0w"]])
+            figures[f"{name}_speedup_0w"] = rates["ours_0w"] / rates["seed_0w"]
+            figures[f"{name}_pass"] = figures[f"{name}_speedup_0w"] >= TARGET_SPEEDUP
+    print_table(
+        f"Training loader, {figures['images']} real {PHOTO_SIZE} JPEGs + GIF masks (images/s, higher is better; "
+        f"target ours_0w >= {TARGET_SPEEDUP:g}x seed)",
+        ["preset", "input", "way", "images/s", "x seed"], table,
+    )
+    record("training_loading", figures)
+    return figures
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="16 photos, one timed pass")
+    main(parser.parse_args().quick)

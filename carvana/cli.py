@@ -1,0 +1,277 @@
+"""Command line: `python main.py [run]` does the whole job; subcommands run one stage each.
+
+Every stage is a function in `carvana.pipeline`; this module only parses flags into a `Config`,
+calls the stage and turns the errors a user can act on into one line and an exit code.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Sequence
+
+from carvana.config import AMP_MODES, OPTIMIZERS, PRESETS, SCHEDULERS, Config, preset
+from carvana.errors import CarvanaError
+from carvana.geometry import MODEL_NAMES, Size
+
+EXIT_INTERRUPTED = 130  # the shell's code for a process ended by Ctrl-C
+
+DESCRIPTION = """\
+Carvana Image Masking Challenge, end to end.
+
+With no subcommand, runs the whole pipeline: get the data (Kaggle, or the built-in sample dataset
+when there are no credentials), split it by car, train a U-Net with TensorBoard logging and
+checkpoints, score the best model on the validation cars at full resolution, predict the test set
+into output/submit.csv.gz and validate that file.
+"""
+
+EPILOG = """\
+Each subcommand has its own --help, e.g.  python main.py predict --help
+Watch training:  tensorboard --logdir ./logs
+"""
+
+SUBCOMMANDS = ("run", "fetch", "train", "predict", "validate", "score", "submit")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or (argv[0] not in SUBCOMMANDS and argv[0] not in ("-h", "--help")):
+        argv.insert(0, "run")
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.handler(args)
+    except CarvanaError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return e.exit_code  # 130 for a Ctrl-C during training, after last.pt was saved
+    except KeyboardInterrupt:
+        print("\ninterrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+
+
+# --------------------------------------------------------------------------- parser
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="main.py",
+        description=DESCRIPTION,
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    run = sub.add_parser("run", help="the whole pipeline (the default)", description=DESCRIPTION,
+                         formatter_class=argparse.RawDescriptionHelpFormatter)
+    _add_data_flags(run)
+    _add_training_flags(run)
+    _add_prediction_flags(run)
+    run.set_defaults(handler=_run)
+
+    fetch = sub.add_parser("fetch", help="get the data", description=(
+        "Get the Carvana data into the data dir: download it from Kaggle (per file, resumable), or "
+        "write the built-in sample dataset. A second run with complete data does nothing."))
+    _add_data_flags(fetch)
+    fetch.set_defaults(handler=_fetch)
+
+    train = sub.add_parser("train", help="train and score on the validation cars", description=(
+        "Get the data if needed, split it by car, train with TensorBoard logs and checkpoints, then "
+        "score the best checkpoint on the validation cars at full resolution."))
+    _add_data_flags(train)
+    _add_training_flags(train)
+    _add_prediction_flags(train)
+    train.set_defaults(handler=_train)
+
+    predict = sub.add_parser("predict", help="predict the test set into a submission", description=(
+        "Predict every test image listed in sample_submission.csv with a checkpoint, stream the RLE "
+        "rows into the submission file (written atomically), then validate it."))
+    predict.add_argument("--checkpoint", type=Path, default=None,
+                         help="checkpoint to predict with (default: best.pt of the latest run)")
+    predict.add_argument("--data-dir", type=Path, default=None, help="data dir with test/ and sample_submission.csv")
+    predict.add_argument("--output-dir", type=Path, default=None, help="where submit.csv.gz goes (default: output)")
+    predict.add_argument("--submission", type=Path, default=None, help="submission path (default: OUTPUT/submit.csv.gz)")
+    predict.add_argument("--batch-size", type=int, default=None)
+    predict.add_argument("--workers", type=int, default=None, help="data-loading worker processes")
+    predict.add_argument("--device", default=None, help="auto, cpu, cuda, cuda:1, ...")
+    predict.add_argument("--amp", choices=AMP_MODES, default=None, help="mixed precision")
+    _add_prediction_flags(predict)
+    predict.set_defaults(handler=_predict)
+
+    validate = sub.add_parser("validate", help="check a submission file", description=(
+        "Check a submission the way Kaggle will: readable gzip/CSV, header img,rle_mask, every id of "
+        "sample_submission.csv exactly once, well-formed RLE inside the image. Exit 1 if not."))
+    validate.add_argument("file", type=Path)
+    validate.add_argument("--sample-submission", type=Path, default=None,
+                          help="the ids to expect (default: DATA_DIR/sample_submission.csv)")
+    validate.add_argument("--data-dir", type=Path, default=Path("input"))
+    validate.add_argument("--image-size", type=Size.parse, default=None,
+                          help="WxH of the images (default: 1918x1280, or read from the data dir)")
+    validate.set_defaults(handler=_validate)
+
+    score = sub.add_parser("score", help="mean Dice of a submission against known masks", description=(
+        "The competition metric: mean over the ids in the truth CSV (train_masks.csv format) of the "
+        "per-image Dice at full resolution."))
+    score.add_argument("file", type=Path)
+    score.add_argument("--truth", type=Path, required=True, help="CSV with img,rle_mask (e.g. train_masks.csv)")
+    score.add_argument("--image-size", type=Size.parse, default=Size(1918, 1280), help="WxH (default 1918x1280)")
+    score.set_defaults(handler=_score)
+
+    submit = sub.add_parser("submit", help="upload a submission to Kaggle", description=(
+        "Validate, upload with the Kaggle API, then wait for Kaggle to score it and print the "
+        "public/private score or Kaggle's error description."))
+    submit.add_argument("file", type=Path)
+    submit.add_argument("-m", "--message", required=True, help="submission description shown on Kaggle")
+    submit.add_argument("--data-dir", type=Path, default=Path("input"),
+                        help="data dir whose sample_submission.csv is used to validate first")
+    submit.add_argument("--no-validate", action="store_true", help="upload without validating first")
+    submit.add_argument("--timeout", type=float, default=600.0, help="seconds to wait for the score")
+    submit.set_defaults(handler=_submit)
+    return parser
+
+
+def _add_data_flags(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("data")
+    g.add_argument("--dataset", choices=("auto", "kaggle", "sample"), default="auto", help=(
+        "auto: the data dir's Carvana data if present, else download when Kaggle credentials are "
+        "configured, else the built-in sample dataset (default); kaggle / sample: force one"))
+    g.add_argument("--data-dir", type=Path, default=None, help="Kaggle layout data dir (default: input)")
+    g.add_argument("--high-quality", action="store_true", help="download train_hq/test_hq instead of train/test")
+    g.add_argument("--train-only", action="store_true", help="download the training files only (no test set)")
+    g.add_argument("--sample-cars", type=int, default=None, help="cars in the built-in sample's training set")
+    g.add_argument("--sample-image-size", type=Size.parse, default=None,
+                   help="WxH of the built-in sample's photos (default 1918x1280, like Kaggle's)")
+
+
+def _add_training_flags(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("training (flags override the preset)")
+    g.add_argument("--preset", choices=tuple(PRESETS), default=None,
+                   help="unet_original, unet1024, or cpu (default: unet1024 with CUDA, cpu without)")
+    g.add_argument("--model", choices=MODEL_NAMES, default=None)
+    g.add_argument("--input-size", type=Size.parse, default=None, help="model input WxH, e.g. 572 or 384x256")
+    g.add_argument("--width", type=float, default=None, help="channel multiplier (1 = the paper's widths)")
+    g.add_argument("--epochs", type=int, default=None)
+    g.add_argument("--batch-size", type=int, default=None)
+    g.add_argument("--lr", type=float, default=None, help="learning rate")
+    g.add_argument("--optimizer", choices=OPTIMIZERS, default=None)
+    g.add_argument("--scheduler", choices=SCHEDULERS, default=None)
+    g.add_argument("--grad-clip", type=float, default=None, help="max gradient norm")
+    g.add_argument("--patience", type=int, default=None, dest="early_stopping_patience",
+                   help="stop after this many epochs without a better validation Dice")
+    g.add_argument("--validation-size", type=float, default=None, help="fraction of cars held out (0.2)")
+    g.add_argument("--sample-size", type=float, default=None, help="fraction of the cars to use (1.0)")
+    g.add_argument("--no-augment", action="store_true", help="train without augmentation")
+    g.add_argument("--seed", type=int, default=None)
+    g.add_argument("--workers", type=int, default=None, help="data-loading worker processes")
+    g.add_argument("--device", default=None, help="auto, cpu, cuda, cuda:1, ...")
+    g.add_argument("--amp", choices=AMP_MODES, default=None,
+                   help="mixed precision: auto (bf16/fp16 on CUDA, bf16 on CPUs that have it), off, fp16, bf16")
+    g.add_argument("--no-channels-last", action="store_true", help="keep NCHW memory format")
+    g.add_argument("--output-dir", type=Path, default=None, help="models and submission (default: output)")
+    g.add_argument("--log-dir", type=Path, default=None, help="TensorBoard logs (default: logs)")
+    g.add_argument("--run-name", default=None, help="name of the run's log and checkpoint folders")
+    g.add_argument("--resume", default=None, metavar="PATH",
+                   help="continue a run from its checkpoint (a last.pt, or 'last' for the latest run's)")
+
+
+def _add_prediction_flags(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("prediction")
+    g.add_argument("--threshold", type=float, default=None, help="probability threshold (0.5)")
+    g.add_argument("--tta", action="store_true", default=None, help="average with the horizontally flipped image")
+
+
+def config_from_args(args: argparse.Namespace, base: Config | None = None) -> Config:
+    """The preset (or `base`) with every flag that was given applied on top."""
+    if base is None:
+        base = preset(args.preset or _default_preset_name())
+    flags = vars(args)
+    changes = {name: flags.get(name) for name in (
+        "model", "input_size", "width", "epochs", "batch_size", "lr", "optimizer", "scheduler", "grad_clip",
+        "early_stopping_patience", "validation_size", "sample_size", "seed", "workers", "device", "amp",
+        "data_dir", "output_dir", "log_dir", "run_name", "threshold", "tta")}
+    if flags.get("no_augment"):
+        changes["augment"] = False
+    if flags.get("no_channels_last"):
+        changes["channels_last"] = False
+    if changes.get("model") and not changes.get("input_size") and changes["model"] != base.model:
+        # A different model than the preset's: take that model's own preset size as well.
+        changes["input_size"] = preset(changes["model"]).input_size
+    return base.replace(**changes)
+
+
+def _default_preset_name() -> str:
+    import torch
+
+    return "unet1024" if torch.cuda.is_available() else "cpu"
+
+
+# --------------------------------------------------------------------------- handlers
+
+
+def _run(args: argparse.Namespace) -> int:
+    from carvana import pipeline
+
+    pipeline.run_all(config_from_args(args), _data_options(args), args.resume)
+    return 0
+
+
+def _train(args: argparse.Namespace) -> int:
+    from carvana import pipeline
+
+    pipeline.run_training(config_from_args(args), _data_options(args), args.resume)
+    return 0
+
+
+def _fetch(args: argparse.Namespace) -> int:
+    from carvana import pipeline
+
+    data_dir = args.data_dir or Path("input")
+    pipeline.get_data(data_dir, _data_options(args), announce=True)
+    return 0
+
+
+def _predict(args: argparse.Namespace) -> int:
+    from carvana import pipeline
+
+    pipeline.run_prediction(
+        checkpoint=args.checkpoint,
+        overrides={k: getattr(args, k) for k in ("data_dir", "output_dir", "batch_size", "workers", "device",
+                                                  "amp", "threshold", "tta")},
+        submission=args.submission,
+    )
+    return 0
+
+
+def _validate(args: argparse.Namespace) -> int:
+    from carvana import pipeline
+
+    pipeline.validate_file(args.file, args.sample_submission or args.data_dir / "sample_submission.csv",
+                           image_size=args.image_size, data_dir=args.data_dir)
+    return 0
+
+
+def _score(args: argparse.Namespace) -> int:
+    from carvana import pipeline
+
+    pipeline.score_file(args.file, args.truth, args.image_size)
+    return 0
+
+
+def _submit(args: argparse.Namespace) -> int:
+    from carvana import pipeline
+
+    pipeline.submit_file(args.file, args.message, data_dir=args.data_dir, validate=not args.no_validate,
+                         timeout=args.timeout)
+    return 0
+
+
+def _data_options(args: argparse.Namespace):
+    from carvana.pipeline import DataOptions
+
+    return DataOptions(
+        dataset=args.dataset,
+        high_quality=args.high_quality,
+        include_test=not args.train_only,
+        sample_cars=args.sample_cars,
+        sample_image_size=args.sample_image_size,
+    )
+

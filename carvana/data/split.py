@@ -1,0 +1,74 @@
+"""Train/validation split by car.
+
+Each Carvana car is photographed from 16 angles on a turntable; two views of one car share the
+paint, the wheels and the background. Splitting photo by photo (as the seed did) puts views of the
+same car on both sides, and the validation score then measures memory, not generalisation. Here
+all views of a car go to one side.
+"""
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+from sklearn.model_selection import GroupShuffleSplit
+
+from carvana.data.kaggle_layout import car_id
+from carvana.errors import ConfigError
+
+
+@dataclass(frozen=True)
+class Split:
+    train: list[str]  # photo names, sorted
+    valid: list[str]
+
+    @property
+    def train_cars(self) -> list[str]:
+        return sorted({car_id(n) for n in self.train})
+
+    @property
+    def valid_cars(self) -> list[str]:
+        return sorted({car_id(n) for n in self.valid})
+
+
+def split_by_car(
+    image_names: Sequence[str],
+    validation_size: float = 0.2,
+    sample_size: float = 1.0,
+    seed: int = 42,
+) -> Split:
+    """Split photos into train and validation with every car on one side only.
+
+    `sample_size` is the fraction of cars kept (drawn before splitting); `validation_size` the
+    fraction of the kept cars that validate. Both are rounded up to whole cars, and each side gets
+    at least one car. The result depends only on the set of names and `seed`, not their order.
+    """
+    if not 0.0 < validation_size < 1.0:
+        raise ConfigError(f"validation size {validation_size}: must be between 0 and 1")
+    if not 0.0 < sample_size <= 1.0:
+        raise ConfigError(f"sample size {sample_size}: must be in (0, 1]")
+    if seed < 0:
+        raise ConfigError(f"seed {seed}: must be a non-negative integer")
+    names = sorted(set(image_names))
+    cars = sorted({car_id(n) for n in names})
+    if len(cars) < 2:
+        raise ConfigError(
+            f"{len(names)} training photo(s) of {len(cars)} car(s): need photos of at least 2 cars "
+            "(one to train on, one to validate)"
+        )
+    kept_count = min(len(cars), max(2, math.ceil(sample_size * len(cars) - 1e-9)))
+    rng = np.random.default_rng(seed)
+    kept = set(rng.choice(np.array(cars), size=kept_count, replace=False).tolist())
+    names = [n for n in names if car_id(n) in kept]
+    groups = [car_id(n) for n in names]
+
+    valid_cars = min(kept_count - 1, max(1, math.ceil(validation_size * kept_count - 1e-9)))
+    splitter = GroupShuffleSplit(
+        n_splits=1, test_size=valid_cars, train_size=kept_count - valid_cars, random_state=seed
+    )
+    train_index, valid_index = next(splitter.split(names, groups=groups))
+    return Split(
+        train=sorted(names[i] for i in train_index),
+        valid=sorted(names[i] for i in valid_index),
+    )

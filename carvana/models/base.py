@@ -1,0 +1,27 @@
+"""What every segmentation net here shares: a registry name and the geometry check at the door."""
+from __future__ import annotations
+
+from typing import ClassVar
+
+import torch
+from torch import nn
+
+from carvana.geometry import Geometry, Size
+
+
+class SegmentationNet(nn.Module):
+    """A net from RGB images (N, C, H, W) to one channel of mask logits.
+
+    `name` is the model's key in `carvana.geometry` and `MODEL_BUILDERS`, so callers can ask
+    `model.geometry(size)` (or `model_geometry(model.name, size)`) what size comes out.
+    """
+
+    name: ClassVar[str]
+
+    def geometry(self, input_size: Size) -> Geometry:
+        """Output size and border for `input_size`; raises ConfigError for a size the net can't take."""
+        raise NotImplementedError
+
+    def check_input(self, x: torch.Tensor) -> Geometry:
+        """Reject an unusable input size with a ConfigError before any convolution fails cryptically."""
+        return self.geometry(Size(width=int(x.shape[-1]), height=int(x.shape[-2])))

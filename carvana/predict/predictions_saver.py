@@ -1,0 +1,69 @@
+"""The prediction callback that turns each batch of probabilities into submission rows.
+
+Nothing of the test set is held in memory: each batch is copied into a `SubmissionWriter`, which
+post-processes it on worker threads while the model predicts the next one, and the file appears
+under its real name only when every row is written.
+"""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import torch
+
+from carvana.geometry import Size
+from carvana.predict.submission_writer import SubmissionWriter
+from carvana.train.callbacks import Callback, PredictState
+
+log = logging.getLogger(__name__)
+
+
+class PredictionsSaver(Callback):
+    """Stream predictions into a gzip `img,rle_mask` submission at `path` (atomically).
+
+    `original_size` is the photos' size the masks are up-sampled to (1918x1280 for Carvana),
+    `threshold` the probability above which a pixel is the car.
+    """
+
+    def __init__(self, path: Path, original_size: Size, threshold: float = 0.5, workers: int | None = None):
+        self.path = Path(path)
+        self.original_size = Size(*original_size)
+        self.threshold = float(threshold)
+        self.workers = workers
+        self.rows_written = 0
+        self._writer: SubmissionWriter | None = None
+
+    def on_predict_begin(self, state: PredictState) -> None:
+        self.abort()  # a previous prediction that never ended must not leave its temp file
+        self.rows_written = 0
+        self._writer = SubmissionWriter(self.path, self.original_size, self.threshold, workers=self.workers)
+
+    def on_predict_batch_end(self, state: PredictState) -> None:
+        if self._writer is None:
+            raise RuntimeError("PredictionsSaver: on_predict_batch_end before on_predict_begin")
+        if state.probabilities is None:
+            raise ValueError("PredictionsSaver: the predict state has no probabilities for this batch")
+        # bf16/fp16 maps (mixed precision) become float32 here; float32 ones are not copied twice.
+        probabilities = state.probabilities.detach().to("cpu", torch.float32).numpy()
+        try:
+            self._writer.add_batch(list(state.names), probabilities)
+        except BaseException:
+            self.abort()
+            raise
+
+    def on_predict_end(self, state: PredictState) -> None:
+        if self._writer is None:
+            raise RuntimeError("PredictionsSaver: on_predict_end before on_predict_begin")
+        writer, self._writer = self._writer, None
+        self.rows_written = writer.close()  # aborts (removes the temp file) itself if it fails
+        log.info("%s: %d rows written", self.path, self.rows_written)
+
+    def on_predict_interrupted(self, state: PredictState) -> None:
+        """Prediction stopped early (Ctrl-C, an error): drop the partial file."""
+        self.abort()
+
+    def abort(self) -> None:
+        """Remove the partial temporary file; a previous complete submission at `path` stays as it was."""
+        writer, self._writer = self._writer, None
+        if writer is not None:
+            writer.abort()

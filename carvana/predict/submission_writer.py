@@ -1,0 +1,231 @@
+"""Stream probability maps into a gzip submission CSV, post-processing them off the caller's thread.
+
+    caller (model loop)          worker threads               writer thread
+    add_batch(names, probs) -->  resize, threshold, RLE  -->  rows in submission order -> gzip -> temp file
+        (copies, then returns;        (one job per image)
+         blocks only while `max_pending_batches` batches wait)
+
+Threads, not processes: cv2.resize, the numpy comparisons and zlib release the GIL, so a small
+pool overlaps with inference without pickling ~1 MB of probabilities per image to another process.
+
+The file is written under a temporary name beside `path` (carvana.atomic) and renamed onto `path`
+only by `close()`: an exception, Ctrl-C or `abort()` removes the temporary file and leaves a
+previous complete `path` untouched, so there is never a truncated submission under the real name.
+"""
+from __future__ import annotations
+
+import gzip
+import os
+import queue
+import threading
+import weakref
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import BinaryIO, Iterable, Sequence
+
+import numpy as np
+
+from carvana.atomic import atomic_path
+from carvana.data.kaggle_layout import SUBMISSION_HEADER
+from carvana.errors import CarvanaError
+from carvana.geometry import Size
+from carvana.predict.postprocess import probabilities_to_rle
+
+# zlib level 4 (measured on Carvana-like rows): ~2.75x smaller than plain text at ~0.2 ms per row;
+# level 6 gains another 9% of size for 3.5x the time, level 1 loses 16% of size for little speed.
+DEFAULT_COMPRESSLEVEL = 4
+DEFAULT_MAX_PENDING_BATCHES = 4
+
+
+def default_workers() -> int:
+    """Post-processing threads: one core is left to the model loop, at most 4 are needed."""
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        cores = os.cpu_count() or 1
+    return max(1, min(4, cores - 1))
+
+
+def encode_row(name: str, probabilities: np.ndarray, original_size: Size, threshold: float) -> bytes:
+    """One `img,rle_mask` CSV line, ready for the gzip stream."""
+    return f"{name},{probabilities_to_rle(probabilities, original_size, threshold)}\n".encode("utf-8")
+
+
+class _Aborted(Exception):
+    """Thrown into carvana.atomic's context to make it remove the temporary file."""
+
+
+_END = object()  # the last item of the pending queue
+
+
+class SubmissionWriter:
+    """Write `img,rle_mask` rows of probability maps to a gzip CSV at `path`, atomically.
+
+    Use as a context manager (commits on success, aborts on any exception), or call `close()` /
+    `abort()` yourself. Rows come out in the order `add_batch` was called.
+    """
+
+    def __init__(
+        self,
+        path: Path,
+        original_size: Size,
+        threshold: float = 0.5,
+        workers: int | None = None,
+        max_pending_batches: int = DEFAULT_MAX_PENDING_BATCHES,
+        compresslevel: int = DEFAULT_COMPRESSLEVEL,
+    ):
+        if max_pending_batches < 1:
+            raise ValueError(f"max_pending_batches must be at least 1, got {max_pending_batches}")
+        self.path = Path(path)
+        self.original_size = Size(*original_size)
+        self.threshold = float(threshold)
+        self.workers = workers or default_workers()
+        self._rows_written = 0
+        self._failure: BaseException | None = None
+        self._finished = False
+        self._aborting = threading.Event()
+
+        self._atomic = atomic_path(self.path)
+        self.temp_path: Path = self._atomic.__enter__()
+        # Safety net for a process that dies without close()/abort(): never leave the temp file behind.
+        self._cleanup_at_exit = weakref.finalize(self, Path.unlink, self.temp_path, missing_ok=True)
+        try:
+            self._file: BinaryIO = open(self.temp_path, "wb")
+            # The name stored in the gzip header is the real one, not the temporary name.
+            self._gzip = gzip.GzipFile(filename=self.path.name, mode="wb", fileobj=self._file,
+                                       compresslevel=compresslevel, mtime=0)
+            self._gzip.write((",".join(SUBMISSION_HEADER) + "\n").encode("utf-8"))
+        except BaseException:
+            self._discard_temp()
+            raise
+        self._pool = ThreadPoolExecutor(max_workers=self.workers, thread_name_prefix="submission-rle")
+        self._pending: queue.Queue = queue.Queue(maxsize=max_pending_batches)
+        # A daemon thread: if the caller dies without close(), the interpreter must still be able to exit.
+        self._writer = threading.Thread(target=self._write_in_order, name="submission-writer", daemon=True)
+        self._writer.start()
+
+    @property
+    def rows_written(self) -> int:
+        """Rows written to the gzip stream so far (all rows once `close()` returned)."""
+        return self._rows_written
+
+    def __enter__(self) -> "SubmissionWriter":
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is None:
+            self.close()
+        else:
+            self.abort()
+
+    def add_batch(self, names: Sequence[str], probabilities: np.ndarray) -> None:
+        """Queue a batch: `names` (B,) image file names, `probabilities` (B, h, w) in [0, 1].
+
+        The probabilities are copied, so the caller may reuse its buffer at once. Blocks only while
+        `max_pending_batches` earlier batches are still waiting to be written.
+        """
+        self._raise_if_unusable()
+        if probabilities.ndim != 3 or probabilities.shape[0] != len(names):
+            raise ValueError(f"expected probabilities of shape ({len(names)}, height, width) for {len(names)} "
+                             f"names, got {tuple(probabilities.shape)}")
+        batch = np.array(probabilities, dtype=np.float32, copy=True)
+        jobs = [self._pool.submit(encode_row, name, batch[i], self.original_size, self.threshold)
+                for i, name in enumerate(names)]
+        self._pending.put(jobs)
+
+    def close(self) -> int:
+        """Wait for every queued row, then rename the complete file onto `path`; return the row count."""
+        self._raise_if_unusable()
+        try:
+            self._pending.put(_END)
+            self._writer.join()
+            self._pool.shutdown(wait=True)
+            if self._failure is not None:
+                raise self._failure
+            self._gzip.close()
+            self._file.close()
+        except OSError as e:
+            self.abort()
+            raise self._write_error(e) from None
+        except BaseException:
+            self.abort()
+            raise
+        self._finished = True
+        self._atomic.__exit__(None, None, None)  # fsync and rename onto `path`
+        self._cleanup_at_exit.detach()
+        return self._rows_written
+
+    def abort(self) -> None:
+        """Stop writing and remove the temporary file; a previous `path` is left as it was. Idempotent."""
+        if self._finished:
+            return
+        self._aborting.set()
+        # Empty the queue so that the end marker fits and the writer thread stops after its current batch.
+        while True:
+            try:
+                jobs = self._pending.get_nowait()
+            except queue.Empty:
+                break
+            if jobs is not _END:
+                for job in jobs:
+                    job.cancel()
+        self._pending.put(_END)
+        self._writer.join()
+        self._pool.shutdown(wait=True, cancel_futures=True)
+        self._discard_temp()
+
+    def _raise_if_unusable(self) -> None:
+        if self._finished:
+            raise RuntimeError(f"{self.path}: the submission writer is already closed")
+        if self._failure is not None:
+            self.abort()
+            if isinstance(self._failure, OSError):
+                raise self._write_error(self._failure) from None
+            raise self._failure
+
+    def _write_error(self, error: OSError) -> CarvanaError:
+        return CarvanaError(f"{self.path}: could not be written ({error.strerror or error}); nothing was replaced")
+
+    def _write_in_order(self) -> None:
+        """Writer thread: take batches in submission order, wait for their rows, append them."""
+        while True:
+            jobs = self._pending.get()
+            if jobs is _END:
+                return
+            if self._failure is not None or self._aborting.is_set():
+                for job in jobs:
+                    job.cancel()
+                continue  # keep taking batches so that a blocked add_batch wakes up
+            try:
+                rows = [job.result() for job in jobs]
+                self._gzip.write(b"".join(rows))
+                self._rows_written += len(rows)
+            except BaseException as e:  # noqa: BLE001 - handed to the caller's thread by _raise_if_unusable
+                self._failure = e
+
+    def _discard_temp(self) -> None:
+        """Close the files quietly and let carvana.atomic remove the temporary file."""
+        if self._finished:
+            return
+        self._finished = True
+        for closing in (getattr(self, "_gzip", None), getattr(self, "_file", None)):
+            try:
+                if closing is not None:
+                    closing.close()
+            except (OSError, ValueError):
+                pass
+        self._atomic.__exit__(_Aborted, _Aborted(), None)
+        self._cleanup_at_exit.detach()
+
+
+def write_submission_rows(
+    path: Path, rows: Iterable[tuple[str, str]], compresslevel: int = DEFAULT_COMPRESSLEVEL
+) -> None:
+    """Write already-encoded `(img, rle_mask)` rows to a gzip submission at `path`, atomically."""
+    with atomic_path(path) as tmp, open(tmp, "wb") as raw:
+        with gzip.GzipFile(filename=Path(path).name, mode="wb", fileobj=raw, compresslevel=compresslevel,
+                           mtime=0) as out:
+            out.write((",".join(SUBMISSION_HEADER) + "\n").encode("utf-8"))
+            for name, text in rows:
+                out.write(f"{name},{text}\n".encode("utf-8"))
+

@@ -1,0 +1,421 @@
+"""`CarvanaClassifier`: the training loop, validation and prediction, with named callback hooks.
+
+The classifier owns the model and everything that changes while it learns (optimiser, LR scheduler,
+fp16 loss scaler, epoch and step counters, best score, metrics history); callbacks observe and
+persist that state (TensorBoard, checkpoints, early stopping) without the loop knowing about them.
+
+Epochs are counted absolutely: `train(..., epochs=12)` on a classifier resumed at epoch 8 runs
+epochs 9..12. Each epoch's randomness (shuffle order, augmentation) is seeded from (seed, epoch),
+so a resumed run sees the same batches as one that never stopped.
+
+Interruptions:
+- Ctrl-C: the callbacks' `on_train_interrupted` runs (the checkpoint keeps `last.pt` at the last
+  COMPLETED epoch, never half an epoch, so a resume redoes the interrupted epoch from its start),
+  then `TrainingInterruptedError` (a KeyboardInterrupt) is raised, carrying where to resume from.
+- A NaN/inf loss: `TrainingDiverged` naming the epoch and step, raised before that step updates
+  the weights; `on_train_interrupted` runs first, and as the weights are mid-epoch nothing is saved:
+  `last.pt` and `best.pt` keep the last good epoch.
+"""
+from __future__ import annotations
+
+import math
+import random
+import time
+from datetime import datetime
+from pathlib import Path
+from typing import Any, Iterable, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+from tqdm import tqdm
+
+from carvana.config import Config
+from carvana.errors import CheckpointError, TrainingDiverged
+from carvana.geometry import model_geometry
+from carvana.losses import BCEDiceLoss
+from carvana.metrics import dice_from_logits
+from carvana.train.callbacks import Callback, PredictState, TrainState, ValidationPreview
+from carvana.train.checkpoint import load_checkpoint, load_model_weights
+from carvana.train.device import resolve_precision, select_device, to_memory_format, use_channels_last
+
+# ReduceLROnPlateau on validation Dice: halve the LR after 2 epochs without a new best.
+PLATEAU_FACTOR = 0.5
+PLATEAU_PATIENCE = 2
+PLATEAU_MIN_LR = 1e-7
+PREVIEW_IMAGES = 4  # validation examples kept per epoch for the TensorBoard visualiser
+
+
+class TrainingInterruptedError(KeyboardInterrupt):
+    """Ctrl-C during training, after the callbacks have saved what can be resumed.
+
+    A KeyboardInterrupt, so callers that only know Ctrl-C still stop; `resume_hint` says what to do.
+    """
+
+    def __init__(self, epoch_running: int, epochs: int, last_checkpoint: Path | None, checkpoint_epoch: int):
+        self.epoch_running = epoch_running
+        self.epochs = epochs
+        self.last_checkpoint = last_checkpoint
+        self.checkpoint_epoch = checkpoint_epoch
+        super().__init__(self.resume_hint)
+
+    @property
+    def resume_hint(self) -> str:
+        where = f"training interrupted during epoch {self.epoch_running}/{self.epochs}"
+        if self.last_checkpoint is None:
+            return f"{where}; no epoch was completed, so there is nothing to resume"
+        return (
+            f"{where}; {self.last_checkpoint} holds epoch {self.checkpoint_epoch}: "
+            f"continue with --resume {self.last_checkpoint}"
+        )
+
+
+def build_optimizer(config: Config, parameters: Iterable[nn.Parameter]) -> torch.optim.Optimizer:
+    """SGD with momentum (the paper's U-Net), RMSprop (the seed's UNet1024), or Adam.
+
+    `config.momentum` applies to SGD only; RMSprop keeps PyTorch's defaults, as the seed did.
+    """
+    if config.optimizer == "sgd":
+        return torch.optim.SGD(parameters, lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay)
+    if config.optimizer == "rmsprop":
+        return torch.optim.RMSprop(parameters, lr=config.lr, weight_decay=config.weight_decay)
+    return torch.optim.Adam(parameters, lr=config.lr, weight_decay=config.weight_decay)
+
+
+def build_scheduler(config: Config, optimizer: torch.optim.Optimizer) -> Any:
+    """Stepped once per epoch: `plateau` on validation Dice, `cosine` down to 0 over `config.epochs`."""
+    if config.scheduler == "plateau":
+        return torch.optim.lr_scheduler.ReduceLROnPlateau(
+            optimizer, mode="max", factor=PLATEAU_FACTOR, patience=PLATEAU_PATIENCE, min_lr=PLATEAU_MIN_LR
+        )
+    if config.scheduler == "cosine":
+        return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=config.epochs)
+    return None
+
+
+def default_run_name(config: Config) -> str:
+    return f"{config.model}-{datetime.now():%Y%m%d-%H%M%S}"
+
+
+def seed_epoch(seed: int, epoch: int, loader: Any) -> None:
+    """Make an epoch's randomness a function of (seed, epoch) alone.
+
+    Reseeds the global RNGs (which the default sampler, the worker seeds and main-process
+    augmentation draw from) and a generator the loader or its sampler owns, and calls a
+    `set_epoch(epoch)` hook of the sampler or dataset (the DistributedSampler convention) for
+    randomness they keep themselves.
+    """
+    epoch_seed = (seed * 1_000_003 + epoch) % 2**32
+    torch.manual_seed(epoch_seed)
+    np.random.seed(epoch_seed)
+    random.seed(epoch_seed)
+    sampler = getattr(loader, "sampler", None)
+    for generator in {id(g): g for g in (getattr(loader, "generator", None), getattr(sampler, "generator", None))
+                      if isinstance(g, torch.Generator)}.values():
+        generator.manual_seed(epoch_seed)
+    for part in (sampler, getattr(loader, "dataset", None)):
+        if hasattr(part, "set_epoch"):
+            part.set_epoch(epoch)
+
+
+def _call(callbacks: Sequence[Callback], hook: str, state: Any) -> None:
+    for callback in callbacks:
+        getattr(callback, hook)(state)
+
+
+def _count(loader: Any) -> int:
+    try:
+        return len(loader.dataset)
+    except (AttributeError, TypeError):
+        return 0
+
+
+class CarvanaClassifier:
+    """A U-Net with its optimiser, scheduler and counters; trains, validates, predicts and resumes."""
+
+    def __init__(
+        self,
+        config: Config,
+        model: nn.Module | None = None,
+        device: torch.device | str | None = None,
+        progress: bool | None = None,
+    ):
+        """`model` defaults to `build_model(config.model, config.width)` (seeded by `config.seed`);
+        `device` to `config.device`; `progress`: tqdm bars (None = only on a terminal)."""
+        self.config = config
+        self.device = device if isinstance(device, torch.device) else select_device(device or config.device)
+        self.geometry = model_geometry(config.model, config.input_size)
+        self.precision = resolve_precision(config.amp, self.device)
+        self.channels_last = use_channels_last(config.channels_last, self.device)
+        if model is None:
+            from carvana.models import build_model
+
+            torch.manual_seed(config.seed)  # the same seed gives the same initial weights
+            model = build_model(config.model, config.width)
+        memory_format = torch.channels_last if self.channels_last else torch.preserve_format
+        self.model = model.to(self.device, memory_format=memory_format)
+        self.loss_fn = BCEDiceLoss(config.bce_weight, config.dice_weight)
+        self.optimizer = build_optimizer(config, self.model.parameters())
+        self.scheduler = build_scheduler(config, self.optimizer)
+        self.scaler = self.precision.grad_scaler()
+        self.progress = progress
+        self.run_name = config.run_name or default_run_name(config)
+        # Progress over the whole run (restored by resume_from):
+        self.epoch = 0
+        self.global_step = 0
+        self.best_score: float | None = None
+        self.history: list[dict[str, float]] = []
+        self.resumed_from: Path | None = None
+
+    @property
+    def precision_name(self) -> str:
+        return self.precision.name
+
+    # ------------------------------------------------------------------ training
+
+    def train(
+        self,
+        train_loader: Iterable,
+        valid_loader: Iterable,
+        epochs: int | None = None,
+        callbacks: Sequence[Callback] = (),
+    ) -> TrainState:
+        """Train until absolute epoch `epochs` (default `config.epochs`) or until a callback stops it."""
+        epochs = self.config.epochs if epochs is None else epochs
+        state = TrainState(
+            config=self.config, run_name=self.run_name, model=self.model, optimizer=self.optimizer,
+            scheduler=self.scheduler, scaler=self.scaler, device=self.device, epochs=epochs,
+            epoch=self.epoch, global_step=self.global_step, best_score=self.best_score,
+            history=list(self.history), last_checkpoint=self.resumed_from,
+            last_checkpoint_epoch=self.epoch if self.resumed_from else 0,
+        )
+        if state.epoch >= epochs:
+            tqdm.write(f"nothing to train: the run is already at epoch {state.epoch} of {epochs}")
+            return state
+        _call(callbacks, "on_train_begin", state)
+        try:
+            for epoch in range(state.epoch + 1, epochs + 1):
+                self._run_epoch(state, epoch, train_loader, valid_loader, callbacks)
+                if state.stop_training:
+                    break
+        except KeyboardInterrupt:
+            _call(callbacks, "on_train_interrupted", state)
+            raise TrainingInterruptedError(
+                state.epoch + 1, epochs, state.last_checkpoint, state.last_checkpoint_epoch
+            ) from None
+        except BaseException:
+            _call(callbacks, "on_train_interrupted", state)
+            raise
+        finally:
+            self._keep_progress(state)
+        _call(callbacks, "on_train_end", state)
+        return state
+
+    def _keep_progress(self, state: TrainState) -> None:
+        self.epoch, self.global_step = state.epoch, state.global_step
+        self.best_score, self.history = state.best_score, list(state.history)
+
+    def _run_epoch(
+        self, state: TrainState, epoch: int, train_loader: Iterable, valid_loader: Iterable,
+        callbacks: Sequence[Callback],
+    ) -> None:
+        started = time.monotonic()
+        lr = float(self.optimizer.param_groups[0]["lr"])  # the LR this epoch trains with
+        train_loss, train_dice, steps = self._train_one_epoch(state, epoch, train_loader)
+        valid, preview = self._evaluate(valid_loader, PREVIEW_IMAGES, desc=f"valid {epoch}/{state.epochs}")
+        if isinstance(self.scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
+            self.scheduler.step(valid["val_dice"])
+        elif self.scheduler is not None:
+            self.scheduler.step()
+        state.metrics = {"train_loss": train_loss, "train_dice": train_dice, **valid, "lr": lr}
+        state.history.append(dict(state.metrics))
+        state.preview = preview
+        state.epoch, state.mid_epoch = epoch, False
+        seconds = time.monotonic() - started
+        tqdm.write(
+            f"epoch {epoch}/{state.epochs}  train loss {train_loss:.4f} dice {train_dice:.4f}  "
+            f"val loss {valid['val_loss']:.4f} dice {valid['val_dice']:.4f}  lr {lr:.2e}  "
+            f"{seconds:.1f}s ({steps / max(seconds, 1e-9):.2f} steps/s)"
+        )
+        _call(callbacks, "on_epoch_end", state)
+
+    def _train_one_epoch(self, state: TrainState, epoch: int, loader: Iterable) -> tuple[float, float, int]:
+        """One pass over `loader`; returns the per-image mean loss and Dice and the steps taken."""
+        seed_epoch(self.config.seed, epoch, loader)
+        self.model.train()
+        loss_sum = dice_sum = 0.0
+        seen = step = 0
+        with tqdm(loader, desc=f"epoch {epoch}/{state.epochs}", leave=False, unit="batch",
+                  disable=self._bars_disabled()) as bar:
+            for step, (images, masks) in enumerate(bar, start=1):
+                images = to_memory_format(images.to(self.device, non_blocking=True), self.channels_last)
+                masks = masks.to(self.device, non_blocking=True)
+                with self.precision.autocast():
+                    logits = self.model(images)
+                loss = self.loss_fn(logits, masks)  # float32 whatever the autocast dtype
+                loss_value = float(loss.detach())
+                if not math.isfinite(loss_value):
+                    raise TrainingDiverged(
+                        f"training loss became {loss_value} at epoch {epoch}, step {step} (global step "
+                        f"{state.global_step + 1}); the weights of epoch {state.epoch} are the last good ones "
+                        f"(last.pt/best.pt are not overwritten): lower --lr or set --grad-clip"
+                    )
+                self._step(loss, state)
+                batch = images.shape[0]
+                seen += batch
+                loss_sum += loss_value * batch
+                dice_sum += float(dice_from_logits(logits.detach(), masks, self.config.threshold).sum())
+                bar.set_postfix(loss=f"{loss_sum / seen:.4f}", dice=f"{dice_sum / seen:.4f}")
+        if seen == 0:
+            raise ValueError(f"epoch {epoch}: the training loader gave no batches")
+        return loss_sum / seen, dice_sum / seen, step
+
+    def _step(self, loss: torch.Tensor, state: TrainState) -> None:
+        self.optimizer.zero_grad(set_to_none=True)
+        clip = self.config.grad_clip
+        if self.scaler is not None:
+            self.scaler.scale(loss).backward()
+            if clip:
+                self.scaler.unscale_(self.optimizer)
+                nn.utils.clip_grad_norm_(self.model.parameters(), clip)
+            state.mid_epoch = True
+            self.scaler.step(self.optimizer)  # skipped by the scaler when fp16 gradients overflowed
+            self.scaler.update()
+        else:
+            loss.backward()
+            if clip:
+                nn.utils.clip_grad_norm_(self.model.parameters(), clip)
+            state.mid_epoch = True
+            self.optimizer.step()
+        state.global_step += 1
+
+    # ------------------------------------------------------------------ validation
+
+    def validate(self, valid_loader: Iterable) -> dict[str, float]:
+        """`val_loss` (per-image mean) and `val_dice` (mean per-image Dice at the model's output size)."""
+        metrics, _ = self._evaluate(valid_loader, 0, desc="valid")
+        return metrics
+
+    @torch.no_grad()
+    def _evaluate(
+        self, loader: Iterable, preview_count: int, desc: str
+    ) -> tuple[dict[str, float], ValidationPreview | None]:
+        self.model.eval()
+        loss_sum = dice_sum = 0.0
+        seen = 0
+        kept: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []
+        for images, masks in tqdm(loader, desc=desc, leave=False, unit="batch", disable=self._bars_disabled()):
+            images = to_memory_format(images.to(self.device, non_blocking=True), self.channels_last)
+            masks = masks.to(self.device, non_blocking=True)
+            with self.precision.autocast():
+                logits = self.model(images)
+            batch = images.shape[0]
+            loss_sum += float(self.loss_fn(logits, masks)) * batch
+            dice_sum += float(dice_from_logits(logits, masks, self.config.threshold).sum())
+            seen += batch
+            if len(kept) < preview_count:
+                take = min(preview_count - len(kept), batch)
+                kept.extend(zip(images[:take], masks[:take], torch.sigmoid(logits[:take].float())))
+        if seen == 0:
+            raise ValueError("the validation loader gave no batches")
+        metrics = {"val_loss": loss_sum / seen, "val_dice": dice_sum / seen}
+        return metrics, self._preview(kept) if kept else None
+
+    def _preview(self, kept: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]) -> ValidationPreview:
+        """Validation examples at the covered size: the mirror border of the input is cropped off."""
+        from carvana.data.datasets import denormalize
+
+        b = self.geometry.border
+        images = torch.stack([image for image, _, _ in kept]).float()
+        if b:
+            images = images[..., b:images.shape[-2] - b, b:images.shape[-1] - b]
+        return ValidationPreview(
+            images=denormalize(images.cpu()).clamp(0, 1),
+            masks=torch.stack([mask.reshape(mask.shape[-2:]) for _, mask, _ in kept]).float().cpu(),
+            probabilities=torch.stack([p.reshape(p.shape[-2:]) for _, _, p in kept]).float().cpu(),
+        )
+
+    # ------------------------------------------------------------------ prediction
+
+    @torch.no_grad()
+    def predict_probabilities(self, images: torch.Tensor, tta: bool | None = None) -> torch.Tensor:
+        """(B, H, W) float32 probabilities on the CPU at the model's output size.
+
+        With `tta` (default `config.tta`) the mean of the image's and its mirror image's
+        probabilities, the latter flipped back.
+        """
+        tta = self.config.tta if tta is None else tta
+        self.model.eval()
+        images = to_memory_format(images.to(self.device, non_blocking=True), self.channels_last)
+        probabilities = self._forward_probabilities(images)
+        if tta:
+            flipped = self._forward_probabilities(images.flip(-1)).flip(-1)
+            probabilities = (probabilities + flipped) / 2
+        return probabilities.cpu()
+
+    def _forward_probabilities(self, images: torch.Tensor) -> torch.Tensor:
+        with self.precision.autocast():
+            logits = self.model(images)
+        return torch.sigmoid(logits.float())[:, 0]
+
+    def predict(self, test_loader: Iterable, callbacks: Sequence[Callback] = (), tta: bool | None = None) -> PredictState:
+        """Predict batches of `(images, file_names)`, handing each batch to the callbacks' hooks."""
+        state = PredictState(config=self.config, model=self.model, geometry=self.geometry, total=_count(test_loader))
+        _call(callbacks, "on_predict_begin", state)
+        try:
+            for images, names in tqdm(test_loader, desc="predict", unit="batch", disable=self._bars_disabled()):
+                state.probabilities = self.predict_probabilities(images, tta)
+                state.names = [str(name) for name in names]
+                state.done += len(state.names)
+                _call(callbacks, "on_predict_batch_end", state)
+        except BaseException:
+            # Ctrl-C, a bad image, a full disk: let the savers drop their partial files.
+            _call(callbacks, "on_predict_interrupted", state)
+            raise
+        _call(callbacks, "on_predict_end", state)
+        return state
+
+    # ------------------------------------------------------------------ checkpoints
+
+    def load_weights(self, path: str | Path) -> dict[str, Any]:
+        """Load only the model weights of a checkpoint (for prediction or fine-tuning); returns it."""
+        payload = load_checkpoint(path, expected_model=self.config.model)
+        load_model_weights(self.model, payload, path)
+        return payload
+
+    load_checkpoint = load_weights
+
+    def resume_from(self, path: str | Path) -> dict[str, Any]:
+        """Continue a run: weights, optimiser, scheduler, loss scaler, counters, best score, history.
+
+        An optimiser or scheduler of another kind than the checkpoint's (changed by a flag) starts
+        fresh; otherwise its saved state, learning rate included, carries on.
+        """
+        path = Path(path)
+        payload = self.load_weights(path)
+        saved = payload["config"]
+        if saved.get("optimizer") == self.config.optimizer and payload.get("optimizer_state") is not None:
+            try:
+                self.optimizer.load_state_dict(payload["optimizer_state"])
+            except (ValueError, KeyError) as e:
+                raise CheckpointError(f"{path}: the optimiser state does not fit this model ({e})") from None
+        else:
+            tqdm.write(f"{path}: optimiser {saved.get('optimizer')} -> {self.config.optimizer}: starting it afresh")
+        scheduler_state = payload.get("scheduler_state")
+        if self.scheduler is not None and scheduler_state is not None and saved.get("scheduler") == self.config.scheduler:
+            self.scheduler.load_state_dict(scheduler_state)
+        if self.scaler is not None and payload.get("scaler_state"):
+            self.scaler.load_state_dict(payload["scaler_state"])
+        self.epoch = int(payload["epoch"])
+        self.global_step = int(payload["global_step"])
+        self.best_score = payload.get("best_score")
+        self.history = [dict(entry) for entry in payload.get("history", [])]
+        self.run_name = payload.get("run_name") or self.run_name
+        self.resumed_from = path
+        best = "none yet" if self.best_score is None else f"{self.best_score:.4f}"
+        tqdm.write(f"resuming run {self.run_name} from {path}: epoch {self.epoch}, "
+                   f"step {self.global_step}, best {best}")
+        return payload
+
+    def _bars_disabled(self) -> bool | None:
+        return None if self.progress is None else not self.progress

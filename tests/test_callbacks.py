@@ -1,0 +1,205 @@
+"""Callbacks: TensorBoard curves and overlays, checkpoints that load safely, early stopping."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from training_helpers import image_events, loaders, scalar_events, tiny_config
+
+from carvana.errors import CheckpointError
+from carvana.models import build_model
+from carvana.train.callbacks import TrainState
+from carvana.train.checkpoint import ModelCheckpoint, load_checkpoint, load_model_weights
+from carvana.train.classifier import CarvanaClassifier
+from carvana.train.early_stopping import EarlyStopping
+from carvana.train.tensorboard import TensorBoardLogger, TensorBoardVisualizer, error_overlay
+
+SCALAR_TAGS = {"loss/train", "loss/val", "dice/train", "dice/val", "lr"}
+
+
+def test_tensorboard_gets_loss_dice_and_lr_per_epoch_and_example_overlays_in_one_event_file(tmp_path):
+    config = tiny_config(tmp_path)
+    classifier = CarvanaClassifier(config, progress=False)
+    train, valid = loaders(count=6, batch_size=4)
+    callbacks = [TensorBoardLogger(config.log_dir, "run-a"), TensorBoardVisualizer(config.log_dir, "run-a", max_images=3)]
+
+    state = classifier.train(train, valid, epochs=2, callbacks=callbacks)
+
+    run_dir = config.log_dir / "run-a"
+    assert len(list(run_dir.glob("events.out.tfevents.*"))) == 1  # one writer for the run
+    scalars = scalar_events(run_dir)
+    assert SCALAR_TAGS <= set(scalars)
+    assert all([step for step, _ in scalars[tag]] == [1, 2] for tag in SCALAR_TAGS)
+    assert scalars["dice/val"][-1][1] == pytest.approx(state.metrics["val_dice"])
+    assert scalars["loss/train"][0][1] == pytest.approx(state.history[0]["train_loss"])
+    images = image_events(run_dir)
+    assert set(images) == {"val_examples/0", "val_examples/1", "val_examples/2"}
+    assert all(steps == [1, 2] for steps in images.values())
+
+
+def test_the_run_name_defaults_to_the_classifiers(tmp_path):
+    config = tiny_config(tmp_path, run_name="named-run")
+    classifier = CarvanaClassifier(config, progress=False)
+    train, valid = loaders(count=4)
+
+    classifier.train(train, valid, epochs=1, callbacks=[TensorBoardLogger(config.log_dir)])
+
+    assert [s for s, _ in scalar_events(config.log_dir / "named-run")["loss/val"]] == [1]
+
+
+def test_error_overlay_paints_hits_green_misses_red_and_false_alarms_blue():
+    image = torch.full((3, 1, 4), 0.5)
+    truth = torch.tensor([[1.0, 1.0, 0.0, 0.0]])
+    predicted = torch.tensor([[1.0, 0.0, 1.0, 0.0]])
+
+    out = error_overlay(image, truth, predicted)
+
+    hit, miss, false_alarm, background = (out[:, 0, i] for i in range(4))
+    assert hit[1] > hit[0] and hit[1] > hit[2]  # green
+    assert miss[0] > miss[1] and miss[0] > miss[2]  # red
+    assert false_alarm[2] > false_alarm[0] and false_alarm[2] > false_alarm[1]  # blue
+    assert torch.allclose(background, background[0].expand(3)) and background[0] < 0.5  # dimmed grey photo
+
+
+# ------------------------------------------------------------------ checkpoints
+
+
+def _state(config, model, epoch: int, val_dice: float) -> TrainState:
+    optimizer = torch.optim.Adam(model.parameters())
+    return TrainState(
+        config=config, run_name="unit", model=model, optimizer=optimizer, scheduler=None, scaler=None,
+        device=torch.device("cpu"), epochs=10, epoch=epoch, global_step=epoch * 3,
+        metrics={"val_dice": val_dice, "val_loss": 1 - val_dice},
+    )
+
+
+def test_best_pt_is_rewritten_only_when_the_monitored_metric_improves(tmp_path):
+    config = tiny_config()
+    model = build_model(config.model, config.width)
+    checkpoint = ModelCheckpoint(tmp_path, monitor="val_dice", mode="max")
+    state = _state(config, model, 0, 0.0)
+    checkpoint.on_train_begin(state)
+    best_epochs = []
+    for epoch, dice in enumerate([0.50, 0.70, 0.60, 0.70, 0.80], start=1):
+        state.epoch, state.metrics = epoch, {"val_dice": dice}
+        checkpoint.on_epoch_end(state)
+        assert load_checkpoint(tmp_path / "last.pt")["epoch"] == epoch
+        best_epochs.append(load_checkpoint(tmp_path / "best.pt")["epoch"])
+
+    assert best_epochs == [1, 2, 2, 2, 5]  # equal is not better
+    assert state.best_score == pytest.approx(0.80)
+    assert load_checkpoint(tmp_path / "best.pt")["best_score"] == pytest.approx(0.80)
+
+
+def test_min_mode_keeps_the_lowest_loss(tmp_path):
+    config = tiny_config()
+    state = _state(config, build_model(config.model, config.width), 0, 0.0)
+    checkpoint = ModelCheckpoint(tmp_path, monitor="val_loss", mode="min", save_last=False)
+    for epoch, loss in enumerate([0.5, 0.3, 0.4], start=1):
+        state.epoch, state.metrics = epoch, {"val_loss": loss}
+        checkpoint.on_epoch_end(state)
+
+    assert load_checkpoint(tmp_path / "best.pt")["epoch"] == 2
+    assert not (tmp_path / "last.pt").exists()
+
+
+def test_checkpoints_load_weights_only_and_give_the_same_outputs(tmp_path):
+    config = tiny_config(tmp_path)
+    classifier = CarvanaClassifier(config, progress=False)
+    train, valid = loaders(count=4)
+    classifier.train(train, valid, epochs=1, callbacks=[ModelCheckpoint(tmp_path / "models")])
+    images = valid.dataset.tensors[0]
+
+    raw = torch.load(tmp_path / "models" / "last.pt", weights_only=True)  # tensors and primitives only
+    assert raw["model_name"] == "unet1024" and raw["width"] == 0.125 and raw["epoch"] == 1
+    assert raw["config"] == config.to_dict() and raw["run_name"] == "tiny"
+    assert raw["history"][0]["val_dice"] == pytest.approx(raw["metrics"]["val_dice"])
+    other = CarvanaClassifier(config.replace(seed=1), progress=False)
+    assert not torch.allclose(other.predict_probabilities(images), classifier.predict_probabilities(images))
+    other.load_weights(tmp_path / "models" / "last.pt")
+    assert torch.equal(other.predict_probabilities(images), classifier.predict_probabilities(images))
+
+
+def test_a_corrupt_or_truncated_checkpoint_is_a_checkpoint_error_naming_the_file(tmp_path):
+    config = tiny_config()
+    good = tmp_path / "good.pt"
+    torch.save({"model_state": build_model(config.model, config.width).state_dict()}, good)
+    garbage = tmp_path / "garbage.pt"
+    garbage.write_bytes(b"not a checkpoint at all" * 100)
+    truncated = tmp_path / "truncated.pt"
+    truncated.write_bytes(good.read_bytes()[: good.stat().st_size // 2])
+
+    for path in (garbage, truncated):
+        with pytest.raises(CheckpointError, match=str(path)):
+            load_checkpoint(path)
+    with pytest.raises(CheckpointError, match="not a carvana checkpoint"):
+        load_checkpoint(good)  # a bare state dict, not one of ours
+    with pytest.raises(CheckpointError, match="no such checkpoint"):
+        load_checkpoint(tmp_path / "missing.pt")
+
+
+class Exploit:
+    def __reduce__(self):
+        return (print, ("code ran while loading",))
+
+
+def test_a_checkpoint_that_would_run_code_is_refused(tmp_path, capsys):
+    path = tmp_path / "evil.pt"
+    torch.save({"format": 1, "payload": Exploit()}, path)  # torch.save pickles arbitrary objects
+
+    with pytest.raises(CheckpointError, match=str(path)):
+        load_checkpoint(path)
+    assert "code ran" not in capsys.readouterr().out
+
+
+def _saved_checkpoint(tmp_path: Path, **config_changes) -> Path:
+    config = tiny_config(**config_changes)
+    state = _state(config, build_model(config.model, config.width), 1, 0.5)
+    ModelCheckpoint(tmp_path).on_epoch_end(state)
+    return tmp_path / "last.pt"
+
+
+def test_a_checkpoint_of_another_model_or_width_is_refused_with_the_reason(tmp_path):
+    from carvana.geometry import Size
+
+    original = _saved_checkpoint(tmp_path / "a", model="unet_original", input_size=Size(188, 188), width=0.0625)
+    with pytest.raises(CheckpointError, match=rf"{original}: a checkpoint of unet_original, not of unet1024"):
+        load_checkpoint(original, expected_model="unet1024")
+    with pytest.raises(CheckpointError, match="unet_original"):
+        CarvanaClassifier(tiny_config(), progress=False).load_weights(original)
+
+    wider = _saved_checkpoint(tmp_path / "b", width=0.25)
+    with pytest.raises(CheckpointError, match=rf"{wider}: weights of unet1024 width 0.25 do not fit.*shape"):
+        CarvanaClassifier(tiny_config(), progress=False).resume_from(wider)
+    model = build_model("unet1024", 0.125)
+    with pytest.raises(CheckpointError, match="shape"):
+        load_model_weights(model, load_checkpoint(wider), wider)
+
+
+# ------------------------------------------------------------------ early stopping
+
+
+def test_early_stopping_ends_training_after_patience_epochs_without_improvement(tmp_path, capsys):
+    classifier = CarvanaClassifier(tiny_config(), progress=False)
+    train, valid = loaders(count=4)
+    # No Dice can improve by a whole 1.0: every epoch after the first counts as one without improvement.
+    stopper = EarlyStopping(monitor="val_dice", patience=2, min_delta=1.0, mode="max")
+
+    state = classifier.train(train, valid, epochs=10, callbacks=[stopper])
+
+    assert state.epoch == 3 and stopper.stopped_epoch == 3 and state.stop_training
+    assert "early stopping" in capsys.readouterr().out
+
+
+def test_early_stopping_counts_the_epochs_before_a_resume_from_the_history():
+    stopper = EarlyStopping(monitor="val_dice", patience=3, min_delta=0.01)
+    config = tiny_config()
+    state = _state(config, torch.nn.Conv2d(3, 1, 1), 3, 0.0)
+    state.history = [{"val_dice": 0.80}, {"val_dice": 0.805}, {"val_dice": 0.79}]  # 0.805 is within min_delta
+
+    stopper.on_train_begin(state)
+    assert (stopper.best, stopper.wait) == (0.80, 2)
+    state.metrics = {"val_dice": 0.809}
+    stopper.on_epoch_end(state)
+    assert state.stop_training

@@ -1,0 +1,183 @@
+"""CarvanaClassifier: it learns, validates per image, predicts through the hooks, picks devices."""
+from __future__ import annotations
+
+import re
+
+import pytest
+import torch
+from training_helpers import SIDE, ellipse_dataset, loaders, tiny_config
+from torch.utils.data import DataLoader
+
+from carvana.data.datasets import denormalize
+from carvana.errors import ConfigError
+from carvana.geometry import Size, model_geometry
+from carvana.metrics import dice_from_logits
+from carvana.train.callbacks import Callback, PredictState
+from carvana.train.classifier import CarvanaClassifier, build_optimizer, build_scheduler
+from carvana.train.device import cpu_has_native_bf16, resolve_precision, select_device
+
+
+def test_overfits_a_tiny_set_of_ellipses_to_a_dice_above_095(capsys):
+    classifier = CarvanaClassifier(tiny_config(lr=5e-3, batch_size=2), progress=False)
+    train, valid = loaders(count=8, batch_size=2)
+
+    state = classifier.train(train, valid, epochs=12)
+
+    assert state.epoch == 12 and state.global_step == 48  # 4 steps of 2 images per epoch
+    assert state.metrics["val_dice"] > 0.95
+    assert set(state.metrics) == {"train_loss", "train_dice", "val_loss", "val_dice", "lr"}
+    assert len(state.history) == 12
+    assert state.history[-1]["val_loss"] < state.history[0]["val_loss"]
+    summaries = [line for line in capsys.readouterr().out.splitlines() if line.startswith("epoch ")]
+    assert len(summaries) == 12  # one line per epoch
+    assert re.match(r"epoch 12/12 +train loss [\d.]+ dice [\d.]+ +val loss [\d.]+ dice [\d.]+ +lr ", summaries[-1])
+
+
+def test_validation_dice_is_the_mean_of_per_image_dice_at_the_output_size():
+    classifier = CarvanaClassifier(tiny_config(), progress=False)
+    data = ellipse_dataset(count=6)
+    images, masks = data.tensors
+
+    metrics = classifier.validate(DataLoader(data, batch_size=4))  # batches of 4 and 2
+
+    with torch.no_grad():
+        classifier.model.eval()
+        expected = dice_from_logits(classifier.model(images), masks).mean()
+    assert metrics["val_dice"] == pytest.approx(float(expected), abs=1e-6)
+    assert metrics["val_loss"] > 0
+
+
+def test_each_epoch_previews_the_first_validation_images_at_the_output_size():
+    classifier = CarvanaClassifier(tiny_config(), progress=False)
+    train, valid = loaders(count=6, batch_size=4)
+
+    state = classifier.train(train, valid, epochs=1)
+
+    preview = state.preview
+    assert preview.images.shape == (4, 3, SIDE, SIDE) and preview.masks.shape == (4, SIDE, SIDE)
+    images, masks = valid.dataset.tensors
+    assert torch.allclose(preview.images, denormalize(images[:4]))
+    assert torch.equal(preview.masks, masks[:4, 0])
+    assert 0.0 <= preview.probabilities.min() and preview.probabilities.max() <= 1.0
+
+
+def test_the_preview_of_the_valid_convolution_unet_crops_the_mirror_border_to_match_its_output():
+    config = tiny_config(model="unet_original", input_size=Size(252, 252), width=0.0625, batch_size=2)
+    geometry = model_geometry(config.model, config.input_size)
+    assert (geometry.output_size.width, geometry.border) == (68, 92)
+    classifier = CarvanaClassifier(config, progress=False)
+    train, valid = loaders(count=2, batch_size=2, border=geometry.border, side=68)
+
+    state = classifier.train(train, valid, epochs=1)
+
+    images, _ = valid.dataset.tensors
+    assert state.preview.images.shape == (2, 3, 68, 68) == (2, 3) + state.preview.probabilities.shape[1:]
+    assert torch.allclose(state.preview.images, denormalize(images[:, :, 92:-92, 92:-92]))
+
+
+class RecordingPredictions(Callback):
+    def __init__(self) -> None:
+        self.events: list[str] = []
+        self.names: list[str] = []
+        self.batches: list[torch.Tensor] = []
+        self.done: list[int] = []
+
+    def on_predict_begin(self, state: PredictState) -> None:
+        self.events.append("begin")
+        self.total = state.total
+
+    def on_predict_batch_end(self, state: PredictState) -> None:
+        self.events.append("batch")
+        self.names += state.names
+        self.batches.append(state.probabilities)
+        self.done.append(state.done)
+
+    def on_predict_end(self, state: PredictState) -> None:
+        self.events.append("end")
+
+
+def test_predict_hands_each_batch_of_names_and_probabilities_to_the_callbacks():
+    classifier = CarvanaClassifier(tiny_config(), progress=False)
+    images, _ = ellipse_dataset(count=5).tensors
+    names = [f"car{i}_01.jpg" for i in range(5)]
+    loader = DataLoader(list(zip(images, names)), batch_size=2)
+    recorder = RecordingPredictions()
+
+    state = classifier.predict(loader, callbacks=[recorder], tta=False)
+
+    assert recorder.events == ["begin", "batch", "batch", "batch", "end"]
+    assert recorder.names == names and recorder.done == [2, 4, 5] and recorder.total == 5 == state.done
+    for batch in recorder.batches:
+        assert batch.dtype == torch.float32 and batch.device.type == "cpu"
+        assert batch.shape[1:] == (SIDE, SIDE)
+        assert 0.0 <= batch.min() and batch.max() <= 1.0
+    assert [b.shape[0] for b in recorder.batches] == [2, 2, 1]
+
+
+def test_flip_tta_is_the_mean_of_the_image_and_its_unflipped_mirror_prediction():
+    classifier = CarvanaClassifier(tiny_config(), progress=False)
+    images, _ = ellipse_dataset(count=3).tensors
+    model = classifier.model.eval()
+
+    with torch.no_grad():
+        plain = torch.sigmoid(model(images))[:, 0]
+        mirrored = torch.sigmoid(model(images.flip(-1))).flip(-1)[:, 0]
+    tta = classifier.predict_probabilities(images, tta=True)
+
+    assert torch.allclose(tta, (plain + mirrored) / 2, atol=1e-6)
+    assert not torch.allclose(tta, plain, atol=1e-4)  # the flip really was a second, different pass
+    assert torch.allclose(classifier.predict_probabilities(images, tta=False), plain, atol=1e-6)
+
+
+def test_optimisers_and_schedulers_follow_the_config():
+    model = torch.nn.Conv2d(3, 1, 1)
+    sgd = build_optimizer(tiny_config(optimizer="sgd", lr=0.01, momentum=0.99), model.parameters())
+    assert isinstance(sgd, torch.optim.SGD) and sgd.defaults["momentum"] == 0.99 and sgd.defaults["lr"] == 0.01
+    assert isinstance(build_optimizer(tiny_config(optimizer="rmsprop"), model.parameters()), torch.optim.RMSprop)
+    assert isinstance(build_optimizer(tiny_config(optimizer="adam"), model.parameters()), torch.optim.Adam)
+    plateau = build_scheduler(tiny_config(scheduler="plateau"), sgd)
+    assert isinstance(plateau, torch.optim.lr_scheduler.ReduceLROnPlateau) and plateau.mode == "max"
+    assert build_scheduler(tiny_config(scheduler="none"), sgd) is None
+
+
+def test_cosine_schedule_lowers_the_learning_rate_epoch_by_epoch():
+    classifier = CarvanaClassifier(tiny_config(scheduler="cosine", epochs=3), progress=False)
+    train, valid = loaders(count=4)
+
+    state = classifier.train(train, valid)
+
+    lrs = [entry["lr"] for entry in state.history]
+    assert lrs[0] == pytest.approx(3e-3) and lrs[0] > lrs[1] > lrs[2] > 0
+    assert lrs[1] == pytest.approx(3e-3 * 0.75)  # (1 + cos(pi / 3)) / 2
+
+
+def test_the_cpu_is_always_a_device_and_a_missing_gpu_is_a_config_error():
+    assert select_device("cpu") == torch.device("cpu")
+    assert select_device("auto").type == ("cuda" if torch.cuda.is_available() else "cpu")
+    with pytest.raises(ConfigError, match="tpu"):
+        select_device("tpu")
+    if not torch.cuda.is_available():
+        with pytest.raises(ConfigError, match="CUDA is not available"):
+            select_device("cuda")
+
+
+def test_precision_on_the_cpu_is_bf16_only_with_hardware_support_and_never_fp16():
+    cpu = torch.device("cpu")
+    assert resolve_precision("off", cpu).dtype is None
+    assert resolve_precision("bf16", cpu).dtype == torch.bfloat16
+    expected = torch.bfloat16 if cpu_has_native_bf16() else None
+    assert resolve_precision("auto", cpu).dtype == expected
+    assert not resolve_precision("auto", cpu).needs_grad_scaler
+    with pytest.raises(ConfigError, match="fp16"):
+        resolve_precision("fp16", cpu)
+
+
+def test_training_under_bf16_autocast_on_the_cpu_gives_finite_float32_metrics():
+    classifier = CarvanaClassifier(tiny_config(amp="bf16"), progress=False)
+    assert classifier.precision_name == "bf16" and classifier.scaler is None
+    train, valid = loaders(count=4)
+
+    state = classifier.train(train, valid, epochs=1)
+
+    assert all(torch.isfinite(torch.tensor(v)) for v in state.metrics.values())
+    assert classifier.predict_probabilities(valid.dataset.tensors[0][:2]).dtype == torch.float32

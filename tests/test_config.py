@@ -1,0 +1,48 @@
+"""Presets and flags."""
+from __future__ import annotations
+
+import pytest
+
+from carvana.config import PRESETS, Config, preset
+from carvana.errors import ConfigError
+from carvana.geometry import Size
+
+
+def test_presets_are_the_documented_setups():
+    assert (preset("unet_original").model, preset("unet_original").input_size) == ("unet_original", Size(572, 572))
+    assert (preset("unet_original").optimizer, preset("unet_original").lr, preset("unet_original").momentum) == ("sgd", 0.01, 0.99)
+    assert preset("unet_original").batch_size == 3
+    assert (preset("unet1024").optimizer, preset("unet1024").lr, preset("unet1024").batch_size) == ("rmsprop", 2e-4, 2)
+    assert preset("cpu").width < 1
+
+
+def test_flags_override_single_fields_and_unset_flags_keep_the_preset():
+    c = preset("unet1024").replace(epochs=3, lr=None)
+    assert c.epochs == 3 and c.lr == 2e-4 and c.model == "unet1024"
+
+
+def test_config_round_trips_through_primitives():
+    for c in PRESETS.values():
+        d = c.to_dict()
+        assert all(isinstance(v, (str, int, float, bool, list, type(None))) for v in d.values())
+        assert Config.from_dict(d) == c
+
+
+@pytest.mark.parametrize(
+    "changes, problem",
+    [
+        ({"input_size": Size(570, 570), "model": "unet_original"}, "cannot take"),
+        ({"validation_size": 1.5}, "validation size"),
+        ({"batch_size": 0}, "batch size"),
+        ({"optimizer": "lbfgs"}, "optimizer"),
+        ({"threshold": 1.0}, "threshold"),
+    ],
+)
+def test_impossible_settings_are_refused(changes, problem):
+    with pytest.raises(ConfigError, match=problem):
+        preset("cpu").replace(**changes)
+
+
+def test_unknown_preset():
+    with pytest.raises(ConfigError, match="choose from"):
+        preset("gpu9000")
