@@ -123,7 +123,7 @@ PRESETS: dict[str, Config] = {
     # within minutes on two cores.
     "cpu": Config(
         preset="cpu", model=UNET1024, input_size=Size(192, 128), width=0.25, optimizer="adam",
-        lr=2e-3, batch_size=8, epochs=12, scheduler="cosine",
+        lr=2e-3, batch_size=8, epochs=20, scheduler="cosine",
     ),
 }
 
