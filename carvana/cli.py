@@ -217,7 +217,12 @@ def _run(args: argparse.Namespace) -> int:
 def _train(args: argparse.Namespace) -> int:
     from carvana import pipeline
 
-    pipeline.run_training(config_from_args(args), _data_options(args), args.resume)
+    result = pipeline.run_training(config_from_args(args), _data_options(args), args.resume)
+    pipeline.say("\n".join([
+        f"Best checkpoint: {result.checkpoint}",
+        f"Predict the test set:  python main.py predict --checkpoint {result.checkpoint}",
+        f"TensorBoard:           tensorboard --logdir ./{result.config.log_dir}",
+    ]))
     return 0
 
 

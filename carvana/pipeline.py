@@ -46,9 +46,10 @@ class DataSource:
 
 @dataclass(frozen=True)
 class TrainingResult:
-    run_name: str
-    best_checkpoint: Path
-    last_checkpoint: Path
+    config: Config  # the run's settings (a resumed run's model and name included)
+    classifier: Any  # the CarvanaClassifier, holding the weights of `checkpoint`
+    checkpoint: Path  # best.pt, or last.pt when no epoch improved on the monitored metric
+    data_dir: Path  # where the data came from (e.g. input/sample for the built-in sample)
     validation_dice: float  # at full resolution, on the validation cars
     validation_images: int
     validation_cars: int
@@ -184,9 +185,10 @@ def run_training(config: Config, options: DataOptions, resume: str | None = None
         raise TrainingInterrupted(e.resume_hint) from None
 
     best = models_dir / "best.pt"
-    classifier.load_weights(best if best.exists() else models_dir / "last.pt")
+    chosen = best if best.exists() else models_dir / "last.pt"
+    classifier.load_weights(chosen)
     dice = score_validation(classifier, data, split.valid, config, run_name)
-    return TrainingResult(run_name, best, models_dir / "last.pt", dice, len(split.valid),
+    return TrainingResult(config, classifier, chosen, source.data_dir, dice, len(split.valid),
                           len({layout_names.car_id(n) for n in split.valid}))
 
 
@@ -319,20 +321,9 @@ def run_all(config: Config, options: DataOptions, resume: str | None = None) -> 
     """`python main.py`: the whole job, ending with a summary of where everything was written."""
     start = time.monotonic()
     result = run_training(config, options, resume)
-    from carvana.train.classifier import CarvanaClassifier
-
-    config = config.replace(run_name=result.run_name)
-    if resume:
-        from carvana.train.checkpoint import load_checkpoint
-
-        saved = Config.from_dict(load_checkpoint(result.last_checkpoint)["config"])
-        config = config.replace(model=saved.model, input_size=saved.input_size, width=saved.width)
-    classifier = CarvanaClassifier(config)
-    best = result.best_checkpoint if result.best_checkpoint.exists() else result.last_checkpoint
-    classifier.load_weights(best)
+    config = result.config
     submission = config.output_dir / SUBMISSION_NAME
-    data_dir = _prediction_data_dir(config.data_dir)
-    rows = predict_test_set(classifier, config, data_dir, submission)
+    rows = predict_test_set(result.classifier, config, result.data_dir, submission)
     minutes, seconds = divmod(int(time.monotonic() - start), 60)
     say("\n".join([
         "",
@@ -340,9 +331,9 @@ def run_all(config: Config, options: DataOptions, resume: str | None = None) -> 
         f"  Submission:      {submission} ({rows} rows, valid)",
         f"  Validation Dice: {result.validation_dice:.4f} at full resolution on {result.validation_cars} unseen cars "
         f"({result.validation_images} images)",
-        f"  Best checkpoint: {best}",
+        f"  Best checkpoint: {result.checkpoint}",
         f"  TensorBoard:     tensorboard --logdir ./{config.log_dir}",
-        f"  Upload:          python main.py submit {submission} -m \"{result.run_name}\"",
+        f"  Upload:          python main.py submit {submission} -m \"{config.run_name}\"",
     ]))
 
 
