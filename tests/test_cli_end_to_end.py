@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from conftest import REAL_TEST_PHOTOS, REPO_ROOT
+from conftest import REAL_TEST_PHOTOS, REPO_ROOT, needs_real_photos
 
 pytestmark = pytest.mark.slow
 
@@ -90,10 +90,9 @@ def test_validate_refuses_a_broken_submission(tiny_run, tmp_path):
     assert len(result.stderr.strip().splitlines()) == 1
 
 
+@needs_real_photos
 def test_predict_on_real_kaggle_test_photos(tiny_run, tmp_path):
     workdir, _ = tiny_run
-    if not REAL_TEST_PHOTOS.is_dir():
-        pytest.skip("shared fixtures not present")
     data_dir = tmp_path / "kaggle"
     (data_dir / "test").mkdir(parents=True)
     names = sorted(p.name for p in REAL_TEST_PHOTOS.glob("*.jpg"))

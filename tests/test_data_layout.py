@@ -17,7 +17,7 @@ from carvana.data.layout import StrayFilesWarning, is_carvana_data_dir, load_car
 from carvana.errors import DataError
 from carvana.geometry import Size, model_geometry
 from data_factory import make_tiny_carvana, write_gif_mask, write_jpeg
-from conftest import REAL_TEST_PHOTOS
+from conftest import REAL_TEST_PHOTOS, needs_real_photos
 
 SIZE = Size(96, 64)
 GEOMETRY = model_geometry("unet1024", Size(64, 64))
@@ -102,12 +102,14 @@ def test_stray_files_are_ignored_with_one_warning_naming_them(data_dir: Path) ->
     assert len(data.train_names) == 4 and all(n.endswith(".jpg") for n in data.train_names)
 
 
+@needs_real_photos
 def test_photo_sizes_come_from_the_jpeg_header_of_real_kaggle_photos() -> None:
     photo = sorted(REAL_TEST_PHOTOS.glob("*.jpg"))[0]
     assert image_size(photo) == Size(1918, 1280)
     assert jpeg_size(photo.read_bytes()) == Size(1918, 1280)
 
 
+@needs_real_photos
 def test_a_real_photo_is_decoded_reduced_to_at_least_the_size_asked_for() -> None:
     photo = sorted(REAL_TEST_PHOTOS.glob("*.jpg"))[0]
     full = read_image(photo)
