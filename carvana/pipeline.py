@@ -235,7 +235,8 @@ def score_validation(classifier, data, valid_names: list[str], config: Config, r
     predictions = out_dir / "valid_predictions.csv.gz"
     _write_truth_csv(data, valid_names, truth)
     geometry = model_geometry(config.model, config.input_size)
-    loader = make_test_loader([data.train_dir / n for n in valid_names], geometry, config)
+    loader = make_test_loader([data.train_dir / n for n in valid_names], geometry, config,
+                              raw_pixels=classifier.device.type == "cuda")
     say(f"Scoring the best checkpoint on {len(valid_names)} validation images at {data.image_size} ...")
     classifier.predict(loader, callbacks=[PredictionsSaver(predictions, data.image_size, threshold=config.threshold)],
                        tta=config.tta)
@@ -271,7 +272,7 @@ def predict_test_set(classifier, config: Config, data_dir: Path, submission: Pat
 
     data = load_carvana_data(data_dir, need_train=False)
     geometry = model_geometry(config.model, config.input_size)
-    loader = make_test_loader([data.test_dir / n for n in data.test_names], geometry, config)
+    loader = make_test_loader(data, geometry, config, raw_pixels=classifier.device.type == "cuda")
     say(f"Predicting {len(data.test_names)} test images into {submission} "
         f"(threshold {config.threshold:g}{', flip TTA' if config.tta else ''}) ...")
     classifier.predict(loader, callbacks=[PredictionsSaver(submission, data.image_size, threshold=config.threshold)],

@@ -231,3 +231,19 @@ def test_a_big_mask_shrinks_like_an_area_average_thresholded_at_half() -> None:
 def edge_band(mask: np.ndarray) -> np.ndarray:
     kernel = np.ones((3, 3), np.uint8)
     return cv2.dilate(mask.astype(np.uint8), kernel) != cv2.erode(mask.astype(np.uint8), kernel)
+
+
+def test_raw_pixel_batches_normalise_on_the_device_to_the_same_tensors(tmp_path):
+    """The GPU path ships uint8 and normalises later; it must give exactly the CPU path's input."""
+    from carvana.data.datasets import CarvanaTestDataset, normalize_batch
+    from carvana.geometry import model_geometry
+    from data_factory import make_tiny_carvana
+
+    data_dir = make_tiny_carvana(tmp_path, cars=1)
+    photos = sorted((data_dir / "test").glob("*.jpg"))[:2]
+    for model, size in (("unet1024", Size(128, 64)), ("unet_original", Size(316, 268))):
+        geometry = model_geometry(model, size)
+        normalised = torch.stack([CarvanaTestDataset(photos, geometry)[i][0] for i in range(2)])
+        raw = torch.stack([CarvanaTestDataset(photos, geometry, raw_pixels=True)[i][0] for i in range(2)])
+        assert raw.dtype == torch.uint8
+        torch.testing.assert_close(normalize_batch(raw), normalised, rtol=0, atol=1e-5)

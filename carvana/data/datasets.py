@@ -61,6 +61,17 @@ def normalize(image: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(chw)
 
 
+def normalize_batch(images: torch.Tensor) -> torch.Tensor:
+    """Raw uint8 (N, 3, H, W) pixels -> float32 normalised like `normalize`, on the tensor's device.
+
+    The GPU prediction path ships uint8 batches (a quarter of the bytes to decode, pickle, pin and
+    copy) and normalises them here, on the device, in one multiply-add.
+    """
+    scale = _SCALE.to(images.device).unsqueeze(0)
+    offset = _OFFSET.to(images.device).unsqueeze(0)
+    return images.float().mul_(scale).add_(offset)
+
+
 def denormalize(images: torch.Tensor) -> torch.Tensor:
     """Undo `normalize` for (3, H, W) or (N, 3, H, W) tensors: float in [0, 1] (clamped), same device."""
     scale = _SCALE.to(images.device, images.dtype)
@@ -184,11 +195,16 @@ class CarvanaTrainDataset(Dataset):
 
 
 class CarvanaTestDataset(Dataset):
-    """(image (3, H_in, W_in) float32 normalised, file name) for prediction."""
+    """(image (3, H_in, W_in) float32 normalised, file name) for prediction.
 
-    def __init__(self, image_paths: Sequence[Path], geometry: Geometry):
+    With `raw_pixels`, the image is the padded uint8 (3, H_in, W_in) instead, for a model on a
+    GPU to normalise with `normalize_batch` (see there why).
+    """
+
+    def __init__(self, image_paths: Sequence[Path], geometry: Geometry, raw_pixels: bool = False):
         self.image_paths = [Path(p) for p in image_paths]
         self.geometry = geometry
+        self.raw_pixels = raw_pixels
 
     def __len__(self) -> int:
         return len(self.image_paths)
@@ -199,6 +215,9 @@ class CarvanaTestDataset(Dataset):
     def _item(self, index: int) -> tuple[torch.Tensor, str]:
         path = self.image_paths[index]
         image, _ = load_image(path, self.geometry.covered_size)
+        if self.raw_pixels:
+            padded = mirror_pad(image, self.geometry.border)
+            return torch.from_numpy(np.ascontiguousarray(padded.transpose(2, 0, 1))), path.name
         return _input_tensor(image, self.geometry), path.name
 
 
@@ -361,19 +380,20 @@ def make_test_loader(
     workers: int | None = None,
     image_names: Sequence[str] | None = None,
     pin_memory: bool | None = None,
+    raw_pixels: bool = False,
 ) -> CarvanaLoader:
     """Batches of (images, file names) for prediction, in order.
 
     `photos` is a CarvanaData (its test photos in sample_submission.csv order, or `image_names`
     of them) or any list of photo paths (e.g. validation photos, to score a model the way Kaggle
-    would).
+    would). `raw_pixels`: uint8 batches for the classifier to normalise on its device (GPU).
     """
     if isinstance(photos, CarvanaData):
         paths = photos.test_image_paths(None if image_names is None else list(image_names))
     else:
         paths = [Path(p) for p in photos]
     return _loader(
-        CarvanaTestDataset(paths, geometry),
+        CarvanaTestDataset(paths, geometry, raw_pixels),
         batch_size=_setting("batch_size", batch_size, config),
         workers=_setting("workers", workers, config),
         shuffle=False,

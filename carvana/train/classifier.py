@@ -31,6 +31,7 @@ from torch import nn
 from tqdm import tqdm
 
 from carvana.config import Config
+from carvana.data.datasets import denormalize, normalize_batch
 from carvana.errors import CheckpointError, TrainingDiverged
 from carvana.geometry import model_geometry
 from carvana.losses import BCEDiceLoss
@@ -323,7 +324,6 @@ class CarvanaClassifier:
 
     def _preview(self, kept: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]) -> ValidationPreview:
         """Validation examples at the covered size: the mirror border of the input is cropped off."""
-        from carvana.data.datasets import denormalize
 
         b = self.geometry.border
         images = torch.stack([image for image, _, _ in kept]).float()
@@ -346,7 +346,10 @@ class CarvanaClassifier:
         """
         tta = self.config.tta if tta is None else tta
         self.model.eval()
-        images = to_memory_format(images.to(self.device, non_blocking=True), self.channels_last)
+        images = images.to(self.device, non_blocking=True)
+        if images.dtype == torch.uint8:  # raw pixels from a loader made with raw_pixels=True
+            images = normalize_batch(images)
+        images = to_memory_format(images, self.channels_last)
         probabilities = self._forward_probabilities(images)
         if tta:
             flipped = self._forward_probabilities(images.flip(-1)).flip(-1)
