@@ -221,7 +221,7 @@ def _train(args: argparse.Namespace) -> int:
     pipeline.say("\n".join([
         f"Best checkpoint: {result.checkpoint}",
         f"Predict the test set:  python main.py predict --checkpoint {result.checkpoint}",
-        f"TensorBoard:           tensorboard --logdir ./{result.config.log_dir}",
+        f"TensorBoard:           {pipeline.tensorboard_command(result.config.log_dir)}",
     ]))
     return 0
 

@@ -6,6 +6,7 @@ The functions print what they are doing and where things were written.
 from __future__ import annotations
 
 import csv
+import os
 import time
 from dataclasses import dataclass
 from datetime import datetime
@@ -15,7 +16,7 @@ from typing import Any
 from carvana.atomic import atomic_path
 from carvana.config import Config
 from carvana.data import kaggle_layout as layout_names
-from carvana.errors import CarvanaError, CheckpointError, DataError
+from carvana.errors import CarvanaError, CheckpointError, ConfigError, DataError
 from carvana.geometry import Size, model_geometry
 
 SUBMISSION_NAME = "submit.csv.gz"
@@ -59,6 +60,12 @@ def say(message: str) -> None:
     print(message, flush=True)
 
 
+def tensorboard_command(log_dir: Path) -> str:
+    """The command that shows a log dir's runs (relative dirs as ./logs, absolute ones as given)."""
+    log_dir = Path(log_dir)
+    return f"tensorboard --logdir {log_dir if log_dir.is_absolute() else f'./{log_dir}'}"
+
+
 # --------------------------------------------------------------------------- data
 
 
@@ -79,9 +86,19 @@ def get_data(data_dir: Path, options: DataOptions, announce: bool = True) -> Dat
             source = DataSource(data_dir, "local data")
         elif kaggle_credentials_configured():
             choice = "kaggle"
+        elif _has_part_of_the_layout(data_dir) and not _download_in_progress(data_dir):
+            # Some of the Kaggle files are here but not all, and none can be downloaded: name the missing
+            # one rather than quietly train on the sample (and replace a submission made from real data).
+            from carvana.data.layout import load_carvana_data
+
+            load_carvana_data(data_dir, need_test=False)
+            source = DataSource(data_dir, "local data")
         else:
             choice = "sample"
-            if announce:
+            if announce and _download_in_progress(data_dir):
+                say(f"{data_dir} holds an unfinished Kaggle download (no {layout_names.COMPLETE_MARKER}) and there "
+                    "are no Kaggle credentials to finish it: using the built-in sample dataset.")
+            elif announce:
                 say("No Carvana data in {} and no Kaggle credentials: using the built-in sample dataset.\n"
                     "  (For the real data: put kaggle.json in ~/.kaggle/ or set KAGGLE_USERNAME/KAGGLE_KEY; "
                     "see README, 'Kaggle credentials'.)".format(data_dir))
@@ -101,9 +118,18 @@ def get_data(data_dir: Path, options: DataOptions, announce: bool = True) -> Dat
     return source
 
 
+def _has_part_of_the_layout(data_dir: Path) -> bool:
+    parts = (layout_names.TRAIN_DIR, layout_names.TRAIN_HQ_DIR, layout_names.MASKS_DIR, layout_names.MASKS_CSV,
+             layout_names.TEST_DIR, layout_names.TEST_HQ_DIR, layout_names.SAMPLE_SUBMISSION_CSV)
+    return any((data_dir / part).exists() for part in parts)
+
+
 def _download_in_progress(data_dir: Path) -> bool:
-    marker = layout_names.read_complete_marker(data_dir)
-    return marker is None and (data_dir / ".download").exists()
+    """A Kaggle fetch started here and has not written the completion marker: never trust it as data."""
+    from carvana.fetch.kaggle_fetcher import DONE_DIR, DOWNLOAD_DIR
+
+    started = (data_dir / DOWNLOAD_DIR).exists() or (data_dir / DONE_DIR).exists()
+    return started and layout_names.read_complete_marker(data_dir) is None
 
 
 def _ensure_sample(sample_dir: Path, options: DataOptions, announce: bool) -> Path:
@@ -136,12 +162,17 @@ def _sample_matches(marker: dict[str, Any], wanted: dict[str, Any]) -> bool:
 # --------------------------------------------------------------------------- training
 
 
-def run_training(config: Config, options: DataOptions, resume: str | None = None) -> TrainingResult:
-    """Get data, split by car, train with callbacks, score the best checkpoint at full resolution."""
+def run_training(config: Config, options: DataOptions, resume: str | None = None,
+                 need_test: bool = False) -> TrainingResult:
+    """Get data, split by car, train with callbacks, score the best checkpoint at full resolution.
+
+    `need_test`: check the test set's layout too (its ids and photos' presence) before training, so
+    that a run which ends by predicting it does not find a missing file only after training.
+    """
     from carvana.data.datasets import make_train_loader, make_valid_loader
     from carvana.data.layout import load_carvana_data
     from carvana.data.split import split_by_car
-    from carvana.train.checkpoint import ModelCheckpoint, load_checkpoint
+    from carvana.train.checkpoint import BEST_NAME, LAST_NAME, ModelCheckpoint, load_checkpoint
     from carvana.train.classifier import CarvanaClassifier, TrainingInterruptedError
     from carvana.train.early_stopping import EarlyStopping
     from carvana.train.tensorboard import TensorBoardLogger, TensorBoardVisualizer
@@ -156,9 +187,17 @@ def run_training(config: Config, options: DataOptions, resume: str | None = None
                                 run_name=saved.run_name)
     run_name = config.run_name or f"{config.model}-{datetime.now():%Y%m%d-%H%M%S}"
     config = config.replace(run_name=run_name)
+    models_dir = config.output_dir / "models" / run_name
+    # Fail now, not after the first epoch (or the download): outputs must be writable, and a new
+    # run must not overwrite the checkpoints of an earlier run that had the same name.
+    check_writable_dir(models_dir, "checkpoints")
+    check_writable_dir(config.log_dir / run_name, "TensorBoard logs")
+    if checkpoint is None and any((models_dir / name).exists() for name in (LAST_NAME, BEST_NAME)):
+        raise ConfigError(f"{models_dir}: run {run_name} already has checkpoints; continue it with "
+                          f"--resume {models_dir / LAST_NAME}, or choose another --run-name")
 
     source = get_data(config.data_dir, options)
-    data = load_carvana_data(source.data_dir, need_test=False)
+    data = load_carvana_data(source.data_dir, need_test=need_test)
     split = split_by_car(data.train_names, config.validation_size, config.sample_size, config.seed)
     geometry = model_geometry(config.model, config.input_size)
 
@@ -167,7 +206,6 @@ def run_training(config: Config, options: DataOptions, resume: str | None = None
         classifier.resume_from(resume_path)
     say(_describe_run(config, data, split, classifier, geometry, source))
 
-    models_dir = config.output_dir / "models" / run_name
     checkpointer = ModelCheckpoint(models_dir, monitor="val_dice", mode="max")
     callbacks = [
         TensorBoardLogger(config.log_dir, run_name),
@@ -190,6 +228,20 @@ def run_training(config: Config, options: DataOptions, resume: str | None = None
     dice = score_validation(classifier, data, split.valid, config, run_name)
     return TrainingResult(config, classifier, chosen, source.data_dir, dice, len(split.valid),
                           len({layout_names.car_id(n) for n in split.valid}))
+
+
+def check_writable_dir(folder: Path, what: str) -> None:
+    """ConfigError unless `folder` exists or can be created, and files can be written in it.
+
+    Checks the nearest existing part of the path, so nothing is created on disk yet.
+    """
+    existing = Path(folder)
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise ConfigError(f"{folder}: cannot write {what} here ({existing} is a file, not a folder)")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise ConfigError(f"{folder}: cannot write {what} here (no permission to write in {existing})")
 
 
 def _resolve_resume(config: Config, resume: str) -> Path:
@@ -321,7 +373,7 @@ def _prediction_data_dir(data_dir: Path) -> Path:
 def run_all(config: Config, options: DataOptions, resume: str | None = None) -> None:
     """`python main.py`: the whole job, ending with a summary of where everything was written."""
     start = time.monotonic()
-    result = run_training(config, options, resume)
+    result = run_training(config, options, resume, need_test=True)
     config = result.config
     submission = config.output_dir / SUBMISSION_NAME
     rows = predict_test_set(result.classifier, config, result.data_dir, submission)
@@ -333,7 +385,7 @@ def run_all(config: Config, options: DataOptions, resume: str | None = None) -> 
         f"  Validation Dice: {result.validation_dice:.4f} at full resolution on {result.validation_cars} unseen cars "
         f"({result.validation_images} images)",
         f"  Best checkpoint: {result.checkpoint}",
-        f"  TensorBoard:     tensorboard --logdir ./{config.log_dir}",
+        f"  TensorBoard:     {tensorboard_command(config.log_dir)}",
         f"  Upload:          python main.py submit {submission} -m \"{config.run_name}\"",
     ]))
 

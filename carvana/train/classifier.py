@@ -256,10 +256,11 @@ class CarvanaClassifier:
                 loss = self.loss_fn(logits, masks)  # float32 whatever the autocast dtype
                 loss_value = float(loss.detach())
                 if not math.isfinite(loss_value):
+                    kept = (f"the weights of epoch {state.epoch} are the last good ones (last.pt/best.pt are "
+                            "not overwritten)" if state.epoch else "no epoch was completed, so nothing was saved")
                     raise TrainingDiverged(
                         f"training loss became {loss_value} at epoch {epoch}, step {step} (global step "
-                        f"{state.global_step + 1}); the weights of epoch {state.epoch} are the last good ones "
-                        f"(last.pt/best.pt are not overwritten): lower --lr or set --grad-clip"
+                        f"{state.global_step + 1}); {kept}: lower --lr or set --grad-clip"
                     )
                 self._step(loss, state)
                 batch = images.shape[0]

@@ -1,0 +1,342 @@
+"""Faults a user meets, at the level of `python main.py`: the process killed (kill -9, Ctrl-C) while it
+trains or predicts, a loss that blows up, an output folder that cannot be written or a disk that fills.
+
+What must hold: a run killed at any moment resumes from its last completed epoch with the same
+counters and TensorBoard curves; no output file is ever half written under its real name; every
+failure is one line on stderr naming the file, with a non-zero exit code and no traceback.
+"""
+from __future__ import annotations
+
+import errno
+import gzip
+import hashlib
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from carvana import cli
+from carvana.geometry import Size
+from carvana.pipeline import DataOptions, get_data
+from carvana.predict.validate import validate_submission
+from conftest import REPO_ROOT
+from data_factory import make_tiny_carvana
+
+pytestmark = pytest.mark.reliability
+
+TINY = ["--preset", "cpu", "--input-size", "128x64", "--batch-size", "8", "--workers", "0", "--no-augment"]
+STEPS_PER_EPOCH = 4  # 2 training cars x 16 views, batch 8
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def train_args(data_dir: Path, work: Path, *extra: str) -> list[str]:
+    return ["train", "--dataset", "auto", "--data-dir", str(data_dir), *TINY,
+            "--output-dir", str(work / "output"), "--log-dir", str(work / "logs"), *extra]
+
+
+def start_main(args: list[str], cwd: Path, new_session: bool = False) -> subprocess.Popen:
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "2"}
+    return subprocess.Popen([sys.executable, str(REPO_ROOT / "main.py"), *args], cwd=cwd, env=env,
+                            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=new_session)
+
+
+def wait_for(condition, process: subprocess.Popen, what: str, timeout: float = 120) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if process.poll() is not None:
+            out, err = process.communicate()
+            pytest.fail(f"main.py ended (exit {process.returncode}) before {what}:\n{out}\n{err}")
+        if time.monotonic() > deadline:
+            process.kill()
+            pytest.fail(f"timed out waiting for {what}")
+        time.sleep(0.005)
+
+
+def run_cli(args: list[str], capsys) -> tuple[int, str, str]:
+    code = cli.main(args)
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def one_line_error(err: str) -> str:
+    lines = err.strip().splitlines()
+    assert "Traceback" not in err
+    assert len(lines) == 1, err
+    return lines[0]
+
+
+def digest(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def epochs_printed(stdout: str) -> list[int]:
+    return [int(line.split()[1].split("/")[0]) for line in stdout.splitlines() if line.startswith("epoch ")]
+
+
+def scalar_steps(log_dir: Path, tag: str) -> list[int]:
+    events = EventAccumulator(str(log_dir))
+    events.Reload()
+    return [event.step for event in events.Scalars(tag)]
+
+
+@pytest.fixture(scope="module")
+def tiny_data(tmp_path_factory) -> Path:
+    """3 cars x 16 views at 192x128 (2 training cars, 1 validation car) and a 16-photo test set."""
+    return make_tiny_carvana(tmp_path_factory.mktemp("data"), cars=3)
+
+
+@pytest.fixture(scope="module")
+def trained(tiny_data, tmp_path_factory) -> Path:
+    """A finished 2-epoch run named `tiny` (in-process); returns its work folder."""
+    work = tmp_path_factory.mktemp("trained")
+    assert cli.main(train_args(tiny_data, work, "--epochs", "2", "--run-name", "tiny")) == 0
+    return work
+
+
+def copy_run(trained: Path, tmp_path: Path) -> Path:
+    work = tmp_path / "work"
+    shutil.copytree(trained / "output", work / "output")
+    shutil.copytree(trained / "logs", work / "logs")
+    return work
+
+
+# --------------------------------------------------------------------------- kill -9 and Ctrl-C while training
+
+
+def test_a_run_killed_with_sigkill_mid_epoch_resumes_from_its_last_completed_epoch(tiny_data, tmp_path, capsys):
+    last = tmp_path / "output" / "models" / "killed" / "last.pt"
+    process = start_main(train_args(tiny_data, tmp_path, "--epochs", "3", "--run-name", "killed"), tmp_path)
+    wait_for(last.exists, process, "the first epoch's last.pt")
+    process.send_signal(signal.SIGKILL)  # while epoch 2 trains
+    process.communicate(timeout=60)
+    assert process.returncode == -signal.SIGKILL
+
+    killed = torch.load(last, weights_only=True)
+    done = killed["epoch"]
+    assert 1 <= done < 3, "killed before the run's end"
+    assert killed["global_step"] == done * STEPS_PER_EPOCH
+
+    code, out, err = run_cli(train_args(tiny_data, tmp_path, "--epochs", "3", "--resume", str(last)), capsys)
+    assert code == 0, err
+    assert f"resuming run killed from {last}: epoch {done}" in out
+    assert epochs_printed(out) == list(range(done + 1, 4))
+    resumed = torch.load(last, weights_only=True)
+    assert resumed["epoch"] == 3 and resumed["global_step"] == 3 * STEPS_PER_EPOCH
+    assert resumed["history"][:done] == killed["history"][:done] and len(resumed["history"]) == 3
+    assert resumed["best_score"] == max(entry["val_dice"] for entry in resumed["history"])
+
+    # `--resume last` picks the latest run's last.pt and goes on to a later epoch.
+    code, out, err = run_cli(train_args(tiny_data, tmp_path, "--epochs", "4", "--resume", "last"), capsys)
+    assert code == 0, err
+    assert epochs_printed(out) == [4]
+    assert torch.load(last, weights_only=True)["global_step"] == 4 * STEPS_PER_EPOCH
+
+    logs = tmp_path / "logs" / "killed"
+    for tag in ("loss/train", "dice/val", "lr"):
+        assert scalar_steps(logs, tag) == [1, 2, 3, 4], f"{tag}: one point per epoch, none doubled"
+
+
+def test_ctrl_c_while_training_saves_the_last_epoch_and_says_how_to_resume(tiny_data, tmp_path):
+    last = tmp_path / "output" / "models" / "stopped" / "last.pt"
+    args = train_args(tiny_data, tmp_path, "--epochs", "3", "--run-name", "stopped")
+    args[args.index("--workers") + 1] = "1"  # Ctrl-C reaches the loader's worker processes too
+    process = start_main(args, tmp_path, new_session=True)
+    wait_for(last.exists, process, "the first epoch's last.pt")
+    os.killpg(process.pid, signal.SIGINT)  # what the terminal does: the whole process group
+    out, err = process.communicate(timeout=120)
+
+    assert process.returncode == 130, out + err
+    message = one_line_error(err)
+    assert f"--resume {last}" in message
+    assert torch.load(last, weights_only=True)["epoch"] >= 1
+
+
+# --------------------------------------------------------------------------- kill -9 while predicting
+
+
+def test_a_prediction_killed_with_sigkill_leaves_the_previous_submission_and_a_rerun_writes_a_valid_one(
+        trained, tmp_path, capsys):
+    data_dir = make_tiny_carvana(tmp_path, cars=1, test_cars=4)  # 64 test photos
+    out_dir = tmp_path / "out"
+    out_dir.mkdir()
+    submission = out_dir / "submit.csv.gz"
+    submission.write_bytes(gzip.compress(b"img,rle_mask\nprevious,1 1\n"))
+    before = digest(submission)
+    args = ["predict", "--checkpoint", str(trained / "output" / "models" / "tiny" / "best.pt"),
+            "--data-dir", str(data_dir), "--output-dir", str(out_dir), "--workers", "0", "--batch-size", "2"]
+
+    process = start_main(args, tmp_path)
+    wait_for(lambda: any(out_dir.glob(".tmp-submit.csv.gz.*")), process, "the submission's temporary file")
+    process.send_signal(signal.SIGKILL)
+    process.communicate(timeout=60)
+
+    assert digest(submission) == before, "the previous complete submission is untouched"
+    leftovers = [p.name for p in out_dir.iterdir() if p != submission]
+    assert all(name.startswith(".tmp-submit.csv.gz.") for name in leftovers), leftovers
+
+    code, _, err = run_cli(args, capsys)
+    assert code == 0, err
+    report = validate_submission(submission, data_dir / "sample_submission.csv", image_size=Size(192, 128))
+    assert report.rows == 64
+
+
+# --------------------------------------------------------------------------- a loss that becomes NaN
+
+
+def test_a_diverging_resumed_run_stops_naming_the_epoch_and_step_and_keeps_its_checkpoints(trained, tiny_data, tmp_path,
+                                                                                             capsys):
+    work = copy_run(trained, tmp_path)
+    models = work / "output" / "models" / "tiny"
+    before = {name: digest(models / name) for name in ("last.pt", "best.pt")}
+    # A new optimiser starts afresh with the flag's learning rate (a resumed one keeps its own).
+    code, out, err = run_cli(train_args(tiny_data, work, "--epochs", "3", "--resume",
+                                        str(models / "last.pt"), "--optimizer", "sgd", "--lr", "1e30"), capsys)
+    assert code == 1
+    message = one_line_error(err)
+    assert "at epoch 3, step" in message and ("nan" in message or "inf" in message)
+    assert "--lr" in message
+    assert {name: digest(models / name) for name in before} == before
+    assert not list(models.glob(".tmp-*"))
+
+
+def test_a_run_that_diverges_in_its_first_epoch_saves_nothing_and_says_so(tiny_data, tmp_path, capsys):
+    code, _, err = run_cli(train_args(tiny_data, tmp_path, "--epochs", "2", "--run-name", "nan", "--lr", "1e30"),
+                           capsys)
+    assert code == 1
+    message = one_line_error(err)
+    assert "at epoch 1, step" in message and "nothing was saved" in message
+    assert not (tmp_path / "output" / "models" / "nan" / "best.pt").exists()
+
+
+# --------------------------------------------------------------------------- unwritable output, full disk
+
+
+@pytest.mark.parametrize("flag", ["--output-dir", "--log-dir"])
+def test_an_output_folder_that_cannot_be_created_is_refused_before_training(tiny_data, tmp_path, capsys, flag):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    args = train_args(tiny_data, tmp_path, "--epochs", "1", "--run-name", "blocked")
+    args[args.index(flag) + 1] = str(blocker / "sub")
+    code, out, err = run_cli(args, capsys)
+    assert code == 1
+    message = one_line_error(err)
+    assert str(blocker / "sub") in message and "cannot write" in message
+    assert epochs_printed(out) == [], "refused before an epoch was spent"
+
+
+@pytest.mark.skipif(os.name != "posix" or os.geteuid() == 0, reason="permissions do not stop root")
+def test_a_read_only_output_folder_is_refused_before_training(tiny_data, tmp_path, capsys):
+    read_only = tmp_path / "read-only"
+    read_only.mkdir()
+    read_only.chmod(0o555)
+    try:
+        args = train_args(tiny_data, tmp_path, "--epochs", "1", "--run-name", "ro")
+        args[args.index("--output-dir") + 1] = str(read_only)
+        code, out, err = run_cli(args, capsys)
+    finally:
+        read_only.chmod(0o755)
+    assert code == 1 and "cannot write" in one_line_error(err) and epochs_printed(out) == []
+
+
+def no_space(*args, **kwargs):
+    raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+
+def test_a_full_disk_while_saving_a_checkpoint_leaves_no_partial_checkpoint(tiny_data, tmp_path, capsys, monkeypatch):
+    def save_half_then_fill_the_disk(obj, path, *args, **kwargs):
+        Path(path).write_bytes(b"PK\x03\x04" + b"\0" * 1000)  # the start of a checkpoint ...
+        no_space()  # ... and then the disk is full
+
+    monkeypatch.setattr(torch, "save", save_half_then_fill_the_disk)
+    code, _, err = run_cli(train_args(tiny_data, tmp_path, "--epochs", "1", "--run-name", "full"), capsys)
+    assert code == 1
+    message = one_line_error(err)
+    models = tmp_path / "output" / "models" / "full"
+    assert str(models / "last.pt") in message and os.strerror(errno.ENOSPC) in message
+    assert list(models.iterdir()) == [], "neither last.pt, best.pt nor a temporary file"
+
+
+def test_a_full_disk_while_writing_the_submission_keeps_the_previous_one(trained, tiny_data, tmp_path, capsys,
+                                                                         monkeypatch):
+    out_dir = tmp_path / "out"
+    out_dir.mkdir()
+    submission = out_dir / "submit.csv.gz"
+    submission.write_bytes(gzip.compress(b"img,rle_mask\nprevious,1 1\n"))
+    before = digest(submission)
+    real_write = gzip.GzipFile.write
+    writes = {"n": 0}
+
+    def fill_the_disk_after_the_header(self, data):
+        writes["n"] += 1
+        if writes["n"] > 1:
+            no_space()
+        return real_write(self, data)
+
+    monkeypatch.setattr(gzip.GzipFile, "write", fill_the_disk_after_the_header)
+    code, _, err = run_cli(["predict", "--checkpoint", str(trained / "output" / "models" / "tiny" / "best.pt"),
+                            "--data-dir", str(tiny_data), "--output-dir", str(out_dir), "--workers", "0"], capsys)
+    assert code == 1
+    message = one_line_error(err)
+    assert str(submission) in message and os.strerror(errno.ENOSPC) in message
+    assert digest(submission) == before
+    assert [p.name for p in out_dir.iterdir()] == ["submit.csv.gz"]
+
+
+# --------------------------------------------------------------------------- an interrupted download
+
+
+def test_auto_never_takes_an_unfinished_kaggle_download_for_data(tmp_path, monkeypatch, capsys):
+    data_dir = make_tiny_carvana(tmp_path, cars=1, views=2, complete_marker=False)
+    (data_dir / ".download" / "test.zip").mkdir(parents=True)  # the fetch stopped while downloading test.zip
+    fetched = []
+    monkeypatch.setattr("carvana.fetch.kaggle_fetcher.fetch_kaggle",
+                        lambda folder, **kwargs: fetched.append(folder) or FakeReport())
+    monkeypatch.setenv("KAGGLE_USERNAME", "someone")
+    monkeypatch.setenv("KAGGLE_KEY", "0" * 32)
+    assert get_data(data_dir, DataOptions(dataset="auto")).origin == "Kaggle"
+    assert fetched == [data_dir], "the download is resumed"
+
+    monkeypatch.delenv("KAGGLE_USERNAME")
+    monkeypatch.delenv("KAGGLE_KEY")
+    generated = []
+    monkeypatch.setattr("carvana.fetch.sample_dataset.generate_sample_dataset",
+                        lambda folder, **kwargs: generated.append(folder) or FakeReport())
+    capsys.readouterr()
+    assert get_data(data_dir, DataOptions(dataset="auto")).origin == "built-in sample"
+    assert generated == [data_dir / "sample"]
+    assert "unfinished Kaggle download" in capsys.readouterr().out
+
+
+class FakeReport:
+    def summary(self) -> str:
+        return "done"
+
+
+def test_ctrl_c_while_predicting_exits_130_and_leaves_the_previous_submission(trained, tmp_path):
+    data_dir = make_tiny_carvana(tmp_path, cars=1, test_cars=4)
+    out_dir = tmp_path / "out"
+    out_dir.mkdir()
+    submission = out_dir / "submit.csv.gz"
+    submission.write_bytes(gzip.compress(b"img,rle_mask\nprevious,1 1\n"))
+    before = digest(submission)
+    process = start_main(["predict", "--checkpoint", str(trained / "output" / "models" / "tiny" / "best.pt"),
+                          "--data-dir", str(data_dir), "--output-dir", str(out_dir), "--workers", "0",
+                          "--batch-size", "2"], tmp_path, new_session=True)
+    wait_for(lambda: any(out_dir.glob(".tmp-submit.csv.gz.*")), process, "the submission's temporary file")
+    os.killpg(process.pid, signal.SIGINT)
+    out, err = process.communicate(timeout=60)
+
+    assert process.returncode == 130, out + err
+    assert "Traceback" not in err and "interrupted" in err
+    assert digest(submission) == before
+    assert [p.name for p in out_dir.iterdir()] == ["submit.csv.gz"], "the partial file is removed"
