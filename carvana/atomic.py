@@ -4,10 +4,15 @@ Everything the pipeline produces (checkpoints, the submission, CSVs, the dataset
 markers) goes through `atomic_path`: the data is written next to the target under a temporary
 name, flushed to disk, and only then renamed over the target. `os.replace` is atomic on POSIX
 within one file system, so readers see either the old complete file or the new complete one.
+
+The temporary name carries the writing process's id (`.tmp-<target>.<pid>.<random>`). A process
+killed outright (kill -9, power loss) cannot remove its temporary file; the next write of the same
+target removes those whose process no longer runs, so they do not pile up.
 """
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import tempfile
 from pathlib import Path
@@ -28,7 +33,8 @@ def atomic_path(target: str | Path) -> Iterator[Path]:
     target = Path(target)
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp_name = tempfile.mkstemp(prefix=TEMP_PREFIX + target.name + ".", dir=target.parent)
+        remove_stale_temp_files(target)
+        fd, tmp_name = tempfile.mkstemp(prefix=f"{TEMP_PREFIX}{target.name}.{os.getpid()}.", dir=target.parent)
     except OSError as e:
         raise CarvanaError(f"{target.parent}: cannot write here ({e.strerror or e})") from None
     # mkstemp creates 0600 files; give the result the permissions a plain open() would have.
@@ -54,6 +60,27 @@ def atomic_write_bytes(target: str | Path, data: bytes) -> None:
 
 def atomic_write_text(target: str | Path, text: str) -> None:
     atomic_write_bytes(target, text.encode("utf-8"))
+
+
+def remove_stale_temp_files(target: str | Path) -> list[Path]:
+    """Remove the temporary files of `target` left by processes that no longer run; return them."""
+    target = Path(target)
+    removed = []
+    prefix = f"{TEMP_PREFIX}{target.name}."
+    for candidate in target.parent.glob(f"{TEMP_PREFIX}*"):
+        pid = candidate.name[len(prefix):].split(".", 1)[0] if candidate.name.startswith(prefix) else ""
+        if pid.isdigit() and not _process_runs(int(pid)) and candidate.is_file():
+            candidate.unlink(missing_ok=True)
+            removed.append(candidate)
+    return removed
+
+
+def _process_runs(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except OSError as e:
+        return e.errno != errno.ESRCH  # EPERM: it runs, as another user
+    return True
 
 
 def _umask() -> int:

@@ -6,10 +6,17 @@ import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+import torch
 
 from carvana import rle
 from carvana.geometry import Size
-from carvana.predict.postprocess import linear_taps, probabilities_to_mask, probabilities_to_rle, probabilities_to_runs
+from carvana.predict.postprocess import (
+    linear_taps,
+    probabilities_to_mask,
+    probabilities_to_rle,
+    probabilities_to_runs,
+    probability_batch_to_runs,
+)
 
 PHOTO = Size(1918, 1280)
 # float32 rounding of two products and a sum, in another order than OpenCV's (values are in [0, 1]).
@@ -122,3 +129,53 @@ def test_linear_taps_reproduce_opencv_interpolation_of_each_source_pixel():
 def test_a_batch_instead_of_one_map_is_refused():
     with pytest.raises(ValueError, match="one \\(height, width\\) probability map"):
         probabilities_to_runs(np.zeros((2, 8, 8), np.float32), PHOTO)
+
+
+# --------------------------------------------------------------------------- a batch on the model's device
+
+
+def batch_matches_opencv(maps: np.ndarray, size: Size, threshold: float, chunk: int = 8) -> None:
+    """The batch way (run here on the CPU, as it runs on a GPU) against cv2.resize > threshold, map by map."""
+    runs = probability_batch_to_runs(torch.from_numpy(maps), size, threshold, chunk=chunk)
+    assert len(runs) == len(maps)
+    for image_runs, probabilities in zip(runs, maps):
+        ours = rle.runs_to_mask(rle.parse_runs(rle.runs_to_string(image_runs), size.height, size.width),
+                                size.height, size.width)
+        values = opencv_probabilities(probabilities, size)
+        differ = ours.astype(bool) != (values > threshold)
+        assert np.all(np.abs(values[differ] - threshold) <= ROUNDING), "a pixel away from the threshold differs"
+
+
+@pytest.mark.parametrize("model_size", [Size(192, 128), Size(388, 388), Size(1024, 1024)])
+def test_a_batch_of_car_maps_gives_the_runs_of_each_map_as_the_cpu_row_does(model_size):
+    maps = np.stack([car_probabilities(model_size, seed) for seed in range(3)])
+    runs = probability_batch_to_runs(torch.from_numpy(maps), PHOTO, chunk=2)
+    for image_runs, probabilities in zip(runs, maps):
+        assert np.array_equal(image_runs, probabilities_to_runs(probabilities, PHOTO))
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    source=st.tuples(st.integers(1, 20), st.integers(1, 20)),
+    target=st.tuples(st.integers(1, 60), st.integers(1, 60)),
+    batch=st.integers(1, 4),
+    threshold=st.sampled_from([0.5, 0.3, 0.9]),
+    seed=st.integers(0, 2**32 - 1),
+)
+def test_a_batch_of_random_maps_differs_from_opencv_only_within_rounding(source, target, batch, threshold, seed):
+    maps = np.random.default_rng(seed).random((batch, source[1], source[0]), dtype=np.float32)
+    maps[maps < 0.2], maps[maps > 0.8] = 0.0, 1.0
+    batch_matches_opencv(maps, Size(*target), threshold, chunk=3)
+
+
+def test_a_batch_of_empty_full_and_half_precision_maps():
+    maps = torch.stack([torch.zeros(16, 24), torch.ones(16, 24), torch.full((16, 24), 0.5)])
+    for dtype in (torch.float32, torch.bfloat16):
+        empty, full, at_threshold = probability_batch_to_runs(maps.to(dtype), Size(48, 32))
+        assert empty.shape == (0, 2) and at_threshold.shape == (0, 2)
+        assert full.tolist() == [[1, 48 * 32]]
+
+
+def test_a_single_map_instead_of_a_batch_is_refused_by_the_batch_way():
+    with pytest.raises(ValueError, match="batch, height, width"):
+        probability_batch_to_runs(torch.zeros(8, 8), PHOTO)

@@ -188,6 +188,7 @@ def test_a_prediction_killed_with_sigkill_leaves_the_previous_submission_and_a_r
     assert code == 0, err
     report = validate_submission(submission, data_dir / "sample_submission.csv", image_size=Size(192, 128))
     assert report.rows == 64
+    assert [p.name for p in out_dir.iterdir()] == ["submit.csv.gz"], "the killed run's temporary file is cleaned up"
 
 
 # --------------------------------------------------------------------------- a loss that becomes NaN

@@ -247,3 +247,21 @@ def test_mixed_precision_probabilities_give_the_same_rows_as_float32(tmp_path):
         saver.on_predict_end(state)
         texts.append(read_rows(path)[1])
     assert texts[0] == texts[1] and texts[0][1] != ""
+
+
+def test_post_processing_on_the_model_device_writes_the_same_submission_as_the_cpu_workers(tmp_path):
+    # On a GPU the saver up-samples and cuts the runs on the device; the same code runs here on the CPU.
+    maps = torch.from_numpy(np.stack([rectangle(MODEL, 5 * i, 3 * i, 40 + 7 * i, 50 + 5 * i) for i in range(5)]))
+    maps = maps + 0.3 * torch.rand(maps.shape, generator=torch.Generator().manual_seed(0))
+    contents = []
+    for on_device in (False, True):
+        path = tmp_path / f"on_device_{on_device}.csv.gz"
+        saver = PredictionsSaver(path, PHOTO, workers=2, on_device=on_device)
+        state = predict_state(5)
+        saver.on_predict_begin(state)
+        for start, stop in [(0, 3), (3, 5)]:
+            state.names, state.probabilities = [f"{i}.jpg" for i in range(start, stop)], maps[start:stop]
+            saver.on_predict_batch_end(state)
+        saver.on_predict_end(state)
+        contents.append(read_rows(path))
+    assert contents[0] == contents[1] and len(contents[0]) == 6

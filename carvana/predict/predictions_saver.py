@@ -3,6 +3,10 @@
 Nothing of the test set is held in memory: each batch is copied into a `SubmissionWriter`, which
 post-processes it on worker threads while the model predicts the next one, and the file appears
 under its real name only when every row is written.
+
+Probabilities on a GPU are up-sampled, thresholded and cut into runs there
+(`postprocess.probability_batch_to_runs`): a few thousand integers per image cross to the CPU
+instead of a megabyte of probabilities, and the CPU is left free for decoding the next photos.
 """
 from __future__ import annotations
 
@@ -12,6 +16,7 @@ from pathlib import Path
 import torch
 
 from carvana.geometry import Size
+from carvana.predict.postprocess import probability_batch_to_runs
 from carvana.predict.submission_writer import SubmissionWriter
 from carvana.train.callbacks import Callback, PredictState
 
@@ -22,14 +27,18 @@ class PredictionsSaver(Callback):
     """Stream predictions into a gzip `img,rle_mask` submission at `path` (atomically).
 
     `original_size` is the photos' size the masks are up-sampled to (1918x1280 for Carvana),
-    `threshold` the probability above which a pixel is the car.
+    `threshold` the probability above which a pixel is the car. `on_device`: post-process where the
+    probabilities are (True), on the CPU's worker threads (False), or on the device when it is not
+    the CPU (None, the default).
     """
 
-    def __init__(self, path: Path, original_size: Size, threshold: float = 0.5, workers: int | None = None):
+    def __init__(self, path: Path, original_size: Size, threshold: float = 0.5, workers: int | None = None,
+                 on_device: bool | None = None):
         self.path = Path(path)
         self.original_size = Size(*original_size)
         self.threshold = float(threshold)
         self.workers = workers
+        self.on_device = on_device
         self.rows_written = 0
         self._writer: SubmissionWriter | None = None
 
@@ -43,10 +52,17 @@ class PredictionsSaver(Callback):
             raise RuntimeError("PredictionsSaver: on_predict_batch_end before on_predict_begin")
         if state.probabilities is None:
             raise ValueError("PredictionsSaver: the predict state has no probabilities for this batch")
-        # bf16/fp16 maps (mixed precision) become float32 here; float32 ones are not copied twice.
-        probabilities = state.probabilities.detach().to("cpu", torch.float32).numpy()
+        on_device = self.on_device
+        if on_device is None:
+            on_device = state.probabilities.device.type != "cpu"
         try:
-            self._writer.add_batch(list(state.names), probabilities)
+            if on_device:
+                runs = probability_batch_to_runs(state.probabilities, self.original_size, self.threshold)
+                self._writer.add_runs(list(state.names), runs)
+            else:
+                # bf16/fp16 maps (mixed precision) become float32 here; float32 ones are not copied twice.
+                probabilities = state.probabilities.detach().to("cpu", torch.float32).numpy()
+                self._writer.add_batch(list(state.names), probabilities)
         except BaseException:
             self.abort()
             raise

@@ -55,7 +55,7 @@ class PredictState:
     total: int  # images to predict
     done: int = 0  # images predicted so far, the current batch included
     names: list[str] = field(default_factory=list)  # current batch: file names (e.g. 0004d4463b50_01.jpg)
-    probabilities: torch.Tensor | None = None  # current batch: (B, H, W) float32 in [0, 1] on the CPU
+    probabilities: torch.Tensor | None = None  # current batch: (B, H, W) float32 in [0, 1] on the model's device
 
 
 class Callback:

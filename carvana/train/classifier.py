@@ -345,6 +345,10 @@ class CarvanaClassifier:
         With `tta` (default `config.tta`) the mean of the image's and its mirror image's
         probabilities, the latter flipped back.
         """
+        return self._predict_on_device(images, tta).cpu()
+
+    @torch.no_grad()
+    def _predict_on_device(self, images: torch.Tensor, tta: bool | None) -> torch.Tensor:
         tta = self.config.tta if tta is None else tta
         self.model.eval()
         images = images.to(self.device, non_blocking=True)
@@ -355,7 +359,7 @@ class CarvanaClassifier:
         if tta:
             flipped = self._forward_probabilities(images.flip(-1)).flip(-1)
             probabilities = (probabilities + flipped) / 2
-        return probabilities.cpu()
+        return probabilities
 
     def _forward_probabilities(self, images: torch.Tensor) -> torch.Tensor:
         with self.precision.autocast():
@@ -368,7 +372,8 @@ class CarvanaClassifier:
         _call(callbacks, "on_predict_begin", state)
         try:
             for images, names in tqdm(test_loader, desc="predict", unit="batch", disable=self._bars_disabled()):
-                state.probabilities = self.predict_probabilities(images, tta)
+                # Left on the model's device: the savers post-process it there (a GPU) or on the CPU.
+                state.probabilities = self._predict_on_device(images, tta)
                 state.names = [str(name) for name in names]
                 state.done += len(state.names)
                 _call(callbacks, "on_predict_batch_end", state)

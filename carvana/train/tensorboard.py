@@ -8,6 +8,7 @@ logged after its last checkpoint and the curves continue without doubled points.
 """
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import torch
@@ -48,6 +49,7 @@ class _SharedWriters:
         key = run_dir.resolve()
         writer, users = self._open.get(key, (None, 0))
         if writer is None:
+            _wait_for_a_later_file_name(run_dir)
             writer = SummaryWriter(log_dir=str(run_dir), purge_step=purge_step)
         self._open[key] = (writer, users + 1)
         return writer
@@ -63,6 +65,24 @@ class _SharedWriters:
 
 
 WRITERS = _SharedWriters()
+
+
+def _wait_for_a_later_file_name(run_dir: Path) -> None:
+    """Make the next event file sort after the run's earlier ones.
+
+    TensorBoard reads a run's event files in name order and applies a resumed run's purge_step
+    only to events read before it. The names start with the creation time in whole seconds, so a
+    run resumed within the second its last file was created (a quick test, a scripted resume)
+    could sort first; wait for the next second then (at most once, at most a second).
+    """
+    newest = max((_created_second(path) for path in run_dir.glob("events.out.tfevents.*")), default=-1)
+    while int(time.time()) <= newest:
+        time.sleep(0.05)
+
+
+def _created_second(path: Path) -> int:
+    field = path.name.split(".")[3] if path.name.count(".") >= 3 else ""
+    return int(field) if field.isdigit() else -1
 
 
 class _TensorBoardCallback(Callback):
