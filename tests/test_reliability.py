@@ -20,14 +20,15 @@ from pathlib import Path
 
 import pytest
 import torch
-from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from carvana import cli
 from carvana.geometry import Size
 from carvana.pipeline import DataOptions, get_data
 from carvana.predict.validate import validate_submission
+from cli_helpers import run_cli
 from conftest import REPO_ROOT
 from data_factory import make_tiny_carvana
+from training_helpers import scalar_events
 
 pytestmark = pytest.mark.reliability
 
@@ -62,12 +63,6 @@ def wait_for(condition, process: subprocess.Popen, what: str, timeout: float = 1
         time.sleep(0.005)
 
 
-def run_cli(args: list[str], capsys) -> tuple[int, str, str]:
-    code = cli.main(args)
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
-
-
 def one_line_error(err: str) -> str:
     lines = err.strip().splitlines()
     assert "Traceback" not in err
@@ -84,9 +79,7 @@ def epochs_printed(stdout: str) -> list[int]:
 
 
 def scalar_steps(log_dir: Path, tag: str) -> list[int]:
-    events = EventAccumulator(str(log_dir))
-    events.Reload()
-    return [event.step for event in events.Scalars(tag)]
+    return [step for step, _ in scalar_events(log_dir)[tag]]
 
 
 @pytest.fixture(scope="module")

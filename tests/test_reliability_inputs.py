@@ -20,6 +20,7 @@ from PIL import Image
 
 from carvana import cli
 from carvana.data import kaggle_layout as kl
+from cli_helpers import run_cli
 from data_factory import make_tiny_carvana, write_gif_mask
 
 pytestmark = pytest.mark.reliability
@@ -28,12 +29,6 @@ TINY = ["--preset", "cpu", "--input-size", "128x64", "--batch-size", "8", "--wor
 
 
 # --------------------------------------------------------------------------- helpers
-
-
-def run_cli(args: list[str], capsys) -> tuple[int, str, str]:
-    code = cli.main([str(a) for a in args])
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
 
 
 def snapshot(folder: Path) -> dict[str, str]:

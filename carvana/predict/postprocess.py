@@ -218,7 +218,9 @@ def _resize_linear(maps: torch.Tensor, size: Size) -> torch.Tensor:
     return maps
 
 
+@lru_cache(maxsize=16)
 def _device_taps(source: int, target: int, device: torch.device) -> tuple[torch.Tensor, ...]:
+    """`linear_taps` as tensors on `device`, made once per size pair (not per batch of the predict loop)."""
     taps = linear_taps(source, target)
     left = torch.tensor(taps.left, device=device)
     right = (left + 1).clamp(max=source - 1)  # a 1-pixel source has weight 0 on its (missing) right sample
