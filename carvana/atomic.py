@@ -12,13 +12,13 @@ target removes those whose process no longer runs, so they do not pile up.
 from __future__ import annotations
 
 import contextlib
-import errno
 import os
 import tempfile
 from pathlib import Path
 from typing import Iterator
 
 from carvana.errors import CarvanaError
+from carvana.process_lifetime import process_runs
 
 TEMP_PREFIX = ".tmp-"
 
@@ -69,18 +69,10 @@ def remove_stale_temp_files(target: str | Path) -> list[Path]:
     prefix = f"{TEMP_PREFIX}{target.name}."
     for candidate in target.parent.glob(f"{TEMP_PREFIX}*"):
         pid = candidate.name[len(prefix):].split(".", 1)[0] if candidate.name.startswith(prefix) else ""
-        if pid.isdigit() and not _process_runs(int(pid)) and candidate.is_file():
+        if pid.isdigit() and not process_runs(int(pid)) and candidate.is_file():
             candidate.unlink(missing_ok=True)
             removed.append(candidate)
     return removed
-
-
-def _process_runs(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except OSError as e:
-        return e.errno != errno.ESRCH  # EPERM: it runs, as another user
-    return True
 
 
 def _umask() -> int:

@@ -6,15 +6,16 @@ calls the stage and turns the errors a user can act on into one line and an exit
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Callable, NoReturn, Sequence
 
-from carvana.config import AMP_MODES, OPTIMIZERS, PRESETS, SCHEDULERS, Config, preset
-from carvana.errors import CarvanaError
+from carvana.config import AMP_MODES, OPTIMIZERS, PRESETS, SCHEDULERS, SEED_LIMIT, Config, preset, run_name_problem
+from carvana.errors import CarvanaError, ConfigError
 from carvana.geometry import MODEL_NAMES, Size
+from carvana.process_lifetime import Terminated, interrupt_exit_code, sigterm_as_interrupt
 
-EXIT_INTERRUPTED = 130  # the shell's code for a process ended by Ctrl-C
 
 DESCRIPTION = """\
 Carvana Image Masking Challenge, end to end.
@@ -40,20 +41,106 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
-        return args.handler(args)
+        with sigterm_as_interrupt():  # docker stop, Slurm, `timeout`: clean up as for Ctrl-C
+            return args.handler(args)
     except CarvanaError as e:
         print(f"error: {e}", file=sys.stderr)
-        return e.exit_code  # 130 for a Ctrl-C during training, after last.pt was saved
-    except KeyboardInterrupt:
-        print("\ninterrupted", file=sys.stderr)
-        return EXIT_INTERRUPTED
+        return e.exit_code  # 130 (Ctrl-C) or 143 (SIGTERM) during training, after last.pt was saved
+    except KeyboardInterrupt as e:
+        print("\ninterrupted" if not isinstance(e, Terminated) else str(e), file=sys.stderr)
+        return interrupt_exit_code(e)
+
+
+# --------------------------------------------------------------------------- flag values
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """argparse that reports a bad flag in one line (`main.py train: error: ...`), exit code 2.
+
+    The usage block argparse prints first would bury the one line that says what is wrong;
+    `--help` still prints it all. Subparsers are made of the same class.
+    """
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {' '.join(message.split())}\n")
+
+
+def _number(text: str, kind: Callable[[str], Any], what: str) -> Any:
+    try:
+        value = kind(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not {what}") from None
+    if isinstance(value, float) and not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"{text!r} is not {what}")
+    return value
+
+
+def positive_int(text: str) -> int:
+    value = _number(text, int, "a whole number of at least 1")
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number of at least 1")
+    return value
+
+
+def non_negative_int(text: str) -> int:
+    value = _number(text, int, "a whole number of at least 0")
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number of at least 0")
+    return value
+
+
+def seed_int(text: str) -> int:
+    what = f"a whole number in 0..{SEED_LIMIT - 1}"
+    value = _number(text, int, what)
+    if not 0 <= value < SEED_LIMIT:
+        raise argparse.ArgumentTypeError(f"{text!r} is not {what}")
+    return value
+
+
+def positive_float(text: str) -> float:
+    value = _number(text, float, "a finite number above 0")
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a finite number above 0")
+    return value
+
+
+def open_fraction(text: str) -> float:
+    """A number strictly between 0 and 1 (a validation share, a probability threshold)."""
+    value = _number(text, float, "a number between 0 and 1 (both excluded)")
+    if not 0.0 < value < 1.0:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number between 0 and 1 (both excluded)")
+    return value
+
+
+def share(text: str) -> float:
+    """A share of the data: above 0, at most 1."""
+    value = _number(text, float, "a number above 0 and at most 1")
+    if not 0.0 < value <= 1.0:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number above 0 and at most 1")
+    return value
+
+
+def size(text: str) -> Size:
+    try:
+        return Size.parse(text)
+    except ConfigError:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a size: give WIDTHxHEIGHT in whole pixels above 0, e.g. 384x256, or one number"
+        ) from None
+
+
+def run_name(text: str) -> str:
+    problem = run_name_problem(text)
+    if problem:
+        raise argparse.ArgumentTypeError(f"{text!r}: {problem}")
+    return text
 
 
 # --------------------------------------------------------------------------- parser
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = OneLineParser(
         prog="main.py",
         description=DESCRIPTION,
         epilog=EPILOG,
@@ -89,9 +176,10 @@ def build_parser() -> argparse.ArgumentParser:
                          help="checkpoint to predict with (default: best.pt of the latest run)")
     predict.add_argument("--data-dir", type=Path, default=None, help="data dir with test/ and sample_submission.csv")
     predict.add_argument("--output-dir", type=Path, default=None, help="where submit.csv.gz goes (default: output)")
-    predict.add_argument("--submission", type=Path, default=None, help="submission path (default: OUTPUT/submit.csv.gz)")
-    predict.add_argument("--batch-size", type=int, default=None)
-    predict.add_argument("--workers", type=int, default=None, help="data-loading worker processes")
+    predict.add_argument("--submission", type=Path, default=None, help=(
+        "submission path, gzip-compressed if it ends in .gz, plain if in .csv (default: OUTPUT/submit.csv.gz)"))
+    predict.add_argument("--batch-size", type=positive_int, default=None)
+    predict.add_argument("--workers", type=non_negative_int, default=None, help="data-loading worker processes")
     predict.add_argument("--device", default=None, help="auto, cpu, cuda, cuda:1, ...")
     predict.add_argument("--amp", choices=AMP_MODES, default=None, help="mixed precision")
     _add_prediction_flags(predict)
@@ -103,9 +191,11 @@ def build_parser() -> argparse.ArgumentParser:
     validate.add_argument("file", type=Path)
     validate.add_argument("--sample-submission", type=Path, default=None,
                           help="the ids to expect (default: DATA_DIR/sample_submission.csv)")
-    validate.add_argument("--data-dir", type=Path, default=Path("input"))
-    validate.add_argument("--image-size", type=Size.parse, default=None,
-                          help="WxH of the images (default: 1918x1280, or read from the data dir)")
+    validate.add_argument("--data-dir", type=Path, default=None, help=(
+        "the data the submission was made from (default: input, or its built-in sample input/sample "
+        "when input has no sample_submission.csv, as predict does)"))
+    validate.add_argument("--image-size", type=size, default=None,
+                          help="WxH of the images (default: read from the data dir's test photos, else 1918x1280)")
     validate.set_defaults(handler=_validate)
 
     score = sub.add_parser("score", help="mean Dice of a submission against known masks", description=(
@@ -113,7 +203,7 @@ def build_parser() -> argparse.ArgumentParser:
         "per-image Dice at full resolution."))
     score.add_argument("file", type=Path)
     score.add_argument("--truth", type=Path, required=True, help="CSV with img,rle_mask (e.g. train_masks.csv)")
-    score.add_argument("--image-size", type=Size.parse, default=Size(1918, 1280), help="WxH (default 1918x1280)")
+    score.add_argument("--image-size", type=size, default=Size(1918, 1280), help="WxH (default 1918x1280)")
     score.set_defaults(handler=_score)
 
     submit = sub.add_parser("submit", help="upload a submission to Kaggle", description=(
@@ -121,24 +211,24 @@ def build_parser() -> argparse.ArgumentParser:
         "public/private score or Kaggle's error description."))
     submit.add_argument("file", type=Path)
     submit.add_argument("-m", "--message", required=True, help="submission description shown on Kaggle")
-    submit.add_argument("--data-dir", type=Path, default=Path("input"),
-                        help="data dir whose sample_submission.csv is used to validate first")
+    submit.add_argument("--data-dir", type=Path, default=None,
+                        help="data dir whose sample_submission.csv is used to validate first (found as validate does)")
     submit.add_argument("--no-validate", action="store_true", help="upload without validating first")
-    submit.add_argument("--timeout", type=float, default=600.0, help="seconds to wait for the score")
+    submit.add_argument("--timeout", type=positive_float, default=600.0, help="seconds to wait for the score")
     submit.set_defaults(handler=_submit)
     return parser
 
 
 def _add_data_flags(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("data")
-    g.add_argument("--dataset", choices=("auto", "kaggle", "sample"), default="auto", help=(
+    g.add_argument("--dataset", choices=("auto", "kaggle", "sample"), default=None, help=(
         "auto: the data dir's Carvana data if present, else download when Kaggle credentials are "
         "configured, else the built-in sample dataset (default); kaggle / sample: force one"))
     g.add_argument("--data-dir", type=Path, default=None, help="Kaggle layout data dir (default: input)")
     g.add_argument("--high-quality", action="store_true", help="download train_hq/test_hq instead of train/test")
     g.add_argument("--train-only", action="store_true", help="download the training files only (no test set)")
-    g.add_argument("--sample-cars", type=int, default=None, help="cars in the built-in sample's training set")
-    g.add_argument("--sample-image-size", type=Size.parse, default=None,
+    g.add_argument("--sample-cars", type=positive_int, default=None, help="cars in the built-in sample's training set")
+    g.add_argument("--sample-image-size", type=size, default=None,
                    help="WxH of the built-in sample's photos (default 1918x1280, like Kaggle's)")
 
 
@@ -147,51 +237,63 @@ def _add_training_flags(p: argparse.ArgumentParser) -> None:
     g.add_argument("--preset", choices=tuple(PRESETS), default=None,
                    help="unet_original, unet1024, or cpu (default: unet1024 with CUDA, cpu without)")
     g.add_argument("--model", choices=MODEL_NAMES, default=None)
-    g.add_argument("--input-size", type=Size.parse, default=None, help="model input WxH, e.g. 572 or 384x256")
-    g.add_argument("--width", type=float, default=None, help="channel multiplier (1 = the paper's widths)")
-    g.add_argument("--epochs", type=int, default=None)
-    g.add_argument("--batch-size", type=int, default=None)
-    g.add_argument("--lr", type=float, default=None, help="learning rate")
+    g.add_argument("--input-size", type=size, default=None, help="model input WxH, e.g. 572 or 384x256")
+    g.add_argument("--width", type=positive_float, default=None, help="channel multiplier (1 = the paper's widths)")
+    g.add_argument("--epochs", type=positive_int, default=None)
+    g.add_argument("--batch-size", type=positive_int, default=None)
+    g.add_argument("--lr", type=positive_float, default=None, help="learning rate")
     g.add_argument("--optimizer", choices=OPTIMIZERS, default=None)
     g.add_argument("--scheduler", choices=SCHEDULERS, default=None)
-    g.add_argument("--grad-clip", type=float, default=None, help="max gradient norm")
-    g.add_argument("--patience", type=int, default=None, dest="early_stopping_patience",
+    g.add_argument("--grad-clip", type=positive_float, default=None, help="max gradient norm")
+    g.add_argument("--patience", type=positive_int, default=None, dest="early_stopping_patience",
                    help="stop after this many epochs without a better validation Dice")
-    g.add_argument("--validation-size", type=float, default=None, help="fraction of cars held out (0.2)")
-    g.add_argument("--sample-size", type=float, default=None, help="fraction of the cars to use (1.0)")
+    g.add_argument("--validation-size", type=open_fraction, default=None, help="fraction of cars held out (0.2)")
+    g.add_argument("--sample-size", type=share, default=None, help="fraction of the cars to use (1.0)")
     g.add_argument("--no-augment", action="store_true", help="train without augmentation")
-    g.add_argument("--seed", type=int, default=None)
-    g.add_argument("--workers", type=int, default=None, help="data-loading worker processes")
+    g.add_argument("--seed", type=seed_int, default=None)
+    g.add_argument("--workers", type=non_negative_int, default=None, help="data-loading worker processes")
     g.add_argument("--device", default=None, help="auto, cpu, cuda, cuda:1, ...")
     g.add_argument("--amp", choices=AMP_MODES, default=None,
                    help="mixed precision: auto (bf16/fp16 on CUDA, bf16 on CPUs that have it), off, fp16, bf16")
     g.add_argument("--no-channels-last", action="store_true", help="keep NCHW memory format")
     g.add_argument("--output-dir", type=Path, default=None, help="models and submission (default: output)")
     g.add_argument("--log-dir", type=Path, default=None, help="TensorBoard logs (default: logs)")
-    g.add_argument("--run-name", default=None, help="name of the run's log and checkpoint folders")
+    g.add_argument("--run-name", type=run_name, default=None, help="name of the run's log and checkpoint folders")
     g.add_argument("--resume", default=None, metavar="PATH",
                    help="continue a run from its checkpoint (a last.pt, or 'last' for the latest run's)")
 
 
 def _add_prediction_flags(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("prediction")
-    g.add_argument("--threshold", type=float, default=None, help="probability threshold (0.5)")
+    g.add_argument("--threshold", type=open_fraction, default=None, help="probability threshold (0.5)")
     g.add_argument("--tta", action="store_true", default=None, help="average with the horizontally flipped image")
+
+
+TRAINING_FIELDS = (
+    "model", "input_size", "width", "epochs", "batch_size", "lr", "optimizer", "scheduler", "grad_clip",
+    "early_stopping_patience", "validation_size", "sample_size", "seed", "workers", "device", "amp",
+    "data_dir", "output_dir", "log_dir", "run_name", "threshold", "tta")
+
+
+def given_settings(args: argparse.Namespace) -> dict[str, Any]:
+    """The Config fields the command line set explicitly (flags left out are absent, not defaults)."""
+    flags = vars(args)
+    given = {name: flags[name] for name in TRAINING_FIELDS if flags.get(name) is not None}
+    if flags.get("no_augment"):
+        given["augment"] = False
+    if flags.get("no_channels_last"):
+        given["channels_last"] = False
+    if flags.get("preset") is not None:
+        given["preset"] = flags["preset"]
+    return given
 
 
 def config_from_args(args: argparse.Namespace, base: Config | None = None) -> Config:
     """The preset (or `base`) with every flag that was given applied on top."""
     if base is None:
         base = preset(args.preset or _default_preset_name())
-    flags = vars(args)
-    changes = {name: flags.get(name) for name in (
-        "model", "input_size", "width", "epochs", "batch_size", "lr", "optimizer", "scheduler", "grad_clip",
-        "early_stopping_patience", "validation_size", "sample_size", "seed", "workers", "device", "amp",
-        "data_dir", "output_dir", "log_dir", "run_name", "threshold", "tta")}
-    if flags.get("no_augment"):
-        changes["augment"] = False
-    if flags.get("no_channels_last"):
-        changes["channels_last"] = False
+    changes = given_settings(args)
+    changes.pop("preset", None)
     if changes.get("model") and not changes.get("input_size") and changes["model"] != base.model:
         # A different model than the preset's: take that model's own preset size as well.
         changes["input_size"] = preset(changes["model"]).input_size
@@ -210,14 +312,15 @@ def _default_preset_name() -> str:
 def _run(args: argparse.Namespace) -> int:
     from carvana import pipeline
 
-    pipeline.run_all(config_from_args(args), _data_options(args), args.resume)
+    pipeline.run_all(config_from_args(args), _data_options(args), args.resume, changes=given_settings(args))
     return 0
 
 
 def _train(args: argparse.Namespace) -> int:
     from carvana import pipeline
 
-    result = pipeline.run_training(config_from_args(args), _data_options(args), args.resume)
+    result = pipeline.run_training(config_from_args(args), _data_options(args), args.resume,
+                                   changes=given_settings(args))
     pipeline.say("\n".join([
         f"Best checkpoint: {result.checkpoint}",
         f"Predict the test set:  python main.py predict --checkpoint {result.checkpoint}",
@@ -249,8 +352,7 @@ def _predict(args: argparse.Namespace) -> int:
 def _validate(args: argparse.Namespace) -> int:
     from carvana import pipeline
 
-    pipeline.validate_file(args.file, args.sample_submission or args.data_dir / "sample_submission.csv",
-                           image_size=args.image_size, data_dir=args.data_dir)
+    pipeline.validate_file(args.file, args.sample_submission, image_size=args.image_size, data_dir=args.data_dir)
     return 0
 
 
@@ -273,7 +375,7 @@ def _data_options(args: argparse.Namespace):
     from carvana.pipeline import DataOptions
 
     return DataOptions(
-        dataset=args.dataset,
+        dataset=args.dataset or "auto",
         high_quality=args.high_quality,
         include_test=not args.train_only,
         sample_cars=args.sample_cars,

@@ -7,7 +7,8 @@ checkpoint (as a dict of primitives) so that `--resume` and `predict` rebuild th
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass, field
+import math
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +18,49 @@ from carvana.geometry import MODEL_NAMES, UNET1024, UNET_ORIGINAL, Size, model_g
 OPTIMIZERS = ("sgd", "rmsprop", "adam")
 SCHEDULERS = ("plateau", "cosine", "none")
 AMP_MODES = ("auto", "off", "fp16", "bf16")
+SEED_LIMIT = 2**32  # numpy, scikit-learn and the per-epoch seeds take seeds in [0, 2**32)
+RUN_NAME_MAX_LENGTH = 100
+RUN_NAME_PUNCTUATION = "._-+=@"
+# The command-line flag of each field whose flag is not simply --field-name (for messages).
+FIELD_FLAGS = {"early_stopping_patience": "--patience", "augment": "--no-augment",
+               "channels_last": "--no-channels-last"}
+
+
+def flag_of(field_name: str) -> str:
+    """The flag that sets a Config field, as users type it (`lr` -> `--lr`)."""
+    return FIELD_FLAGS.get(field_name, "--" + field_name.replace("_", "-"))
+
+
+def run_name_problem(name: str) -> str | None:
+    """Why `name` cannot name a run's folders (None if it can).
+
+    A run name becomes one folder under output/models and one under logs; `--resume last` finds runs
+    one level down. Path separators would nest it deeper, `.`/`..` and a leading dot would point
+    elsewhere or hide it, and a leading `-` reads as a flag; letters, digits and ._-+=@ are safe.
+    """
+    if not name:
+        return "empty; give letters, digits and ._-+=@"
+    if "/" in name or "\\" in name:
+        return "contains a path separator; a run name is one folder name (letters, digits and ._-+=@)"
+    if name.startswith("."):
+        return "starts with '.'; use a name that starts with a letter or digit"
+    if name.startswith("-"):
+        return "starts with '-', which reads as a flag; use a name that starts with a letter or digit"
+    if len(name) > RUN_NAME_MAX_LENGTH:
+        return f"longer than {RUN_NAME_MAX_LENGTH} characters"
+    bad = sorted({c for c in name if not (c.isalnum() or c in RUN_NAME_PUNCTUATION)})
+    if bad:
+        shown = " ".join(repr(c) for c in bad)
+        return f"contains {shown}; use only letters, digits and ._-+=@"
+    return None
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_finite_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
 @dataclass(frozen=True)
@@ -64,6 +108,26 @@ class Config:
             raise ConfigError(f"scheduler {self.scheduler!r}: choose from {', '.join(SCHEDULERS)}")
         if self.amp not in AMP_MODES:
             raise ConfigError(f"amp {self.amp!r}: choose from {', '.join(AMP_MODES)}")
+        self._check_numbers()
+        if self.run_name is not None:
+            problem = run_name_problem(self.run_name) if isinstance(self.run_name, str) else "not a string"
+            if problem:
+                raise ConfigError(f"run name {self.run_name!r}: {problem}")
+        model_geometry(self.model, self.input_size)  # raises a ConfigError naming valid sizes
+
+    def _check_numbers(self) -> None:
+        """Every number in range and finite: a config from a file or checkpoint gets the flags' checks."""
+        for name in ("lr", "momentum", "weight_decay", "width", "bce_weight", "dice_weight", "validation_size",
+                     "sample_size", "threshold"):
+            if not _is_finite_number(getattr(self, name)):
+                raise ConfigError(f"{name.replace('_', ' ')} {getattr(self, name)!r}: must be a finite number")
+        if self.grad_clip is not None and not _is_finite_number(self.grad_clip):
+            raise ConfigError(f"grad clip {self.grad_clip!r}: must be a finite number")
+        for name in ("batch_size", "epochs", "seed", "workers"):
+            if not _is_int(getattr(self, name)):
+                raise ConfigError(f"{name.replace('_', ' ')} {getattr(self, name)!r}: must be a whole number")
+        if self.early_stopping_patience is not None and not _is_int(self.early_stopping_patience):
+            raise ConfigError(f"patience {self.early_stopping_patience!r}: must be a whole number")
         if not 0.0 < self.validation_size < 1.0:
             raise ConfigError(f"validation size {self.validation_size}: must be between 0 and 1")
         if not 0.0 < self.sample_size <= 1.0:
@@ -73,9 +137,23 @@ class Config:
         for name in ("batch_size", "epochs"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name.replace('_', ' ')} {getattr(self, name)}: must be at least 1")
+        if self.early_stopping_patience is not None and self.early_stopping_patience < 1:
+            raise ConfigError(f"patience {self.early_stopping_patience}: must be at least 1 (or unset)")
         if self.width <= 0:
             raise ConfigError(f"width {self.width}: must be positive")
-        model_geometry(self.model, self.input_size)  # raises a ConfigError naming valid sizes
+        if self.lr <= 0:
+            raise ConfigError(f"lr {self.lr}: the learning rate must be positive")
+        if self.grad_clip is not None and self.grad_clip <= 0:
+            raise ConfigError(f"grad clip {self.grad_clip}: the max gradient norm must be positive (or unset)")
+        if not 0.0 <= self.momentum < 1.0:
+            raise ConfigError(f"momentum {self.momentum}: must be in [0, 1)")
+        for name in ("weight_decay", "bce_weight", "dice_weight"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"{name.replace('_', ' ')} {getattr(self, name)}: must not be negative")
+        if not 0 <= self.seed < SEED_LIMIT:
+            raise ConfigError(f"seed {self.seed}: must be in 0..{SEED_LIMIT - 1}")
+        if self.workers < 0:
+            raise ConfigError(f"workers {self.workers}: must be 0 (load in the main process) or more")
 
     def replace(self, **changes: Any) -> "Config":
         """A copy with some fields changed (None values are ignored, so unset flags keep the preset)."""

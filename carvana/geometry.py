@@ -39,17 +39,21 @@ class Size(NamedTuple):
 
     @classmethod
     def parse(cls, text: str) -> "Size":
-        """Parse '572', '572x572' or '384x256' (width x height)."""
-        parts = text.lower().replace("×", "x").split("x")
-        try:
-            if len(parts) == 1:
-                side = int(parts[0])
-                return cls(side, side)
-            if len(parts) == 2:
-                return cls(int(parts[0]), int(parts[1]))
-        except ValueError:
-            pass
-        raise ConfigError(f"input size {text!r}: expected WIDTHxHEIGHT, e.g. 384x256, or one number for a square")
+        """Parse '572', '572x572' or '384x256' (width x height); each side a positive whole number."""
+        parts = text.strip().lower().replace("×", "x").split("x")
+        sides: list[int] = []
+        for part in parts if len(parts) in (1, 2) else ():
+            part = part.strip()
+            if not (part.isascii() and part.isdigit()) or int(part) < 1:  # also refuses signs, decimals and '1e3'
+                break
+            sides.append(int(part))
+        else:
+            if len(sides) == 1:
+                return cls(sides[0], sides[0])
+            if len(sides) == 2:
+                return cls(sides[0], sides[1])
+        raise ConfigError(f"size {text!r}: expected WIDTHxHEIGHT in whole pixels above 0, e.g. 384x256, "
+                          "or one number for a square")
 
 
 def original_output_side(input_side: int, depth: int = ORIGINAL_DEPTH) -> int | None:

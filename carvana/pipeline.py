@@ -5,11 +5,12 @@ The functions print what they are doing and where things were written.
 """
 from __future__ import annotations
 
+import contextlib
 import csv
+import math
 import os
 import time
 from dataclasses import dataclass
-from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -18,14 +19,20 @@ from carvana.config import Config
 from carvana.data import kaggle_layout as layout_names
 from carvana.errors import CarvanaError, CheckpointError, ConfigError, DataError
 from carvana.geometry import Size, model_geometry
+from carvana.runs import (RunFolders, RunRecord, finished_message, open_existing_run, reserve_new_run,
+                          resolve_resume, resumed_config)
 
 SUBMISSION_NAME = "submit.csv.gz"
 
 
 class TrainingInterrupted(CarvanaError):
-    """Ctrl-C during training: the last checkpoint is saved; the message says how to resume."""
+    """Ctrl-C or SIGTERM during training: the last checkpoint is saved; the message says how to resume."""
 
     exit_code = 130
+
+    def __init__(self, message: str, exit_code: int = 130):
+        super().__init__(message)
+        self.exit_code = exit_code  # 130 Ctrl-C, 143 SIGTERM
 
 
 @dataclass(frozen=True)
@@ -77,14 +84,14 @@ def sample_data_dir(data_dir: Path) -> Path:
 def get_data(data_dir: Path, options: DataOptions, announce: bool = True) -> DataSource:
     """Find, download or generate the data, following `--dataset`."""
     from carvana.data.layout import is_carvana_data_dir
-    from carvana.fetch.kaggle_api import kaggle_credentials_configured
+    from carvana.fetch.kaggle_api import kaggle_credentials_usable
 
     data_dir = Path(data_dir)
     choice = options.dataset
     if choice == "auto":
         if is_carvana_data_dir(data_dir) and not _download_in_progress(data_dir):
             source = DataSource(data_dir, "local data")
-        elif kaggle_credentials_configured():
+        elif kaggle_credentials_usable():  # credentials set but broken: refused, never the sample
             choice = "kaggle"
         elif _has_part_of_the_layout(data_dir) and not _download_in_progress(data_dir):
             # Some of the Kaggle files are here but not all, and none can be downloaded: name the missing
@@ -133,101 +140,222 @@ def _download_in_progress(data_dir: Path) -> bool:
 
 
 def _ensure_sample(sample_dir: Path, options: DataOptions, announce: bool) -> Path:
-    from carvana.fetch.sample_dataset import generate_sample_dataset
+    """The built-in sample in `sample_dir`: the complete one there if it has the wanted settings, else
+    a new one. Another process generating it at the same time is waited for, and its result reused."""
+    from carvana.fetch.sample_dataset import ensure_sample_dataset, sample_is_complete
 
-    marker = layout_names.read_complete_marker(sample_dir)
-    wanted: dict[str, Any] = {}
-    if options.sample_cars is not None:
-        wanted["train_cars"] = options.sample_cars
-    if options.sample_image_size is not None:
-        wanted["size"] = options.sample_image_size
-    if marker is not None and marker.get("source") == "sample" and _sample_matches(marker, wanted):
+    if sample_is_complete(sample_dir, options.sample_cars, options.sample_image_size):
         return sample_dir
-    if announce:
-        say(f"Generating the built-in sample dataset in {sample_dir} ...")
-    report = generate_sample_dataset(sample_dir, **wanted)
-    if announce:
+    report = ensure_sample_dataset(sample_dir, train_cars=options.sample_cars, size=options.sample_image_size,
+                                   announce=say if announce else None)
+    if announce and report is not None:
         say(f"  {report.summary()}")
+    elif announce:
+        say(f"  {sample_dir}: generated meanwhile by another process; using it")
     return sample_dir
-
-
-def _sample_matches(marker: dict[str, Any], wanted: dict[str, Any]) -> bool:
-    if "train_cars" in wanted and marker.get("train_cars") != wanted["train_cars"]:
-        return False
-    if "size" in wanted and list(marker.get("size", [])) != list(wanted["size"]):
-        return False
-    return True
 
 
 # --------------------------------------------------------------------------- training
 
 
 def run_training(config: Config, options: DataOptions, resume: str | None = None,
-                 need_test: bool = False) -> TrainingResult:
+                 need_test: bool = False, changes: dict[str, Any] | None = None) -> TrainingResult:
     """Get data, split by car, train with callbacks, score the best checkpoint at full resolution.
 
     `need_test`: check the test set's layout too (its ids and photos' presence) before training, so
     that a run which ends by predicting it does not find a missing file only after training.
+
+    With `resume` (a checkpoint path, or "last") the run continues as it was saved: its settings, data
+    dir and split; `changes` are the settings given explicitly (e.g. the command line's flags), each
+    applied and printed, or refused where it cannot apply to a resumed run. A new run uses `config`.
     """
+    from carvana.train.checkpoint import load_checkpoint
+
+    checkpoint: dict[str, Any] | None = None
+    resume_path: Path | None = None
+    record: RunRecord | None = None
+    if resume:
+        resume_path = resolve_resume(config.output_dir, resume)
+        checkpoint = load_checkpoint(resume_path)
+        saved = saved_config(checkpoint, resume_path)
+        config, notes = resumed_config(saved, dict(changes or {}), resume_path)
+        config = config.replace(run_name=saved.run_name or checkpoint.get("run_name"))
+        record = RunRecord.from_payload(checkpoint)
+        _check_resume_data_options(options, record, resume_path)
+        for note in notes:
+            say(note)
+    # Fail now, not after the first epoch (or the download): outputs must be writable.
+    check_writable_dir(config.output_dir / "models", "checkpoints")
+    check_writable_dir(config.log_dir, "TensorBoard logs")
+    if checkpoint is not None:
+        folders = open_existing_run(config, config.run_name)
+    else:
+        folders = reserve_new_run(config)
+        config = config.replace(run_name=folders.run_name)
+    try:
+        return _train_in(folders, config, options, need_test, checkpoint, resume_path, record)
+    finally:
+        folders.release()
+
+
+def _train_in(folders: RunFolders, config: Config, options: DataOptions, need_test: bool,
+              checkpoint: dict[str, Any] | None, resume_path: Path | None,
+              record: RunRecord | None) -> TrainingResult:
+    """`run_training` once the run's folders are reserved and locked."""
     from carvana.data.datasets import make_train_loader, make_valid_loader
     from carvana.data.layout import load_carvana_data
     from carvana.data.split import split_by_car
-    from carvana.train.checkpoint import BEST_NAME, LAST_NAME, ModelCheckpoint, load_checkpoint
+    from carvana.train.checkpoint import BEST_NAME, LAST_NAME, ModelCheckpoint
     from carvana.train.classifier import CarvanaClassifier, TrainingInterruptedError
     from carvana.train.early_stopping import EarlyStopping
     from carvana.train.tensorboard import TensorBoardLogger, TensorBoardVisualizer
 
-    checkpoint: dict[str, Any] | None = None
-    if resume:
-        resume_path = _resolve_resume(config, resume)
-        checkpoint = load_checkpoint(resume_path)
-        # The run continues with the checkpoint's model and run name; flags may change the rest.
-        saved = Config.from_dict(checkpoint["config"])
-        config = config.replace(model=saved.model, input_size=saved.input_size, width=saved.width,
-                                run_name=saved.run_name)
-    run_name = config.run_name or f"{config.model}-{datetime.now():%Y%m%d-%H%M%S}"
-    config = config.replace(run_name=run_name)
-    models_dir = config.output_dir / "models" / run_name
-    # Fail now, not after the first epoch (or the download): outputs must be writable, and a new
-    # run must not overwrite the checkpoints of an earlier run that had the same name.
-    check_writable_dir(models_dir, "checkpoints")
-    check_writable_dir(config.log_dir / run_name, "TensorBoard logs")
-    if checkpoint is None and any((models_dir / name).exists() for name in (LAST_NAME, BEST_NAME)):
-        raise ConfigError(f"{models_dir}: run {run_name} already has checkpoints; continue it with "
-                          f"--resume {models_dir / LAST_NAME}, or choose another --run-name")
-
-    source = get_data(config.data_dir, options)
-    data = load_carvana_data(source.data_dir, need_test=need_test)
-    split = split_by_car(data.train_names, config.validation_size, config.sample_size, config.seed)
-    geometry = model_geometry(config.model, config.input_size)
-
-    classifier = CarvanaClassifier(config)
-    if checkpoint is not None:
-        classifier.resume_from(resume_path)
-    say(_describe_run(config, data, split, classifier, geometry, source))
-
-    checkpointer = ModelCheckpoint(models_dir, monitor="val_dice", mode="max")
-    callbacks = [
-        TensorBoardLogger(config.log_dir, run_name),
-        TensorBoardVisualizer(config.log_dir, run_name),
-        checkpointer,
-    ]
-    if config.early_stopping_patience:
-        callbacks.append(EarlyStopping(monitor="val_dice", patience=config.early_stopping_patience, mode="max"))
-
-    train_loader = make_train_loader(data, split.train, geometry, config)
-    valid_loader = make_valid_loader(data, split.valid, geometry, config)
+    run_name, models_dir = folders.run_name, folders.models_dir
     try:
-        classifier.train(train_loader, valid_loader, epochs=config.epochs, callbacks=callbacks)
-    except TrainingInterruptedError as e:
-        raise TrainingInterrupted(e.resume_hint) from None
+        if checkpoint is None and any((models_dir / name).exists() for name in (LAST_NAME, BEST_NAME)):
+            raise ConfigError(f"{models_dir}: run {run_name} already has checkpoints; continue it with "
+                              f"--resume {models_dir / LAST_NAME}, or choose another --run-name")
+        source = _resumed_data(config, options, record) if checkpoint is not None else get_data(config.data_dir,
+                                                                                                options)
+        data = load_carvana_data(source.data_dir, need_test=need_test)
+        split = split_by_car(data.train_names, config.validation_size, config.sample_size, config.seed)
+        if record is not None and record.valid_cars:
+            _check_same_split(record, split, source.data_dir, run_name)
+        geometry = model_geometry(config.model, config.input_size)
+        classifier = CarvanaClassifier(config)
+        if resume_path is not None:
+            classifier.resume_from(resume_path)
+    except BaseException:
+        folders.forget()  # a run that never started leaves no empty folders behind
+        raise
+    say(_describe_run(config, data, split, classifier, geometry, source))
+    run_record = RunRecord(
+        data_dir=source.data_dir, origin=source.origin, train_cars=split.train_cars, valid_cars=split.valid_cars,
+        sample_cars=options.sample_cars if record is None else record.sample_cars,
+        sample_image_size=(None if options.sample_image_size is None else str(options.sample_image_size))
+        if record is None else record.sample_image_size,
+    )
 
-    best = models_dir / "best.pt"
-    chosen = best if best.exists() else models_dir / "last.pt"
+    if classifier.epoch >= config.epochs:
+        saved_epochs = int(checkpoint["config"]["epochs"]) if checkpoint is not None else config.epochs
+        say(finished_message(run_name, classifier.epoch, saved_epochs, config.epochs))
+    else:
+        checkpointer = ModelCheckpoint(models_dir, monitor="val_dice", mode="max", run_record=run_record.to_dict())
+        # Hooks run by each callback's `order` whatever this list's order: the checkpoint first.
+        callbacks = [
+            checkpointer,
+            TensorBoardLogger(config.log_dir, run_name),
+            TensorBoardVisualizer(config.log_dir, run_name),
+        ]
+        if config.early_stopping_patience:
+            callbacks.append(EarlyStopping(monitor="val_dice", patience=config.early_stopping_patience, mode="max"))
+
+        train_loader = make_train_loader(data, split.train, geometry, config)
+        valid_loader = make_valid_loader(data, split.valid, geometry, config)
+        try:
+            with explain_out_of_memory(config, "training"):
+                classifier.train(train_loader, valid_loader, epochs=config.epochs, callbacks=callbacks)
+        except TrainingInterruptedError as e:
+            raise TrainingInterrupted(e.resume_hint, exit_code=e.exit_code) from None
+
+    best = models_dir / BEST_NAME
+    chosen = best if best.exists() else models_dir / LAST_NAME
+    if not chosen.exists() and resume_path is not None:
+        chosen = resume_path
     classifier.load_weights(chosen)
     dice = score_validation(classifier, data, split.valid, config, run_name)
     return TrainingResult(config, classifier, chosen, source.data_dir, dice, len(split.valid),
                           len({layout_names.car_id(n) for n in split.valid}))
+
+
+def _check_resume_data_options(options: DataOptions, record: RunRecord | None, checkpoint: Path) -> None:
+    """Data flags on resume: refused where they would change the data the run was split on."""
+    if record is None:
+        return
+    sample = record.origin == "built-in sample"
+    if options.dataset == "sample" and not sample or options.dataset == "kaggle" and record.origin != "Kaggle":
+        raise ConfigError(f"--dataset {options.dataset}: {checkpoint} was trained on {record.origin} in "
+                          f"{record.data_dir}; a resumed run keeps its data")
+    for flag, value, kept in (("--sample-cars", options.sample_cars, record.sample_cars),
+                              ("--sample-image-size", options.sample_image_size, record.sample_image_size)):
+        if value is not None and (not sample or str(value) != str(kept)):
+            raise ConfigError(f"{flag} {value}: {checkpoint} was trained on {record.origin} in {record.data_dir}; "
+                              "other sample data would change its split (start a new run to change it)")
+
+
+def _resumed_data(config: Config, options: DataOptions, record: RunRecord | None) -> DataSource:
+    """The data a resumed run was trained on: the folder its checkpoint names, unless --data-dir moved it."""
+    from carvana.data.layout import is_carvana_data_dir
+
+    if record is None or (config.data_dir != record.data_dir and config.data_dir != _given_data_dir(record)):
+        return get_data(config.data_dir, options)
+    if is_carvana_data_dir(record.data_dir) and not _download_in_progress(record.data_dir):
+        say(f"Dataset: {record.origin} in {record.data_dir} (the run's data)")
+        return DataSource(record.data_dir, record.origin)
+    if record.origin == "built-in sample":
+        size = Size.parse(record.sample_image_size) if record.sample_image_size else None
+        regenerated = DataOptions(dataset="sample", sample_cars=record.sample_cars, sample_image_size=size)
+        return DataSource(_ensure_sample(record.data_dir, regenerated, announce=True), record.origin)
+    return get_data(config.data_dir, options)
+
+
+def _given_data_dir(record: RunRecord) -> Path:
+    """The --data-dir a run was started with (the sample lives in its `sample` subfolder)."""
+    return record.data_dir.parent if record.origin == "built-in sample" else record.data_dir
+
+
+def _check_same_split(record: RunRecord, split: Any, data_dir: Path, run_name: str) -> None:
+    if split.valid_cars == record.valid_cars and split.train_cars == record.train_cars:
+        return
+    gone = sorted(set(record.valid_cars) - set(split.valid_cars))
+    example = f" (e.g. validation car {gone[0]} is not among them)" if gone else ""
+    raise DataError(data_dir, f"its cars split differently from those run {run_name} was trained and validated "
+                              f"on{example}: the data changed since; resume with the run's data, or start a "
+                              "new run")
+
+
+def explain_out_of_memory(config: Config, stage: str) -> contextlib.AbstractContextManager[None]:
+    """Turn running out of memory (CPU or GPU) in `stage` into one line that says what to lower."""
+    return _OutOfMemory(config, stage)
+
+
+class _OutOfMemory(contextlib.AbstractContextManager):
+    def __init__(self, config: Config, stage: str):
+        self.config, self.stage = config, stage
+
+    def __exit__(self, kind: Any, error: BaseException | None, traceback: Any) -> None:
+        if error is None or not _is_out_of_memory(error):
+            return None
+        device = "GPU" if "CUDA" in str(error) or type(error).__name__ == "OutOfMemoryError" else "memory"
+        raise CarvanaError(
+            f"--batch-size {self.config.batch_size}: out of {device} while {self.stage} at --input-size "
+            f"{self.config.input_size}; lower --batch-size or --input-size, or use --amp bf16"
+        ) from None
+
+
+def _is_out_of_memory(error: BaseException) -> bool:
+    if isinstance(error, MemoryError) or type(error).__name__ == "OutOfMemoryError":
+        return True
+    text = str(error)
+    return isinstance(error, RuntimeError) and any(
+        sign in text for sign in ("can't allocate memory", "out of memory", "Cannot allocate memory"))
+
+
+def saved_config(payload: dict[str, Any], path: Path, keep_run_name: bool = True) -> Config:
+    """The settings a checkpoint was trained with; CheckpointError naming the file if they cannot work.
+
+    `keep_run_name=False` (prediction, which writes no run folders) drops the run's name, so that
+    a checkpoint of a run named before names were checked (e.g. with a '/') still predicts.
+    """
+    data = dict(payload["config"]) if isinstance(payload.get("config"), dict) else {}
+    if not keep_run_name:
+        data["run_name"] = None
+    try:
+        return Config.from_dict(data)
+    except ConfigError as e:
+        raise CheckpointError(f"{path}: its saved settings cannot be used ({e})") from None
+    except (TypeError, ValueError, AttributeError) as e:
+        raise CheckpointError(f"{path}: its saved settings are malformed ({e})") from None
 
 
 def check_writable_dir(folder: Path, what: str) -> None:
@@ -244,29 +372,20 @@ def check_writable_dir(folder: Path, what: str) -> None:
         raise ConfigError(f"{folder}: cannot write {what} here (no permission to write in {existing})")
 
 
-def _resolve_resume(config: Config, resume: str) -> Path:
-    if resume != "last":
-        path = Path(resume)
-        if not path.is_file():
-            raise CheckpointError(f"{path}: no such checkpoint to resume from")
-        return path
-    candidates = sorted((config.output_dir / "models").glob("*/last.pt"), key=lambda p: p.stat().st_mtime)
-    if not candidates:
-        raise CheckpointError(f"{config.output_dir / 'models'}: no run with a last.pt to resume")
-    return candidates[-1]
-
-
 def _describe_run(config, data, split, classifier, geometry, source) -> str:
     cars = lambda names: len({layout_names.car_id(n) for n in names})  # noqa: E731
     params = sum(p.numel() for p in classifier.model.parameters())
+    lr = float(classifier.optimizer.param_groups[0]["lr"])  # what the next epoch trains with
+    base_lr = "" if math.isclose(lr, config.lr, rel_tol=1e-6) else f" (base {config.lr:g})"
+    resumed = f" (from epoch {classifier.epoch + 1})" if 0 < classifier.epoch < config.epochs else ""
     return "\n".join([
         f"Data: {len(split.train)} training images ({cars(split.train)} cars), "
         f"{len(split.valid)} validation images ({cars(split.valid)} unseen cars), "
         f"photos {data.image_size}",
         f"Model: {config.model} (width {config.width:g}, {params / 1e6:.2f}M parameters), "
         f"input {geometry.input_size} -> output {geometry.output_size}",
-        f"Training: {config.epochs} epochs, batch {config.batch_size}, {config.optimizer} lr {config.lr:g}, "
-        f"scheduler {config.scheduler}, device {classifier.device}, precision {classifier.precision_name}",
+        f"Training: {config.epochs} epochs{resumed}, batch {config.batch_size}, {config.optimizer} lr {lr:.3g}"
+        f"{base_lr}, scheduler {config.scheduler}, device {classifier.device}, precision {classifier.precision_name}",
         f"Run: {config.run_name}  (logs: {config.log_dir / config.run_name}, "
         f"checkpoints: {config.output_dir / 'models' / config.run_name})",
     ])
@@ -290,8 +409,9 @@ def score_validation(classifier, data, valid_names: list[str], config: Config, r
     loader = make_test_loader([data.train_dir / n for n in valid_names], geometry, config,
                               raw_pixels=classifier.device.type == "cuda")
     say(f"Scoring the best checkpoint on {len(valid_names)} validation images at {data.image_size} ...")
-    classifier.predict(loader, callbacks=[PredictionsSaver(predictions, data.image_size, threshold=config.threshold)],
-                       tta=config.tta)
+    with explain_out_of_memory(config, "scoring the validation cars"):
+        classifier.predict(loader, tta=config.tta,
+                           callbacks=[PredictionsSaver(predictions, data.image_size, threshold=config.threshold)])
     report = score_submission(predictions, truth, data.image_size)
     say(f"  validation Dice at {data.image_size}: {report.mean_dice:.4f} ({report.n_images} images)")
     return report.mean_dice
@@ -327,21 +447,25 @@ def predict_test_set(classifier, config: Config, data_dir: Path, submission: Pat
     loader = make_test_loader(data, geometry, config, raw_pixels=classifier.device.type == "cuda")
     say(f"Predicting {len(data.test_names)} test images into {submission} "
         f"(threshold {config.threshold:g}{', flip TTA' if config.tta else ''}) ...")
-    classifier.predict(loader, callbacks=[PredictionsSaver(submission, data.image_size, threshold=config.threshold)],
-                       tta=config.tta)
+    with explain_out_of_memory(config, "predicting the test set"):
+        classifier.predict(loader, tta=config.tta,
+                           callbacks=[PredictionsSaver(submission, data.image_size, threshold=config.threshold)])
     validate_file(submission, data.data_dir / layout_names.SAMPLE_SUBMISSION_CSV, image_size=data.image_size)
     return len(data.test_names)
 
 
 def run_prediction(checkpoint: Path | None, overrides: dict[str, Any], submission: Path | None = None) -> Path:
     """`predict`: load a checkpoint, predict the test set, validate the file."""
+    from carvana.predict.submission_writer import is_gzip_name
     from carvana.train.checkpoint import load_checkpoint
     from carvana.train.classifier import CarvanaClassifier
 
+    if submission is not None:
+        is_gzip_name(submission)  # a name its content could not agree with is refused before any work
     output_dir = overrides.get("output_dir") or Path("output")
     checkpoint = checkpoint or _latest_best(output_dir)
     saved = load_checkpoint(checkpoint)
-    config = Config.from_dict(saved["config"]).replace(**overrides)
+    config = saved_config(saved, checkpoint, keep_run_name=False).replace(**overrides)
     classifier = CarvanaClassifier(config)
     classifier.load_weights(checkpoint)
     data_dir = _prediction_data_dir(config.data_dir)
@@ -360,20 +484,25 @@ def _latest_best(output_dir: Path) -> Path:
 
 
 def _prediction_data_dir(data_dir: Path) -> Path:
-    """The data dir with a test set: the given one, else its built-in sample."""
+    """The data dir with a test set: the given one, else its built-in sample.
+
+    `predict`, `validate` and `submit` all find the data this way, so a submission made from the
+    built-in sample (in input/sample) validates with the same default data dir it was made with.
+    """
     if (data_dir / layout_names.SAMPLE_SUBMISSION_CSV).exists():
         return data_dir
     sample = sample_data_dir(data_dir)
     if (sample / layout_names.SAMPLE_SUBMISSION_CSV).exists():
         return sample
-    raise DataError(data_dir / layout_names.SAMPLE_SUBMISSION_CSV, "missing: no test set to predict "
-                    "(run `python main.py fetch` first)")
+    raise DataError(data_dir / layout_names.SAMPLE_SUBMISSION_CSV, f"missing (and no built-in sample in {sample}/): "
+                    "no test set here (run `python main.py fetch` first, or pass --data-dir)")
 
 
-def run_all(config: Config, options: DataOptions, resume: str | None = None) -> None:
+def run_all(config: Config, options: DataOptions, resume: str | None = None,
+            changes: dict[str, Any] | None = None) -> None:
     """`python main.py`: the whole job, ending with a summary of where everything was written."""
     start = time.monotonic()
-    result = run_training(config, options, resume, need_test=True)
+    result = run_training(config, options, resume, need_test=True, changes=changes)
     config = result.config
     submission = config.output_dir / SUBMISSION_NAME
     rows = predict_test_set(result.classifier, config, result.data_dir, submission)
@@ -393,14 +522,30 @@ def run_all(config: Config, options: DataOptions, resume: str | None = None) -> 
 # --------------------------------------------------------------------------- validate / score / submit
 
 
-def validate_file(path: Path, sample_submission: Path, image_size: Size | None = None,
+def validate_file(path: Path, sample_submission: Path | None = None, image_size: Size | None = None,
                   data_dir: Path | None = None) -> None:
+    """`validate`: check `path` against the test ids and the photo size of the data it was made from.
+
+    Without `sample_submission`, the data dir (default: input) is found as `predict` finds it: the
+    folder itself if it holds sample_submission.csv, else its built-in sample. Without
+    `image_size`, the size is read from that data dir's test photos, or from the folder of the
+    given sample submission when it holds test photos, else it is Kaggle's 1918x1280.
+    """
     from carvana.predict.validate import validate_submission
 
+    if sample_submission is None:
+        data_dir = _prediction_data_dir(Path(data_dir) if data_dir is not None else Config.data_dir)
+        sample_submission = data_dir / layout_names.SAMPLE_SUBMISSION_CSV
+    elif data_dir is None and _has_test_photos(Path(sample_submission).parent):
+        data_dir = Path(sample_submission).parent
     if image_size is None:
         image_size = _image_size_of(data_dir) if data_dir is not None else Size(*layout_names.ORIGINAL_SIZE)
     report = validate_submission(Path(path), Path(sample_submission), image_size)
     say(f"{path}: valid ({report.rows} rows, every id of {sample_submission} exactly once, RLE inside {image_size})")
+
+
+def _has_test_photos(folder: Path) -> bool:
+    return any((folder / name).is_dir() for name in (layout_names.TEST_DIR, layout_names.TEST_HQ_DIR))
 
 
 def _image_size_of(data_dir: Path) -> Size:
@@ -418,14 +563,18 @@ def score_file(path: Path, truth: Path, image_size: Size) -> float:
     return report.mean_dice
 
 
-def submit_file(path: Path, message: str, data_dir: Path, validate: bool = True, timeout: float = 600.0) -> None:
+def submit_file(path: Path, message: str, data_dir: Path | None = None, validate: bool = True,
+                timeout: float = 600.0) -> None:
+    """`submit`: validate against the data found as `validate` finds it (unless told not to), then upload."""
     from carvana.predict.kaggle_submit import submit_to_kaggle
 
-    sample = Path(data_dir) / layout_names.SAMPLE_SUBMISSION_CSV
     if validate:
-        if not sample.exists():
-            raise DataError(sample, "missing: needed to validate the submission first (or pass --no-validate)")
-        validate_file(path, sample, data_dir=data_dir)
+        try:
+            found = _prediction_data_dir(Path(data_dir) if data_dir is not None else Config.data_dir)
+        except DataError as e:
+            raise DataError(e.path, "missing: needed to validate the submission first "
+                                    "(pass --data-dir, or --no-validate)") from None
+        validate_file(path, data_dir=found)
     say(f"Uploading {path} to Kaggle ({layout_names.COMPETITION}) ...")
     result = submit_to_kaggle(Path(path), message, timeout=timeout)
     say(result.describe())

@@ -21,7 +21,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from carvana import rle  # noqa: E402
 from carvana.data.images import read_image, read_mask  # noqa: E402
 from carvana.data.kaggle_layout import MASKS_DIR, mask_name  # noqa: E402
-from carvana.predict.submission_reader import read_rle_rows  # noqa: E402
+from carvana.data.rle_csv import read_rle_rows  # noqa: E402
 from carvana.train.tensorboard import preview_panel  # noqa: E402
 
 

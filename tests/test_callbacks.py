@@ -1,6 +1,8 @@
 """Callbacks: TensorBoard curves and overlays, checkpoints that load safely, early stopping."""
 from __future__ import annotations
 
+import errno
+import os
 from pathlib import Path
 
 import pytest
@@ -9,8 +11,9 @@ from training_helpers import image_events, loaders, scalar_events, tiny_config
 
 from carvana.errors import CheckpointError
 from carvana.models import build_model
-from carvana.train.callbacks import TrainState
-from carvana.train.checkpoint import ModelCheckpoint, load_checkpoint, load_model_weights
+from carvana.train.callbacks import Callback, TrainState
+from carvana.train.checkpoint import (CHECKSUM_KEY, ModelCheckpoint, load_checkpoint, load_model_weights,
+                                      weights_checksum)
 from carvana.train.classifier import CarvanaClassifier
 from carvana.train.early_stopping import EarlyStopping
 from carvana.train.tensorboard import TensorBoardLogger, TensorBoardVisualizer, error_overlay
@@ -203,3 +206,69 @@ def test_early_stopping_counts_the_epochs_before_a_resume_from_the_history():
     state.metrics = {"val_dice": 0.809}
     stopper.on_epoch_end(state)
     assert state.stop_training
+
+
+# ------------------------------------------------------------------ failures inside callbacks
+
+
+class FailsAtEpochEnd(Callback):
+    """A user's callback that breaks when it sees an epoch (order left at the default)."""
+
+    def on_epoch_end(self, state: TrainState) -> None:
+        raise OSError(errno.EIO, os.strerror(errno.EIO))
+
+
+def test_an_epochs_checkpoint_is_written_before_any_other_callback_can_fail_on_that_epoch(tmp_path):
+    classifier = CarvanaClassifier(tiny_config(tmp_path), progress=False)
+    train, valid = loaders(count=4)
+
+    with pytest.raises(OSError):
+        classifier.train(train, valid, epochs=2, callbacks=[FailsAtEpochEnd(), ModelCheckpoint(tmp_path / "models")])
+
+    # best.pt is written at an epoch's end only (an interruption saves last.pt alone).
+    assert [load_checkpoint(tmp_path / "models" / name)["epoch"] for name in ("last.pt", "best.pt")] == [1, 1]
+
+
+def test_a_log_dir_that_cannot_be_written_turns_logging_off_in_one_line_and_training_goes_on(tmp_path, capsys):
+    config = tiny_config(tmp_path)
+    blocker = tmp_path / "logs-is-a-file"
+    blocker.write_text("not a folder")
+    classifier = CarvanaClassifier(config, progress=False)
+    train, valid = loaders(count=4)
+    callbacks = [TensorBoardLogger(blocker, "run"), TensorBoardVisualizer(blocker, "run"),
+                 ModelCheckpoint(tmp_path / "models")]
+
+    state = classifier.train(train, valid, epochs=2, callbacks=callbacks)
+
+    assert state.epoch == 2 and load_checkpoint(tmp_path / "models" / "last.pt")["epoch"] == 2
+    warnings = capsys.readouterr().err.strip().splitlines()
+    assert len(warnings) == 1, warnings
+    assert warnings[0].startswith(f"warning: TensorBoard logging to {blocker / 'run'} failed (")
+    assert warnings[0].endswith("); logging is off for the rest of the run, training goes on")
+
+
+def test_a_checkpoint_written_before_checksums_existed_still_loads(tmp_path):
+    path = _saved_checkpoint(tmp_path)
+    payload = torch.load(path, weights_only=True)
+    assert CHECKSUM_KEY in payload
+    del payload[CHECKSUM_KEY]
+    older = tmp_path / "older.pt"
+    torch.save(payload, older)
+
+    assert load_checkpoint(older)["epoch"] == 1
+
+
+def test_the_weights_checksum_covers_names_shapes_and_values_but_not_the_memory_format():
+    model = build_model("unet1024", 0.125)
+    state = model.state_dict()
+    reference = weights_checksum(state)
+    assert weights_checksum(dict(reversed(list(state.items())))) == reference
+    assert weights_checksum({k: v.to(memory_format=torch.channels_last) if v.dim() == 4 else v
+                             for k, v in state.items()}) == reference
+    name = next(k for k, v in state.items() if v.is_floating_point())
+    changed = dict(state)
+    changed[name] = state[name].clone()
+    changed[name].view(-1)[0] += 1
+    assert weights_checksum(changed) != reference
+    renamed = {("x" + k if k == name else k): v for k, v in state.items()}
+    assert weights_checksum(renamed) != reference

@@ -4,10 +4,14 @@ from __future__ import annotations
 
 import csv
 import gzip
+import json
 import os
 import shutil
+import socket
 import subprocess
 import sys
+import time
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -67,6 +71,13 @@ def test_the_submission_passes_validate(tiny_run):
     assert "valid" in result.stdout
 
 
+def test_the_readme_validate_command_finds_the_sample_the_run_used(tiny_run):
+    workdir, _ = tiny_run
+    result = run_main(["validate", "output/submit.csv.gz"], workdir)
+    assert result.returncode == 0, result.stderr
+    assert f"every id of {Path('input/sample/sample_submission.csv')} exactly once, RLE inside 192x128" in result.stdout
+
+
 def test_tensorboard_events_and_checkpoints_are_written(tiny_run):
     workdir, _ = tiny_run
     run_logs = workdir / "logs" / "tiny"
@@ -111,3 +122,59 @@ def test_predict_on_real_kaggle_test_photos(tiny_run, tmp_path):
     result = run_main(["validate", str(submission), "--sample-submission", str(data_dir / "sample_submission.csv"),
                        "--image-size", "1918x1280"], workdir)
     assert result.returncode == 0, result.stderr
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_the_readme_one_step_commands_work_as_written_after_a_default_run(tiny_run):
+    """`## One step at a time`, `## Watching training` and the resume recipe of `## Reliability`, in the
+    folder of a finished run (small flags where the README shows optional ones, for speed)."""
+    workdir, first = tiny_run
+    assert first.returncode == 0, first.stderr
+
+    fetch = run_main(["fetch"], workdir)
+    assert fetch.returncode == 0, fetch.stderr
+    assert "built-in sample" in fetch.stdout, "the sample the run used is found, not generated again"
+
+    predict = run_main(["predict", "--checkpoint", "output/models/tiny/best.pt", "--tta", "--workers", "0"], workdir)
+    assert predict.returncode == 0, predict.stderr
+    predict_latest = run_main(["predict", "--workers", "0"], workdir)
+    assert predict_latest.returncode == 0, predict_latest.stderr
+    assert run_main(["validate", "output/submit.csv.gz"], workdir).returncode == 0
+
+    validation = workdir / "output" / "validation" / "tiny"
+    score = run_main(["score", validation / "valid_predictions.csv.gz", "--truth", validation / "valid_truth.csv",
+                      "--image-size", "192x128"], workdir)
+    assert score.returncode == 0, score.stderr
+    assert "mean Dice" in score.stdout
+
+    resume = run_main(["--resume", "output/models/tiny/last.pt"], workdir)
+    assert resume.returncode == 0, resume.stderr
+    assert "run tiny finished all 1 epochs" in resume.stdout and "Validation Dice" in resume.stdout
+
+    train = run_main(["train", "--epochs", "1", "--workers", "0", "--input-size", "128x64"], workdir)
+    assert train.returncode == 0, train.stderr
+    assert "Predict the test set:  python main.py predict --checkpoint" in train.stdout
+
+    port = free_port()
+    tensorboard = subprocess.Popen([str(Path(sys.executable).parent / "tensorboard"), "--logdir", "./logs",
+                                    "--host", "127.0.0.1", "--port", str(port)], cwd=workdir,
+                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL)
+    try:
+        runs = None
+        deadline = time.monotonic() + 60
+        while runs is None and time.monotonic() < deadline and tensorboard.poll() is None:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/data/runs", timeout=5) as response:
+                    runs = json.load(response)
+            except OSError:
+                time.sleep(0.5)
+        assert runs is not None, "tensorboard --logdir ./logs did not serve the runs"
+        assert "tiny" in runs, runs
+    finally:
+        tensorboard.terminate()
+        tensorboard.wait(timeout=30)

@@ -181,8 +181,10 @@ def test_a_download_stopped_with_ctrl_c_resumes_on_the_next_run(kaggle_with_data
     kaggle_with_data.cut_every_time = True
     data_dir = tmp_path / "input"
     env = kaggle_with_data.subprocess_env(tmp_path / "home", tmp_path / "kaggle-config")
+    # SIGINT at its default in the child: a suite run in the background inherits it ignored.
     child = subprocess.Popen([sys.executable, "-c", CHILD_FETCH, str(data_dir)], env=env,
-                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                             preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     partial = data_dir / ".download" / "train.zip" / "train.zip"
     deadline = time.monotonic() + 60
     while not (partial.is_file() and partial.stat().st_size > 0) and time.monotonic() < deadline:

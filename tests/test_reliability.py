@@ -7,15 +7,17 @@ failure is one line on stderr naming the file, with a non-zero exit code and no 
 """
 from __future__ import annotations
 
+import contextlib
 import errno
 import gzip
 import hashlib
 import os
 import shutil
 import signal
+import struct
 import subprocess
-import sys
 import time
+import zipfile
 from pathlib import Path
 
 import pytest
@@ -25,8 +27,7 @@ from carvana import cli
 from carvana.geometry import Size
 from carvana.pipeline import DataOptions, get_data
 from carvana.predict.validate import validate_submission
-from cli_helpers import run_cli
-from conftest import REPO_ROOT
+from cli_helpers import epochs_printed, one_line_error, run_cli, start_main, wait_for
 from data_factory import make_tiny_carvana
 from training_helpers import scalar_events
 
@@ -44,38 +45,71 @@ def train_args(data_dir: Path, work: Path, *extra: str) -> list[str]:
             "--output-dir", str(work / "output"), "--log-dir", str(work / "logs"), *extra]
 
 
-def start_main(args: list[str], cwd: Path, new_session: bool = False) -> subprocess.Popen:
-    env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "2"}
-    return subprocess.Popen([sys.executable, str(REPO_ROOT / "main.py"), *args], cwd=cwd, env=env,
-                            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            start_new_session=new_session)
+def session_processes(session: int) -> list[str]:
+    """The live processes of a session (`pid state command`), zombies left out: they hold no memory or files."""
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            text = stat.read_text()
+        except OSError:  # it ended while we looked
+            continue
+        fields = text[text.rindex(")") + 2:].split()
+        if int(fields[3]) == session and fields[0] != "Z":
+            found.append(f"{stat.parent.name} {fields[0]} {text[text.index('(') + 1:text.rindex(')')]}")
+    return found
 
 
-def wait_for(condition, process: subprocess.Popen, what: str, timeout: float = 120) -> None:
+def assert_the_whole_tree_ends(process: subprocess.Popen, timeout: float = 20) -> tuple[str, str]:
+    """Read the child's stdout and stderr to their end (every process holding them gone) and check that
+    no process of its session is left; returns what it printed. Cleans up after itself on failure."""
+    try:
+        out, err = process.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        left = session_processes(process.pid)
+        for line in left:
+            os.kill(int(line.split()[0]), signal.SIGKILL)
+        process.communicate()
+        pytest.fail(f"stdout/stderr still open {timeout}s after main.py ended, held by: {left}")
     deadline = time.monotonic() + timeout
-    while not condition():
-        if process.poll() is not None:
-            out, err = process.communicate()
-            pytest.fail(f"main.py ended (exit {process.returncode}) before {what}:\n{out}\n{err}")
-        if time.monotonic() > deadline:
-            process.kill()
-            pytest.fail(f"timed out waiting for {what}")
-        time.sleep(0.005)
+    while session_processes(process.pid) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    left = session_processes(process.pid)
+    for line in left:
+        os.kill(int(line.split()[0]), signal.SIGKILL)
+    assert not left, f"processes left behind: {left}"
+    return out, err
 
 
-def one_line_error(err: str) -> str:
-    lines = err.strip().splitlines()
-    assert "Traceback" not in err
-    assert len(lines) == 1, err
-    return lines[0]
+@contextlib.contextmanager
+def small_filesystem(folder: Path, size: str):
+    """A real tmpfs of `size` mounted on `folder` (root only; the test is skipped where it cannot be mounted)."""
+    if os.name != "posix" or os.geteuid() != 0 or shutil.which("mount") is None:
+        pytest.skip("mounting a small filesystem needs root")
+    folder.mkdir(parents=True, exist_ok=True)
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(folder)],
+                             capture_output=True, text=True)
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.strip()}")
+    try:
+        yield folder
+    finally:
+        subprocess.run(["umount", "-l", str(folder)], check=False)
+
+
+def fill(folder: Path) -> None:
+    """Write to `folder` until its filesystem is full."""
+    fd = os.open(folder / "filler", os.O_WRONLY | os.O_CREAT, 0o644)
+    try:
+        while True:
+            os.write(fd, b"\0" * 65536)
+    except OSError as e:
+        assert e.errno == errno.ENOSPC, e
+    finally:
+        os.close(fd)
 
 
 def digest(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
-def epochs_printed(stdout: str) -> list[int]:
-    return [int(line.split()[1].split("/")[0]) for line in stdout.splitlines() if line.startswith("epoch ")]
 
 
 def scalar_steps(log_dir: Path, tag: str) -> list[int]:
@@ -152,6 +186,45 @@ def test_ctrl_c_while_training_saves_the_last_epoch_and_says_how_to_resume(tiny_
     message = one_line_error(err)
     assert f"--resume {last}" in message
     assert torch.load(last, weights_only=True)["epoch"] >= 1
+
+
+def test_sigterm_while_training_saves_the_last_epoch_says_how_to_resume_and_exits_143(tiny_data, tmp_path):
+    last = tmp_path / "output" / "models" / "termed" / "last.pt"
+    args = train_args(tiny_data, tmp_path, "--epochs", "5", "--run-name", "termed")
+    args[args.index("--workers") + 1] = "1"
+    process = start_main(args, tmp_path, new_session=True)
+    wait_for(last.exists, process, "the first epoch's last.pt")
+    process.send_signal(signal.SIGTERM)  # what docker stop, Slurm and `timeout` send to the main process
+    out, err = assert_the_whole_tree_ends(process, timeout=120)
+
+    assert process.returncode == 143, out + err
+    message = one_line_error(err)
+    assert "SIGTERM" in message and f"--resume {last}" in message
+    saved = torch.load(last, weights_only=True)
+    assert 1 <= saved["epoch"] < 5 and saved["global_step"] == saved["epoch"] * STEPS_PER_EPOCH
+
+
+def test_a_run_killed_with_sigkill_takes_its_loader_workers_with_it_and_the_callers_pipe_ends(tiny_data, tmp_path):
+    # Workers for both loaders, the forkserver and the resource tracker hold the caller's stdout too:
+    # `main.py | tee log` ends only when all of them have gone.
+    last = tmp_path / "output" / "models" / "orphans" / "last.pt"
+    args = train_args(tiny_data, tmp_path, "--epochs", "5", "--run-name", "orphans")
+    args[args.index("--workers") + 1] = "2"
+    process = start_main(args, tmp_path, new_session=True)
+    wait_for(last.exists, process, "the first epoch's last.pt")
+    assert len(session_processes(process.pid)) >= 5, "main, forkserver and the loaders' workers run"
+    process.send_signal(signal.SIGKILL)
+    assert_the_whole_tree_ends(process, timeout=20)
+    assert process.returncode == -signal.SIGKILL
+
+
+def test_a_sample_generation_killed_with_sigkill_takes_its_pool_with_it(tmp_path):
+    # Two full-size cars are enough work for the generator to photograph them in a process pool.
+    process = start_main(["fetch", "--dataset", "sample", "--data-dir", str(tmp_path / "input"), "--sample-cars", "2"],
+                         tmp_path, new_session=True)
+    wait_for(lambda: len(session_processes(process.pid)) >= 3, process, "the generator's pool workers")
+    process.send_signal(signal.SIGKILL)
+    assert_the_whole_tree_ends(process, timeout=20)
 
 
 # --------------------------------------------------------------------------- kill -9 while predicting
@@ -246,18 +319,21 @@ def no_space(*args, **kwargs):
     raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
 
-def test_a_full_disk_while_saving_a_checkpoint_leaves_no_partial_checkpoint(tiny_data, tmp_path, capsys, monkeypatch):
-    def save_half_then_fill_the_disk(obj, path, *args, **kwargs):
-        Path(path).write_bytes(b"PK\x03\x04" + b"\0" * 1000)  # the start of a checkpoint ...
-        no_space()  # ... and then the disk is full
-
-    monkeypatch.setattr(torch, "save", save_half_then_fill_the_disk)
-    code, _, err = run_cli(train_args(tiny_data, tmp_path, "--epochs", "1", "--run-name", "full"), capsys)
+def test_a_real_full_disk_at_a_checkpoint_save_is_one_line_that_says_so_and_leaves_nothing(tiny_data, tmp_path,
+                                                                                         capsys):
+    # The data fits on the disk, the first checkpoint (tens of MB) does not fit in 1 MB.
+    with small_filesystem(tmp_path / "small", "1m") as small:
+        args = train_args(tiny_data, tmp_path, "--epochs", "1", "--run-name", "full")
+        args[args.index("--output-dir") + 1] = str(small / "output")
+        code, out, err = run_cli(args, capsys)
+        models = small / "output" / "models" / "full"
+        leftovers = sorted(p.name for p in models.glob("*") if p.suffix == ".pt" or p.name.startswith(".tmp-"))
     assert code == 1
     message = one_line_error(err)
-    models = tmp_path / "output" / "models" / "full"
-    assert str(models / "last.pt") in message and os.strerror(errno.ENOSPC) in message
-    assert list(models.iterdir()) == [], "neither last.pt, best.pt nor a temporary file"
+    assert str(models / "last.pt") in message
+    assert os.strerror(errno.ENOSPC) in message and "MB free" in message and "nothing was replaced" in message
+    assert leftovers == [], "neither last.pt, best.pt nor a temporary file"
+    assert epochs_printed(out) == [1], "the epoch trained; only its checkpoint could not be saved"
 
 
 def test_a_full_disk_while_writing_the_submission_keeps_the_previous_one(trained, tiny_data, tmp_path, capsys,
@@ -334,3 +410,76 @@ def test_ctrl_c_while_predicting_exits_130_and_leaves_the_previous_submission(tr
     assert "Traceback" not in err and "interrupted" in err
     assert digest(submission) == before
     assert [p.name for p in out_dir.iterdir()] == ["submit.csv.gz"], "the partial file is removed"
+
+
+def test_sigterm_while_predicting_exits_143_and_leaves_the_previous_submission(trained, tmp_path):
+    data_dir = make_tiny_carvana(tmp_path, cars=1, test_cars=4)
+    out_dir = tmp_path / "out"
+    out_dir.mkdir()
+    submission = out_dir / "submit.csv.gz"
+    submission.write_bytes(gzip.compress(b"img,rle_mask\nprevious,1 1\n"))
+    before = digest(submission)
+    process = start_main(["predict", "--checkpoint", str(trained / "output" / "models" / "tiny" / "best.pt"),
+                          "--data-dir", str(data_dir), "--output-dir", str(out_dir), "--workers", "1",
+                          "--batch-size", "2"], tmp_path, new_session=True)
+    wait_for(lambda: any(out_dir.glob(".tmp-submit.csv.gz.*")), process, "the submission's temporary file")
+    process.send_signal(signal.SIGTERM)
+    out, err = assert_the_whole_tree_ends(process, timeout=60)
+
+    assert process.returncode == 143, out + err
+    assert "SIGTERM" in one_line_error(err)
+    assert digest(submission) == before
+    assert [p.name for p in out_dir.iterdir()] == ["submit.csv.gz"], "the partial file is removed"
+
+
+# --------------------------------------------------------------------------- a full log disk, a corrupt checkpoint
+
+
+def test_a_log_disk_that_fills_mid_run_turns_logging_off_in_one_line_and_training_and_checkpoints_go_on(
+        tiny_data, tmp_path):
+    last = tmp_path / "output" / "models" / "logfull" / "last.pt"
+    with small_filesystem(tmp_path / "logs", "4m") as logs:
+        process = start_main(train_args(tiny_data, tmp_path, "--epochs", "4", "--run-name", "logfull"), tmp_path)
+        wait_for(last.exists, process, "the first epoch's last.pt")
+        fill(logs)
+        out, err = process.communicate(timeout=300)
+        logged = scalar_steps(logs / "logfull", "loss/train") if (logs / "logfull").exists() else []
+
+    assert process.returncode == 0, out + err
+    assert one_line_error(err) == (f"warning: TensorBoard logging to {logs / 'logfull'} failed "
+                                   f"({os.strerror(errno.ENOSPC)}); logging is off for the rest of the run, "
+                                   "training goes on")
+    assert epochs_printed(out) == [1, 2, 3, 4]
+    saved = torch.load(last, weights_only=True)
+    assert saved["epoch"] == 4 and saved["global_step"] == 4 * STEPS_PER_EPOCH
+    assert logged == sorted(logged) and len(logged) < 4, "curves up to the epoch the disk filled"
+
+
+def flip_bytes_inside_a_tensor(checkpoint: Path, corrupt: Path) -> None:
+    """Copy `checkpoint` with bytes inverted in the middle of its largest tensor; the zip stays readable."""
+    with zipfile.ZipFile(checkpoint) as archive:
+        record = max((info for info in archive.infolist() if "/data/" in info.filename), key=lambda i: i.file_size)
+    data = bytearray(checkpoint.read_bytes())
+    name_length, extra_length = struct.unpack("<HH", data[record.header_offset + 26:record.header_offset + 30])
+    start = record.header_offset + 30 + name_length + extra_length + record.file_size // 2
+    data[start:start + 64] = bytes(b ^ 0xFF for b in data[start:start + 64])
+    corrupt.write_bytes(bytes(data))
+
+
+def test_a_checkpoint_with_bytes_changed_inside_a_tensor_is_refused_and_the_previous_submission_kept(
+        trained, tiny_data, tmp_path, capsys):
+    corrupt = tmp_path / "best.pt"
+    flip_bytes_inside_a_tensor(trained / "output" / "models" / "tiny" / "best.pt", corrupt)
+    assert torch.load(corrupt, weights_only=True)["epoch"] >= 1, "torch itself reads it without complaint"
+    out_dir = tmp_path / "out"
+    out_dir.mkdir()
+    submission = out_dir / "submit.csv.gz"
+    submission.write_bytes(gzip.compress(b"img,rle_mask\nprevious,1 1\n"))
+    before = digest(submission)
+
+    code, _, err = run_cli(["predict", "--checkpoint", str(corrupt), "--data-dir", str(tiny_data),
+                            "--output-dir", str(out_dir), "--workers", "0"], capsys)
+    assert code == 1
+    assert one_line_error(err) == (f"error: {corrupt}: checksum mismatch: the file is corrupt (bytes changed since "
+                                   "it was written); use another checkpoint (e.g. best.pt/last.pt)")
+    assert digest(submission) == before and [p.name for p in out_dir.iterdir()] == ["submit.csv.gz"]

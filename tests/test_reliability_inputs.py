@@ -222,6 +222,31 @@ def test_predict_refuses_a_broken_test_set_naming_the_file(damage: Damage, check
     assert_refused(code, out, err, culprit, output, before)
 
 
+@pytest.mark.parametrize("name, gzipped", [("submit.csv", False), ("submit.csv.gz", True), ("mine.gz", True)])
+def test_predict_writes_a_submission_whose_content_matches_its_name(name, gzipped, checkpoint, tmp_path, capsys):
+    data = make_tiny_carvana(tmp_path, cars=1, views=2)
+    submission = tmp_path / name
+    code, out, err = run_cli(["predict", "--checkpoint", checkpoint, "--data-dir", data, "--submission", submission,
+                              "--workers", "0"], capsys)
+    assert code == 0, err
+    assert (submission.read_bytes()[:2] == b"\x1f\x8b") == gzipped
+    text = gzip.decompress(submission.read_bytes()) if gzipped else submission.read_bytes()
+    assert text.startswith(b"img,rle_mask\n") and text.count(b"\n") == 3
+    code, out, err = run_cli(["validate", submission, "--data-dir", data], capsys)
+    assert code == 0, err
+
+
+@pytest.mark.parametrize("name", ["submit.txt", "submit", "submit.zip"])
+def test_predict_refuses_a_submission_name_that_is_neither_csv_nor_gz(name, checkpoint, tmp_path, output, capsys):
+    data = make_tiny_carvana(tmp_path, cars=1, views=2)
+    before = snapshot(output)
+    code, out, err = run_cli(["predict", "--checkpoint", checkpoint, "--data-dir", data,
+                              "--submission", output / name, "--workers", "0"], capsys)
+    message = assert_refused(code, out, err, output / name, output, before)
+    assert ".csv" in message and ".gz" in message
+    assert "Predicting" not in out, "refused before any prediction"
+
+
 def test_predict_with_an_empty_data_dir_names_the_missing_test_list(checkpoint, tmp_path, output, capsys):
     empty = tmp_path / "empty"
     empty.mkdir()

@@ -72,6 +72,13 @@ def test_touching_runs_decode_to_one_region():
         ("5 2 1 1", "not after"),
         ("1 3 2 2", "not after"),
         ("11 3", "past the last pixel"),
+        ("99999999999999999999 1", "too large"),
+        ("9223372036854775807 10", "start 9223372036854775807 is past the last pixel 12"),
+        ("1 9223372036854775807", "longer than the 12 pixels"),
+        ("9223372036854775807 9223372036854775807", "past the last pixel"),
+        ("1e3 5", "'1e3' is not an integer"),
+        ("1 -1", "not positive"),
+        ("1 2\u00a03 4", "not a digit or a space"),
     ],
 )
 def test_malformed_rle_is_rejected_with_the_reason(text, problem):
@@ -82,3 +89,8 @@ def test_malformed_rle_is_rejected_with_the_reason(text, problem):
 def test_empty_string_is_an_empty_mask():
     assert not rle.decode("", 3, 4).any()
     assert not rle.decode("  ", 3, 4).any()
+
+
+def test_an_image_size_that_is_not_positive_is_a_caller_error():
+    with pytest.raises(ValueError, match="must be positive"):
+        rle.parse_runs("1 1", 0, 4)

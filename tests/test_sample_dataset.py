@@ -124,7 +124,9 @@ def test_the_marker_is_written_after_everything_else(tmp_path, monkeypatch):
     original = layout.write_complete_marker
 
     def spy(data_dir, source, details):
-        seen_at_marker_time.append(sorted(p.name for p in Path(data_dir).iterdir()))
+        # The generation lock is held until the marker is written.
+        names = [p.name for p in Path(data_dir).iterdir() if p.name != sample_dataset.LOCK_NAME]
+        seen_at_marker_time.append(sorted(names))
         original(data_dir, source, details)
 
     monkeypatch.setattr(layout, "write_complete_marker", spy)

@@ -187,7 +187,7 @@ def test_a_failed_write_names_the_file_and_replaces_nothing(tmp_path):
     def disk_full(data):
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    writer._gzip.write = disk_full
+    writer._out.write = disk_full
     writer.add_batch(["a.jpg"], np.ones((1, 4, 8), np.float32))
     with pytest.raises(CarvanaError, match="submit.csv.gz: could not be written .No space left on device"):
         writer.close()

@@ -1,6 +1,7 @@
 """The data layer: Kaggle files on disk -> checked names and paths -> tensors in the model's geometry.
 
     layout.py    find and check the Kaggle layout (CarvanaData, load_carvana_data)
+    rle_csv.py   the one reader of img,rle_mask CSV files (train_masks, sample_submission, submissions)
     images.py    decode photos and masks with OpenCV/Pillow, fast, with one-line DataErrors
     split.py     train/validation split by car
     augment.py   joint image+mask augmentation

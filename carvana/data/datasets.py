@@ -36,6 +36,7 @@ from carvana.data.images import load_image, load_mask, set_worker_threads
 from carvana.data.layout import CarvanaData
 from carvana.errors import ConfigError, DataError
 from carvana.geometry import Geometry
+from carvana.process_lifetime import end_with_main_process, interrupts_deferred
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -243,7 +244,12 @@ def _stack(tensors: list[torch.Tensor]) -> torch.Tensor:
 
 
 def worker_init(worker_id: int) -> None:
-    """DataLoader worker start: one thread each for OpenCV and torch (see images.set_worker_threads)."""
+    """DataLoader worker start: end with the main process; one thread each for OpenCV and torch.
+
+    A worker must not outlive a main process killed outright (see carvana.process_lifetime);
+    `set_worker_threads` says why one thread.
+    """
+    end_with_main_process()
     set_worker_threads()
 
 
@@ -268,7 +274,9 @@ class CarvanaLoader(DataLoader):
     """A DataLoader that raises a worker's DataError in the main process as a DataError."""
 
     def __iter__(self) -> Iterator[Any]:  # type: ignore[override]
-        for batch in super().__iter__():
+        with interrupts_deferred():  # a Ctrl-C while workers start would leave them half started
+            batches = super().__iter__()
+        for batch in batches:
             if isinstance(batch, LoadFailure):
                 raise DataError(batch.path, batch.problem)
             yield batch

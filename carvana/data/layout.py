@@ -2,8 +2,9 @@
 
 `load_carvana_data` lists the folders once, pairs every training photo with its mask, checks the
 two CSV files, and raises a one-line `DataError` naming the first file at fault. Photos are not
-decoded here (Kaggle has 5,088 training and 100,064 test photos); a broken photo is reported by
-`carvana.data.images` when it is first read.
+decoded here (Kaggle has 5,088 training and 100,064 test photos): only their headers are read, to
+check they all have one size (`carvana.data.checks`); a photo broken past its header is reported
+by `carvana.data.images` when it is first read.
 """
 from __future__ import annotations
 
@@ -15,7 +16,9 @@ from pathlib import Path
 import pandas as pd
 
 from carvana.data import kaggle_layout as kl
-from carvana.data.images import image_size, is_image_name
+from carvana.data.checks import check_masks_csv, check_one_size
+from carvana.data.images import is_image_name, kind_of_entry
+from carvana.data.rle_csv import read_ids, read_unique_rows
 from carvana.errors import DataError
 from carvana.geometry import Size
 from carvana.rle import RLEError, parse_runs
@@ -34,7 +37,7 @@ class CarvanaData:
     """What was found in a Kaggle Carvana data dir. Parts that were not asked for are None/empty."""
 
     data_dir: Path
-    image_size: Size  # of every photo (1918x1280 on Kaggle), read from one photo's header
+    image_size: Size  # of every photo and mask (1918x1280 on Kaggle), checked in every file's header
     train_dir: Path | None = None  # train/ or train_hq/
     masks_dir: Path | None = None
     train_names: list[str] = field(default_factory=list)  # sorted, e.g. 0cdf5b5d0ce1_01.jpg
@@ -120,9 +123,14 @@ def load_carvana_data(
         shown = ", ".join(stray[:_SHOWN]) + (f" and {len(stray) - _SHOWN} more" if len(stray) > _SHOWN else "")
         warnings.warn(f"{data_dir}: ignoring {len(stray)} stray file(s): {shown}", StrayFilesWarning, stacklevel=2)
 
-    first = train_dir / train_names[0] if train_names else test_dir / test_names[0]  # type: ignore[operator]
-    size = image_size(first)
+    # One size for every photo and mask, read from their headers: it is THE size downstream.
+    photos = [train_dir / n for n in train_names] + [test_dir / n for n in test_names]  # type: ignore[operator]
+    masks = [masks_dir / kl.mask_name(n) for n in train_names]  # type: ignore[operator]
+    size = check_one_size(data_dir, photos, masks)
     train_rle = _read_masks_csv(data_dir / kl.MASKS_CSV, size) if need_train else None
+    if train_rle is not None:
+        check_masks_csv(data_dir / kl.MASKS_CSV, train_rle, train_dir, train_names,  # type: ignore[arg-type]
+                        lambda name: masks_dir / kl.mask_name(name), size)  # type: ignore[operator]
     return CarvanaData(
         data_dir=data_dir,
         image_size=size,
@@ -164,13 +172,17 @@ def _is_stray(name: str) -> bool:
 
 
 def _list_images(folder: Path, data_dir: Path, stray: list[str], allow_empty: bool = False) -> list[str]:
+    """The photo names in `folder`, sorted. An entry named like a photo must be one photo file:
+    a folder, FIFO or broken link of that name, or two files for one id, is refused by name."""
     names = []
     with os.scandir(folder) as entries:
         for entry in entries:
-            if not _is_stray(entry.name) and is_image_name(entry.name) and entry.is_file():
+            if not _is_stray(entry.name) and is_image_name(entry.name):
+                _require_file(entry)
                 names.append(entry.name)
             else:
                 stray.append(str(Path(entry.path).relative_to(data_dir)))
+    _refuse_two_files_for_one_id(folder, names)
     if not names and not allow_empty:
         nested = folder / folder.name
         if _has_image(nested):  # a zip unpacked into a folder of its own name
@@ -179,11 +191,40 @@ def _list_images(folder: Path, data_dir: Path, stray: list[str], allow_empty: bo
     return sorted(names)
 
 
+def _require_file(entry: os.DirEntry) -> None:
+    """A photo or mask name must be a (link to a) regular file; never opened here, so a FIFO cannot block."""
+    if entry.is_file():
+        return
+    try:
+        problem = f"is {kind_of_entry(os.stat(entry.path).st_mode)}, not an image file"
+    except FileNotFoundError:
+        problem = f"broken symbolic link (it points to {os.readlink(entry.path)}, which does not exist)"
+    except OSError as error:
+        problem = f"cannot be read ({error.strerror or error})"
+    raise DataError(entry.path, f"{problem}; remove it or put the real file there")
+
+
+def _refuse_two_files_for_one_id(folder: Path, names: list[str]) -> None:
+    """`x_01.jpg` and `x_01.JPG` (or `.jpeg`, `.png`) are one id with one mask and one submission row."""
+    by_id: dict[str, list[str]] = {}
+    for name in names:
+        by_id.setdefault(Path(name).stem, []).append(name)
+    # Kaggle's own spelling (.jpg) first; the others are the extra copies named in the message.
+    twice = sorted(sorted(group, key=lambda n: (not n.endswith(".jpg"), n)) for group in by_id.values()
+                   if len(group) > 1)
+    if twice:
+        pairs = "; ".join(f"{', '.join(group[1:])} besides {group[0]}" for group in twice[:_SHOWN])
+        more = f" and {len(twice) - _SHOWN} more" if len(twice) > _SHOWN else ""
+        raise DataError(folder / twice[0][1], f"{len(twice)} id(s) have more than one photo in {folder.name}/ "
+                                              f"({pairs}{more}): keep one file per id")
+
+
 def _list_masks(folder: Path, data_dir: Path, stray: list[str]) -> list[str]:
     names = []
     with os.scandir(folder) as entries:
         for entry in entries:
-            if not _is_stray(entry.name) and entry.name.endswith(kl.MASK_SUFFIX) and entry.is_file():
+            if not _is_stray(entry.name) and entry.name.endswith(kl.MASK_SUFFIX):
+                _require_file(entry)
                 names.append(entry.name)
             else:
                 stray.append(str(Path(entry.path).relative_to(data_dir)))
@@ -213,49 +254,33 @@ def _check_pairs(train_dir: Path, masks_dir: Path, images: list[str], masks: lis
         )
 
 
-def _read_csv(path: Path, what: str) -> pd.DataFrame:
+def _require_csv(path: Path, what: str) -> None:
     if not path.is_file():
         raise DataError(path, f"not found (expected {what}; download the Kaggle data again)")
-    try:
-        return pd.read_csv(path, dtype=str, keep_default_na=False)
-    except pd.errors.EmptyDataError:
-        raise DataError(path, "empty file; download the Kaggle data again") from None
-    except (pd.errors.ParserError, UnicodeDecodeError, OSError) as error:
-        first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise DataError(path, f"not a readable CSV file ({first_line})") from None
-
-
-def _check_header(path: Path, frame: pd.DataFrame) -> None:
-    header = tuple(str(c).strip() for c in frame.columns)
-    if header != kl.SUBMISSION_HEADER:
-        raise DataError(
-            path, f"header is {','.join(header)!r}, expected {','.join(kl.SUBMISSION_HEADER)!r}"
-        )
 
 
 def _read_masks_csv(path: Path, size: Size) -> dict[str, str]:
-    """train_masks.csv as {name: RLE}, every RLE checked for photos of `size` (the line is named if not)."""
-    frame = _read_csv(path, "the training masks as RLE, img,rle_mask")
-    _check_header(path, frame)
-    for row, (name, rle) in enumerate(zip(frame["img"], frame["rle_mask"])):
+    """train_masks.csv as {name: RLE}, every RLE checked for photos of `size` (the line is named if not).
+
+    Read by `carvana.data.rle_csv`, the reader of every `img,rle_mask` file, and streamed.
+    """
+    _require_csv(path, "the training masks as RLE, img,rle_mask")
+    fail = lambda problem: DataError(path, problem)  # noqa: E731
+    masks: dict[str, str] = {}
+    for row in read_unique_rows(path, fail, "has no rows (expected one per training photo)"):
         try:
-            parse_runs(rle, size.height, size.width)
+            parse_runs(row.rle_mask, size.height, size.width)
         except RLEError as error:
-            # Line numbers as an editor shows them: the header is line 1.
-            raise DataError(path, f"line {row + 2} ({name}): malformed RLE: {error}") from None
-    return dict(zip(frame["img"], frame["rle_mask"]))
+            raise DataError(path, f"line {row.line} ({row.img}): malformed RLE: {error}") from None
+        masks[row.img] = row.rle_mask
+    return masks
 
 
 def _read_sample_submission(path: Path, test_dir: Path, test_files: set[str]) -> list[str]:
-    frame = _read_csv(path, "the test ids, img,rle_mask")
-    _check_header(path, frame)
-    names = [n.strip() for n in frame["img"]]
-    if not names:
-        raise DataError(path, "has no rows (expected one per test photo)")
-    duplicated = pd.Series(names).duplicated(keep="first")
-    if duplicated.any():
-        row = int(duplicated.to_numpy().argmax())
-        raise DataError(path, f"line {row + 2}: duplicate id {names[row]!r} (each test photo must appear once)")
+    """The test ids in Kaggle's order, read exactly as the final validator of a submission reads them
+    (`carvana.data.rle_csv`): a sample submission accepted here never fails validation later."""
+    _require_csv(path, "the test ids, img,rle_mask")
+    names = read_ids(path, lambda problem: DataError(path, problem), "has no rows (expected one per test photo)")
     missing = [n for n in names if n not in test_files]
     if missing:
         raise DataError(

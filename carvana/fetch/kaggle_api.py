@@ -102,11 +102,14 @@ def _access_token_source() -> str | None:
 
 
 def _api_key_source() -> str | None:
-    """Where kaggle would take a username + key from: kaggle.json, overridden field by field by env."""
+    """Where kaggle would take a username + key from: kaggle.json, overridden field by field by env.
+
+    An empty value counts as none: kaggle would send it and be refused (see credentials_problem).
+    """
     from_file = _read_json_object(kaggle_config_file())
     username = os.environ.get("KAGGLE_USERNAME", from_file.get("username"))
     key = os.environ.get("KAGGLE_KEY", from_file.get("key"))
-    if username is None or key is None:
+    if not _is_value(username) or not _is_value(key):
         return None
     if "KAGGLE_USERNAME" in os.environ and "KAGGLE_KEY" in os.environ:
         return "KAGGLE_USERNAME/KAGGLE_KEY"
@@ -117,6 +120,111 @@ def _oauth_source() -> str | None:
     """`kaggle auth login` leaves a refresh token in ~/.kaggle/credentials.json."""
     credentials = Path(os.path.expanduser("~")) / ".kaggle" / "credentials.json"
     return str(credentials) if _read_json_object(credentials).get("refresh_token") else None
+
+
+def _is_value(value: object) -> bool:
+    return isinstance(value, str) and bool(value.strip())
+
+
+_NEW_TOKEN = "download a new one from https://www.kaggle.com/settings (Settings -> API -> Create New Token)"
+_FIELDS = ("username", "key")
+_VARIABLES = {"username": "KAGGLE_USERNAME", "key": "KAGGLE_KEY"}
+
+
+def _config_file_problem(config: Path) -> tuple[dict, str | None]:
+    """kaggle.json's fields, and what is wrong with the file itself (None when it is fine or absent).
+
+    kaggle silently treats a file it cannot parse as absent; here it is named instead.
+    """
+    try:
+        if not config.exists() and not config.is_symlink():
+            return {}, None
+        if config.is_dir():
+            return {}, f"is a folder, expected the kaggle.json file: remove it and {_NEW_TOKEN}"
+        text = config.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        return {}, f"is not a text file (not UTF-8): {_NEW_TOKEN}"
+    except OSError as error:
+        return {}, f"cannot be read ({error.strerror or type(error).__name__}): run 'chmod 600 {config}'"
+    try:
+        data = json.loads(text)
+    except ValueError as error:
+        where = f"line {error.lineno} column {error.colno}" if isinstance(error, json.JSONDecodeError) else "?"
+        return {}, f"is not valid JSON ({where}): {_NEW_TOKEN}"
+    if not isinstance(data, dict):
+        return {}, (f"holds a JSON {type(data).__name__}, expected an object with \"username\" and \"key\": "
+                    f"{_NEW_TOKEN}")
+    return data, None
+
+
+def credentials_problem() -> str | None:
+    """Why the Kaggle credentials that ARE set cannot work, as '<file or variable>: <what, what to do>'.
+
+    None when they can work (as far as can be told without asking Kaggle) or when none are set at
+    all (then SETUP_HELP applies). Follows kaggle 2.2.4: an access token wins; else username and
+    key, each from the environment if set there (even when empty) or else from kaggle.json; else
+    `kaggle auth login` credentials. Never includes a value, only names.
+    """
+    if _access_token_source() is not None:
+        return None
+    config = kaggle_config_file()
+    from_file, file_problem = _config_file_problem(config)
+    merged: dict[str, tuple[str, object]] = {}  # field -> (where it comes from, value)
+    for field_name in _FIELDS:
+        variable = _VARIABLES[field_name]
+        if variable in os.environ:
+            merged[field_name] = (variable, os.environ[variable])
+        elif field_name in from_file:
+            merged[field_name] = (str(config), from_file[field_name])
+    # kaggle uses a username and key as soon as both are present, even empty ones, and is refused.
+    for field_name, (where, value) in merged.items():
+        if not _is_value(value):
+            if where in _VARIABLES.values():
+                return (f"{where}: set but empty (it takes precedence over kaggle.json): set it to your Kaggle "
+                        f"{field_name}, or unset it")
+            shown = "empty" if isinstance(value, str) else f"a JSON {type(value).__name__}, not text"
+            return f"{where}: \"{field_name}\" is {shown}: {_NEW_TOKEN}"
+    if len(merged) == len(_FIELDS) or _oauth_source() is not None:
+        return None
+    if file_problem is not None:
+        return f"{config}: {file_problem}"
+    if merged:
+        have = next(f for f in _FIELDS if f in merged)
+        missing = next(f for f in _FIELDS if f not in merged)
+        where = merged[have][0]
+        if where in _VARIABLES.values():
+            return (f"{where}: set, but there is no Kaggle {missing}: set {_VARIABLES[missing]} too, or put both "
+                    f"in {config}")
+        return f"{config}: has \"{have}\" but no \"{missing}\": {_NEW_TOKEN}"
+    if config.exists():
+        return f"{config}: has neither \"username\" nor \"key\": {_NEW_TOKEN}"
+    return _token_variable_problem()
+
+
+def _token_variable_problem() -> str | None:
+    """KAGGLE_API_TOKEN set to nothing, or to a file with nothing in it (kaggle then ignores it)."""
+    token = os.environ.get("KAGGLE_API_TOKEN")
+    if token is None:
+        return None
+    if not token.strip():
+        return "KAGGLE_API_TOKEN: set but empty: set it to your Kaggle API token (or a file holding it), or unset it"
+    if _is_file(Path(token)):
+        return f"KAGGLE_API_TOKEN: names the file {token}, which holds no token: put your Kaggle API token in it"
+    return None
+
+
+def kaggle_credentials_usable() -> bool:
+    """True when credentials are configured, False when none are set at all.
+
+    Raises KaggleError when some are set but cannot work, so that `--dataset auto` tells a user
+    who meant to use Kaggle what to fix instead of quietly falling back to the sample.
+    """
+    if kaggle_credentials_configured():
+        return True
+    problem = credentials_problem()
+    if problem is not None:
+        raise KaggleError(problem)
+    return False
 
 
 def credentials_source() -> str | None:
@@ -228,7 +336,7 @@ def _environment_args() -> list[str]:
 
 def open_kaggle_api() -> "KaggleApi":
     """An authenticated KaggleApi, or a KaggleError saying how to set credentials up."""
-    if not kaggle_credentials_configured():
+    if not kaggle_credentials_usable():
         raise KaggleError(SETUP_HELP.format(config=kaggle_config_file()))
     warn_if_config_readable_by_others()
     with quiet_console(), kaggle_errors("signing in to Kaggle"):

@@ -9,6 +9,10 @@ shadows under them, and no single grey level separates car from studio.
 The set is written into a temporary folder inside `data_dir`, moved into place, and only then
 marked complete (`.carvana-complete.json`, source "sample"). An interrupted run leaves no
 marker, so it is never taken for a complete set. The same seed gives byte-identical files.
+
+Generation holds a lock on `data_dir` (see `carvana.locks`): a second process that wants the
+sample in the same folder waits, then finds it complete and reuses it (`ensure_sample_dataset`).
+The staging folder carries its process id; only those of processes that no longer run are removed.
 """
 from __future__ import annotations
 
@@ -23,6 +27,7 @@ from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
+from typing import Callable
 
 import cv2
 import numpy as np
@@ -35,12 +40,15 @@ from carvana.errors import CarvanaError, ConfigError
 from carvana.fetch import sample_car, sample_scene
 from carvana.fetch.sample_car import CarDesign
 from carvana.geometry import Size
+from carvana.locks import FolderLock
+from carvana.process_lifetime import end_with_main_process, process_runs
 
 DEFAULT_TRAIN_CARS = 24
 DEFAULT_TEST_CARS = 6
 JPEG_QUALITY = 90
 NOISE_SIGMA = 2.0  # grey levels of sensor noise
 STAGING_PREFIX = ".tmp-sample-"
+LOCK_NAME = ".sample.lock"
 # Below this many megapixels in all, worker processes cost more to start than they save.
 PARALLEL_MIN_MEGAPIXELS = 40.0
 # Kaggle's sample_submission.csv holds this placeholder RLE for every test image.
@@ -116,13 +124,98 @@ def generate_sample_dataset(
     """
     size = Size(*size)
     _check_arguments(train_cars, test_cars, size, workers)
-    started = time.perf_counter()
+    with _generation_lock(Path(data_dir), announce=None):
+        return _generate(Path(data_dir), train_cars, test_cars, size, seed, progress, workers)
+
+
+def ensure_sample_dataset(
+    data_dir: Path,
+    *,
+    train_cars: int | None = None,
+    size: Size | None = None,
+    progress: bool = True,
+    announce: Callable[[str], None] | None = None,
+) -> SampleReport | None:
+    """The sample in `data_dir`, generated unless a complete one with these settings is there.
+
+    Returns None when the set was already there (for instance made meanwhile by another process
+    this one waited for). `train_cars`/`size` None: whatever a complete set has, else the defaults.
+    """
+    train = DEFAULT_TRAIN_CARS if train_cars is None else train_cars
+    shape = Size(*layout.ORIGINAL_SIZE) if size is None else Size(*size)
+    _check_arguments(train, DEFAULT_TEST_CARS, shape, None)
     data_dir = Path(data_dir)
+    with _generation_lock(data_dir, announce):
+        if sample_is_complete(data_dir, train_cars, size):
+            return None
+        if announce is not None:
+            announce(f"Generating the built-in sample dataset in {data_dir} ...")
+        wanted: dict[str, object] = {}
+        if train_cars is not None:
+            wanted["train_cars"] = train_cars
+        if size is not None:
+            wanted["size"] = Size(*size)
+        return generate_sample_dataset(data_dir, progress=progress, **wanted)
+
+
+def sample_is_complete(data_dir: Path, train_cars: int | None = None, size: Size | None = None) -> bool:
+    """A complete built-in sample is in `data_dir`, with these settings where they are given."""
+    marker = layout.read_complete_marker(Path(data_dir))
+    if marker is None or marker.get("source") != "sample":
+        return False
+    if train_cars is not None and marker.get("train_cars") != train_cars:
+        return False
+    return size is None or str(marker.get("size")) == str(Size(*size))
+
+
+_HELD: dict[Path, int] = {}  # data dirs whose generation lock this process holds, and how often
+
+
+class _generation_lock:
+    """Hold the data dir's generation lock, saying who we wait for when another process has it.
+
+    Re-entrant within a process (`ensure_sample_dataset` generates through `generate_sample_dataset`):
+    a second flock on a new file descriptor would wait for this very process.
+    """
+
+    def __init__(self, data_dir: Path, announce: Callable[[str], None] | None):
+        self.lock = FolderLock(data_dir, LOCK_NAME)
+        self.key = Path(os.path.abspath(data_dir))
+        self.announce = announce
+
+    def __enter__(self) -> FolderLock:
+        if self.key in _HELD:
+            _HELD[self.key] += 1
+            return self.lock
+        try:
+            taken = self.lock.acquire(wait=False)
+        except CarvanaError as e:
+            raise CarvanaError(f"{self.lock.folder}: cannot create the sample data here ({e})") from None
+        if not taken:
+            if self.announce is not None:
+                holder = self.lock.holder()
+                self.announce(f"{self.lock.folder}: another process (pid {holder or 'unknown'}) is generating "
+                              "the sample here; waiting for it ...")
+            self.lock.acquire(wait=True)
+        _HELD[self.key] = 1
+        return self.lock
+
+    def __exit__(self, *exc: object) -> None:
+        _HELD[self.key] -= 1
+        if _HELD[self.key] == 0:
+            del _HELD[self.key]
+            self.lock.release()
+
+
+def _generate(data_dir: Path, train_cars: int, test_cars: int, size: Size, seed: int, progress: bool,
+              workers: int | None) -> SampleReport:
+    """Generate the set; the caller holds the data dir's generation lock."""
+    started = time.perf_counter()
     jobs_args = _plan_cars(train_cars, test_cars, seed)
     try:
         data_dir.mkdir(parents=True, exist_ok=True)
         _remove_stale_staging(data_dir)
-        staging = Path(tempfile.mkdtemp(prefix=STAGING_PREFIX, dir=data_dir))
+        staging = Path(tempfile.mkdtemp(prefix=f"{STAGING_PREFIX}{os.getpid()}-", dir=data_dir))
     except OSError as e:
         raise CarvanaError(f"{data_dir}: cannot create the sample data here ({e.strerror or e})") from None
     try:
@@ -195,7 +288,8 @@ def _photograph_all(jobs: list[CarJob], size: Size, progress: bool, workers: int
                 rles.update(result)
                 bar.update(layout.VIEWS_PER_CAR)
         else:
-            with ProcessPoolExecutor(max_workers=workers, mp_context=_process_context()) as pool:
+            with ProcessPoolExecutor(max_workers=workers, mp_context=_process_context(),
+                                     initializer=end_with_main_process) as pool:
                 for result in pool.map(photograph_car, jobs):
                     rles.update(result)
                     bar.update(layout.VIEWS_PER_CAR)
@@ -302,7 +396,8 @@ def _move_into_place(staging: Path, data_dir: Path) -> None:
 
 
 def _remove_stale_staging(data_dir: Path) -> None:
-    """Folders left by a generation that was killed before it could clean up."""
+    """Folders left by a generation that was killed before it could clean up (its process is gone)."""
     for stale in data_dir.glob(STAGING_PREFIX + "*"):
-        if stale.is_dir():
+        pid = stale.name[len(STAGING_PREFIX):].split("-", 1)[0]
+        if stale.is_dir() and not (pid.isdigit() and process_runs(int(pid))):
             shutil.rmtree(stale, ignore_errors=True)

@@ -24,7 +24,7 @@ log = logging.getLogger(__name__)
 
 
 class PredictionsSaver(Callback):
-    """Stream predictions into a gzip `img,rle_mask` submission at `path` (atomically).
+    """Stream predictions into an `img,rle_mask` submission at `path` (gzip for .gz, plain for .csv), atomically.
 
     `original_size` is the photos' size the masks are up-sampled to (1918x1280 for Carvana),
     `threshold` the probability above which a pixel is the car. `on_device`: post-process where the

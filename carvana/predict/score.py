@@ -12,9 +12,10 @@ from pathlib import Path
 import numpy as np
 
 from carvana import rle
+from carvana.data.rle_csv import RLERow, read_rle_rows, read_unique_rows
 from carvana.errors import DataError, SubmissionError
 from carvana.geometry import Size
-from carvana.predict.submission_reader import read_rle_rows
+from carvana.predict.validate import check_image_size
 
 EXAMPLES = 3  # ids quoted in an error message
 
@@ -55,19 +56,14 @@ def dice_from_runs(runs_a: np.ndarray, runs_b: np.ndarray) -> float:
     return 2.0 * intersection_from_runs(runs_a, runs_b) / total
 
 
-def read_truth(truth_csv: Path) -> dict[str, str]:
-    """id -> RLE of a `train_masks.csv`-style file; DataError if it is unreadable, empty or repeats an id."""
-    fail = lambda problem: DataError(truth_csv, problem)  # noqa: E731
-    truth: dict[str, str] = {}
-    for row in read_rle_rows(truth_csv, fail):
-        if row.problem:
-            raise fail(f"line {row.line} {row.problem}")
-        if row.img in truth:
-            raise fail(f"line {row.line}: id {row.img} appears twice")
-        truth[row.img] = row.rle_mask
-    if not truth:
-        raise fail("has no rows: no masks to score against")
-    return truth
+def read_truth(truth_csv: Path) -> dict[str, RLERow]:
+    """id -> row of a `train_masks.csv`-style file; DataError if it is unreadable, empty or repeats an id.
+
+    Rows keep their line number, so a bad true mask found while scoring is named by its line.
+    """
+    rows = read_unique_rows(truth_csv, lambda problem: DataError(truth_csv, problem),
+                            "has no rows: no masks to score against")
+    return {row.img: row for row in rows}
 
 
 def score_submission(path: Path, truth_csv: Path, image_size: Size = Size(1918, 1280)) -> ScoreReport:
@@ -77,6 +73,7 @@ def score_submission(path: Path, truth_csv: Path, image_size: Size = Size(1918, 
     scored against validation masks has none in common, which is reported as missing ids).
     """
     path, truth_csv = Path(path), Path(truth_csv)
+    image_size = check_image_size(image_size)
     height, width = image_size.height, image_size.width
     truth = read_truth(truth_csv)
     dice: dict[str, float] = {}
@@ -91,10 +88,11 @@ def score_submission(path: Path, truth_csv: Path, image_size: Size = Size(1918, 
             predicted = rle.parse_runs(row.rle_mask, height, width)
         except rle.RLEError as e:
             raise SubmissionError(f"{path}: line {row.line} ({row.img}): bad rle_mask: {e}") from None
+        true_row = truth[row.img]
         try:
-            true = rle.parse_runs(truth[row.img], height, width)
+            true = rle.parse_runs(true_row.rle_mask, height, width)
         except rle.RLEError as e:
-            raise DataError(truth_csv, f"mask of {row.img}: {e}") from None
+            raise DataError(truth_csv, f"line {true_row.line} ({row.img}): bad rle_mask: {e}") from None
         dice[row.img] = dice_from_runs(predicted, true)
     missing = [img for img in truth if img not in dice]
     if missing:

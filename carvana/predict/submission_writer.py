@@ -9,6 +9,9 @@
 Threads, not processes: cv2.resize, the numpy comparisons and zlib release the GIL, so a small
 pool overlaps with inference without pickling ~1 MB of probabilities per image to another process.
 
+The file is gzip-compressed when its name ends in `.gz` and plain text when it ends in `.csv`
+(Kaggle reads a file by its name); any other name is refused before anything is written.
+
 The file is written under a temporary name beside `path` (carvana.atomic) and renamed onto `path`
 only by `close()`: an exception, Ctrl-C or `abort()` removes the temporary file and leaves a
 previous complete `path` untouched, so there is never a truncated submission under the real name.
@@ -30,7 +33,7 @@ import numpy as np
 
 from carvana.atomic import atomic_path
 from carvana.data.kaggle_layout import SUBMISSION_HEADER
-from carvana.errors import CarvanaError
+from carvana.errors import CarvanaError, ConfigError
 from carvana.geometry import Size
 from carvana.predict.postprocess import probabilities_to_rle
 from carvana.rle import runs_to_string
@@ -75,6 +78,29 @@ def release_free_memory() -> None:
         _malloc_trim(0)
 
 
+def is_gzip_name(path: Path) -> bool:
+    """True for a `.gz` submission name, False for `.csv`; ConfigError for any other name.
+
+    Kaggle (and `validate`) decide by the name whether to decompress, so the content written must
+    agree with it: gzip bytes in a `.csv` would be an unreadable upload.
+    """
+    suffix = Path(path).suffix.lower()
+    if suffix == ".gz":
+        return True
+    if suffix == ".csv":
+        return False
+    raise ConfigError(f"{path}: a submission's name must end in .csv (plain text) or .gz (gzip-compressed, "
+                      "e.g. submit.csv.gz)")
+
+
+def _open_rows(raw: BinaryIO, path: Path, compresslevel: int) -> BinaryIO:
+    """The stream rows are written to: gzip over `raw` for a `.gz` name, `raw` itself for `.csv`."""
+    if not is_gzip_name(path):
+        return raw
+    # The name stored in the gzip header is the real one, not the temporary name.
+    return gzip.GzipFile(filename=Path(path).name, mode="wb", fileobj=raw, compresslevel=compresslevel, mtime=0)
+
+
 def encode_row(name: str, probabilities: np.ndarray, original_size: Size, threshold: float) -> bytes:
     """One `img,rle_mask` CSV line, ready for the gzip stream."""
     return f"{name},{probabilities_to_rle(probabilities, original_size, threshold)}\n".encode("utf-8")
@@ -93,7 +119,7 @@ _END = object()  # the last item of the pending queue
 
 
 class SubmissionWriter:
-    """Write `img,rle_mask` rows of probability maps to a gzip CSV at `path`, atomically.
+    """Write `img,rle_mask` rows of probability maps to a CSV at `path` (gzip for `.gz`), atomically.
 
     Use as a context manager (commits on success, aborts on any exception), or call `close()` /
     `abort()` yourself. Rows come out in the order `add_batch` was called.
@@ -111,6 +137,7 @@ class SubmissionWriter:
         if max_pending_batches < 1:
             raise ValueError(f"max_pending_batches must be at least 1, got {max_pending_batches}")
         self.path = Path(path)
+        is_gzip_name(self.path)  # refuse a name the content would not agree with, before any file exists
         self.original_size = Size(*original_size)
         self.threshold = float(threshold)
         self.workers = workers or default_workers()
@@ -125,10 +152,8 @@ class SubmissionWriter:
         self._cleanup_at_exit = weakref.finalize(self, Path.unlink, self.temp_path, missing_ok=True)
         try:
             self._file: BinaryIO = open(self.temp_path, "wb")
-            # The name stored in the gzip header is the real one, not the temporary name.
-            self._gzip = gzip.GzipFile(filename=self.path.name, mode="wb", fileobj=self._file,
-                                       compresslevel=compresslevel, mtime=0)
-            self._gzip.write((",".join(SUBMISSION_HEADER) + "\n").encode("utf-8"))
+            self._out = _open_rows(self._file, self.path, compresslevel)
+            self._out.write((",".join(SUBMISSION_HEADER) + "\n").encode("utf-8"))
         except BaseException:
             self._discard_temp()
             raise
@@ -186,7 +211,7 @@ class SubmissionWriter:
             self._pool.shutdown(wait=True)
             if self._failure is not None:
                 raise self._failure
-            self._gzip.close()
+            self._out.close()
             self._file.close()
         except OSError as e:
             self.abort()
@@ -242,7 +267,7 @@ class SubmissionWriter:
                 continue  # keep taking batches so that a blocked add_batch wakes up
             try:
                 rows = [job.result() for job in jobs]
-                self._gzip.write(b"".join(rows))
+                self._out.write(b"".join(rows))
                 self._rows_written += len(rows)
                 del rows, jobs
                 release_free_memory()
@@ -254,7 +279,7 @@ class SubmissionWriter:
         if self._finished:
             return
         self._finished = True
-        for closing in (getattr(self, "_gzip", None), getattr(self, "_file", None)):
+        for closing in (getattr(self, "_out", None), getattr(self, "_file", None)):
             try:
                 if closing is not None:
                     closing.close()
@@ -267,10 +292,10 @@ class SubmissionWriter:
 def write_submission_rows(
     path: Path, rows: Iterable[tuple[str, str]], compresslevel: int = DEFAULT_COMPRESSLEVEL
 ) -> None:
-    """Write already-encoded `(img, rle_mask)` rows to a gzip submission at `path`, atomically."""
+    """Write already-encoded `(img, rle_mask)` rows to a submission at `path` (gzip for `.gz`), atomically."""
+    is_gzip_name(path)
     with atomic_path(path) as tmp, open(tmp, "wb") as raw:
-        with gzip.GzipFile(filename=Path(path).name, mode="wb", fileobj=raw, compresslevel=compresslevel,
-                           mtime=0) as out:
+        with _open_rows(raw, Path(path), compresslevel) as out:
             out.write((",".join(SUBMISSION_HEADER) + "\n").encode("utf-8"))
             for name, text in rows:
                 out.write(f"{name},{text}\n".encode("utf-8"))

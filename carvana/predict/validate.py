@@ -12,9 +12,9 @@ from pathlib import Path
 from tqdm import tqdm
 
 from carvana import rle
-from carvana.errors import DataError, SubmissionError
+from carvana.data.rle_csv import read_ids, read_rle_rows
+from carvana.errors import ConfigError, DataError, SubmissionError
 from carvana.geometry import Size
-from carvana.predict.submission_reader import read_rle_rows
 
 EXAMPLES = 3  # ids quoted per kind of problem
 
@@ -27,20 +27,24 @@ class ValidationReport:
 
 
 def read_expected_ids(sample_submission: Path) -> list[str]:
-    """The ids of `sample_submission.csv`, in its order; DataError if it is unreadable or repeats one."""
-    fail = lambda problem: DataError(sample_submission, problem)  # noqa: E731
-    ids: list[str] = []
-    seen: set[str] = set()
-    for row in read_rle_rows(sample_submission, fail):
-        if row.problem:
-            raise fail(f"line {row.line} {row.problem}")
-        if row.img in seen:
-            raise fail(f"line {row.line}: id {row.img} appears twice")
-        seen.add(row.img)
-        ids.append(row.img)
-    if not ids:
-        raise fail("has no rows: no test ids to check the submission against")
-    return ids
+    """The ids of `sample_submission.csv`, in its order; DataError if it is unreadable or repeats one.
+
+    The same reader as the data check before training (`carvana.data.layout`), so a sample
+    submission that let a run start is never refused here, after the run replaced the submission.
+    """
+    return read_ids(sample_submission, lambda problem: DataError(sample_submission, problem),
+                    "has no rows: no test ids to check the submission against")
+
+
+def check_image_size(image_size: Size) -> Size:
+    """ConfigError unless both sides are positive (and the image not absurdly large): every run of
+    every mask is checked against them."""
+    image_size = Size(*image_size)
+    if image_size.width < 1 or image_size.height < 1:
+        raise ConfigError(f"--image-size {image_size}: width and height must be positive, e.g. 1918x1280")
+    if image_size.width * image_size.height > rle.MAX_PIXELS:
+        raise ConfigError(f"--image-size {image_size}: too large for any photo, e.g. 1918x1280")
+    return image_size
 
 
 class _Problems:
@@ -85,6 +89,7 @@ def validate_submission(
     `progress`: show a progress bar (None: only on a terminal).
     """
     path, sample_submission = Path(path), Path(sample_submission)
+    image_size = check_image_size(image_size)
     expected_ids = read_expected_ids(sample_submission)
     expected = set(expected_ids)
     seen: set[str] = set()

@@ -2,12 +2,16 @@
 
 `CarvanaClassifier.train` calls the training hooks with a `TrainState`; `predict` calls the
 prediction hooks with a `PredictState`. A callback overrides only the hooks it needs.
+
+Hooks run in the callbacks' `order`, lowest first, whatever order the list has (ties keep the
+list's order): checkpoints (PERSIST) save an epoch before anything that observes it (OBSERVE:
+TensorBoard) can fail, so a logger that breaks (a full log disk) never costs that epoch's last.pt.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterable
 
 import torch
 
@@ -58,8 +62,15 @@ class PredictState:
     probabilities: torch.Tensor | None = None  # current batch: (B, H, W) float32 in [0, 1] on the model's device
 
 
+PERSIST = 0  # writes what a run resumes from (checkpoints)
+CONTROL = 50  # steers training (early stopping); the default
+OBSERVE = 100  # only looks (logging)
+
+
 class Callback:
-    """Base class: every hook does nothing."""
+    """Base class: every hook does nothing. `order`: when its hooks run, see the module docstring."""
+
+    order: int = CONTROL
 
     def on_train_begin(self, state: TrainState) -> None:
         pass
@@ -84,3 +95,8 @@ class Callback:
 
     def on_predict_interrupted(self, state: PredictState) -> None:
         """Prediction stopped early (Ctrl-C or an error); `on_predict_end` will not be called."""
+
+
+def in_hook_order(callbacks: Iterable[Any]) -> list[Any]:
+    """`callbacks` sorted by `order` (stable); a duck-typed callback without one counts as CONTROL."""
+    return sorted(callbacks, key=lambda callback: getattr(callback, "order", CONTROL))

@@ -9,9 +9,10 @@ epochs 9..12. Each epoch's randomness (shuffle order, augmentation) is seeded fr
 so a resumed run sees the same batches as one that never stopped.
 
 Interruptions:
-- Ctrl-C: the callbacks' `on_train_interrupted` runs (the checkpoint keeps `last.pt` at the last
-  COMPLETED epoch, never half an epoch, so a resume redoes the interrupted epoch from its start),
-  then `TrainingInterruptedError` (a KeyboardInterrupt) is raised, carrying where to resume from.
+- Ctrl-C, or SIGTERM (raised as `process_lifetime.Terminated`): the callbacks' `on_train_interrupted`
+  runs (the checkpoint keeps `last.pt` at the last COMPLETED epoch, never half an epoch, so a resume
+  redoes the interrupted epoch from its start), then `TrainingInterruptedError` (a
+  KeyboardInterrupt) is raised, carrying where to resume from and the exit code (130 or 143).
 - A NaN/inf loss: `TrainingDiverged` naming the epoch and step, raised before that step updates
   the weights; `on_train_interrupted` runs first, and as the weights are mid-epoch nothing is saved:
   `last.pt` and `best.pt` keep the last good epoch.
@@ -36,7 +37,8 @@ from carvana.errors import CheckpointError, TrainingDiverged
 from carvana.geometry import model_geometry
 from carvana.losses import BCEDiceLoss
 from carvana.metrics import dice_from_logits
-from carvana.train.callbacks import Callback, PredictState, TrainState, ValidationPreview
+from carvana.process_lifetime import EXIT_INTERRUPTED, interrupt_exit_code, stopped_by
+from carvana.train.callbacks import Callback, PredictState, TrainState, ValidationPreview, in_hook_order
 from carvana.train.checkpoint import load_checkpoint, load_model_weights
 from carvana.train.device import resolve_precision, select_device, to_memory_format, use_channels_last
 
@@ -48,21 +50,25 @@ PREVIEW_IMAGES = 4  # validation examples kept per epoch for the TensorBoard vis
 
 
 class TrainingInterruptedError(KeyboardInterrupt):
-    """Ctrl-C during training, after the callbacks have saved what can be resumed.
+    """Ctrl-C or SIGTERM during training, after the callbacks have saved what can be resumed.
 
-    A KeyboardInterrupt, so callers that only know Ctrl-C still stop; `resume_hint` says what to do.
+    A KeyboardInterrupt, so callers that only know Ctrl-C still stop; `resume_hint` says what to do
+    and `exit_code` is the shell's code for the signal (130 Ctrl-C, 143 SIGTERM).
     """
 
-    def __init__(self, epoch_running: int, epochs: int, last_checkpoint: Path | None, checkpoint_epoch: int):
+    def __init__(self, epoch_running: int, epochs: int, last_checkpoint: Path | None, checkpoint_epoch: int,
+                 cause: BaseException | None = None):
         self.epoch_running = epoch_running
         self.epochs = epochs
         self.last_checkpoint = last_checkpoint
         self.checkpoint_epoch = checkpoint_epoch
+        self.exit_code = interrupt_exit_code(cause) if cause is not None else EXIT_INTERRUPTED
+        self.how = stopped_by(cause) if cause is not None else "interrupted"
         super().__init__(self.resume_hint)
 
     @property
     def resume_hint(self) -> str:
-        where = f"training interrupted during epoch {self.epoch_running}/{self.epochs}"
+        where = f"training {self.how} during epoch {self.epoch_running}/{self.epochs}"
         if self.last_checkpoint is None:
             return f"{where}; no epoch was completed, so there is nothing to resume"
         return (
@@ -94,6 +100,23 @@ def build_scheduler(config: Config, optimizer: torch.optim.Optimizer) -> Any:
     return None
 
 
+def cosine_at_epoch(optimizer: torch.optim.Optimizer, base_lr: float, epochs: int, epoch: int) -> Any:
+    """A cosine schedule from `base_lr` to 0 over `epochs`, positioned after `epoch` completed epochs.
+
+    The LR is set to the curve's closed form at `epoch`; PyTorch's CosineAnnealingLR steps it
+    along the same curve from there (its update is the ratio of consecutive closed-form values).
+    """
+    for group in optimizer.param_groups:
+        group["initial_lr"] = base_lr
+        group["lr"] = base_lr
+    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=epochs, last_epoch=epoch - 1)
+    lr = base_lr * (1 + math.cos(math.pi * epoch / epochs)) / 2
+    for group in optimizer.param_groups:
+        group["lr"] = lr
+    scheduler._last_lr = [lr for _ in optimizer.param_groups]  # what get_last_lr() reports
+    return scheduler
+
+
 def default_run_name(config: Config) -> str:
     return f"{config.model}-{datetime.now():%Y%m%d-%H%M%S}"
 
@@ -122,6 +145,18 @@ def seed_epoch(seed: int, epoch: int, loader: Any) -> None:
 def _call(callbacks: Sequence[Callback], hook: str, state: Any) -> None:
     for callback in callbacks:
         getattr(callback, hook)(state)
+
+
+def _call_all(callbacks: Sequence[Callback], hook: str, state: Any) -> None:
+    """Call `hook` of every callback even when one fails (each one's clean-up must run); then raise the first error."""
+    first: BaseException | None = None
+    for callback in callbacks:
+        try:
+            getattr(callback, hook)(state)
+        except BaseException as error:  # noqa: BLE001 - re-raised below, after the others' clean-up
+            first = first or error
+    if first is not None:
+        raise first
 
 
 def _count(loader: Any) -> int:
@@ -193,19 +228,20 @@ class CarvanaClassifier:
         if state.epoch >= epochs:
             tqdm.write(f"nothing to train: the run is already at epoch {state.epoch} of {epochs}")
             return state
+        callbacks = in_hook_order(callbacks)
         _call(callbacks, "on_train_begin", state)
         try:
             for epoch in range(state.epoch + 1, epochs + 1):
                 self._run_epoch(state, epoch, train_loader, valid_loader, callbacks)
                 if state.stop_training:
                     break
-        except KeyboardInterrupt:
-            _call(callbacks, "on_train_interrupted", state)
+        except KeyboardInterrupt as interrupt:  # Ctrl-C, or SIGTERM raised as `Terminated`
+            _call_all(callbacks, "on_train_interrupted", state)
             raise TrainingInterruptedError(
-                state.epoch + 1, epochs, state.last_checkpoint, state.last_checkpoint_epoch
+                state.epoch + 1, epochs, state.last_checkpoint, state.last_checkpoint_epoch, cause=interrupt
             ) from None
         except BaseException:
-            _call(callbacks, "on_train_interrupted", state)
+            _call_all(callbacks, "on_train_interrupted", state)
             raise
         finally:
             self._keep_progress(state)
@@ -369,6 +405,7 @@ class CarvanaClassifier:
     def predict(self, test_loader: Iterable, callbacks: Sequence[Callback] = (), tta: bool | None = None) -> PredictState:
         """Predict batches of `(images, file_names)`, handing each batch to the callbacks' hooks."""
         state = PredictState(config=self.config, model=self.model, geometry=self.geometry, total=_count(test_loader))
+        callbacks = in_hook_order(callbacks)
         _call(callbacks, "on_predict_begin", state)
         try:
             for images, names in tqdm(test_loader, desc="predict", unit="batch", disable=self._bars_disabled()):
@@ -379,7 +416,7 @@ class CarvanaClassifier:
                 _call(callbacks, "on_predict_batch_end", state)
         except BaseException:
             # Ctrl-C, a bad image, a full disk: let the savers drop their partial files.
-            _call(callbacks, "on_predict_interrupted", state)
+            _call_all(callbacks, "on_predict_interrupted", state)
             raise
         _call(callbacks, "on_predict_end", state)
         return state
@@ -410,12 +447,10 @@ class CarvanaClassifier:
                 raise CheckpointError(f"{path}: the optimiser state does not fit this model ({e})") from None
         else:
             tqdm.write(f"{path}: optimiser {saved.get('optimizer')} -> {self.config.optimizer}: starting it afresh")
-        scheduler_state = payload.get("scheduler_state")
-        if self.scheduler is not None and scheduler_state is not None and saved.get("scheduler") == self.config.scheduler:
-            self.scheduler.load_state_dict(scheduler_state)
+        self.epoch = int(payload["epoch"])
+        self._restore_schedule(saved, payload.get("scheduler_state"))
         if self.scaler is not None and payload.get("scaler_state"):
             self.scaler.load_state_dict(payload["scaler_state"])
-        self.epoch = int(payload["epoch"])
         self.global_step = int(payload["global_step"])
         self.best_score = payload.get("best_score")
         self.history = [dict(entry) for entry in payload.get("history", [])]
@@ -425,6 +460,30 @@ class CarvanaClassifier:
         tqdm.write(f"resuming run {self.run_name} from {path}: epoch {self.epoch}, "
                    f"step {self.global_step}, best {best}")
         return payload
+
+    def _restore_schedule(self, saved: dict[str, Any], scheduler_state: dict[str, Any] | None) -> None:
+        """Continue the saved learning-rate schedule, or follow the one the config asks for now.
+
+        Same scheduler, epochs and base LR: the saved state carries on as it was. A new base LR
+        (`--lr` on resume) replaces the optimiser's. Cosine with another epoch count (a run extended
+        with a larger `--epochs`) follows one curve from the base LR down to 0 over the new total,
+        taken up at the current epoch, instead of restarting from the end of the old curve. A
+        scheduler of another kind starts at this epoch's value of its own schedule.
+        """
+        same_kind = saved.get("scheduler") == self.config.scheduler and scheduler_state is not None
+        same_lr = saved.get("lr") == self.config.lr
+        if not same_lr or not same_kind:
+            for group in self.optimizer.param_groups:
+                group["lr"] = group["initial_lr"] = self.config.lr
+        if self.scheduler is None:
+            return
+        if same_kind:
+            self.scheduler.load_state_dict(scheduler_state)
+            if isinstance(self.scheduler, torch.optim.lr_scheduler.CosineAnnealingLR) and not same_lr:
+                self.scheduler.base_lrs = [self.config.lr for _ in self.optimizer.param_groups]
+        cosine = isinstance(self.scheduler, torch.optim.lr_scheduler.CosineAnnealingLR)
+        if cosine and (not same_kind or not same_lr or saved.get("epochs") != self.config.epochs):
+            self.scheduler = cosine_at_epoch(self.optimizer, self.config.lr, self.config.epochs, self.epoch)
 
     def _bars_disabled(self) -> bool | None:
         return None if self.progress is None else not self.progress

@@ -1,0 +1,232 @@
+"""A run's identity: its unique name, its folders and their lock, and what a resumed run continues.
+
+A run owns two folders, `OUTPUT/models/NAME` (checkpoints) and `LOGS/NAME` (TensorBoard). A new run
+reserves them with `mkdir` (which fails when the folder exists, even for a process racing us), so two
+runs started in the same second get two names (`-2`, `-3`, ...). While a run writes, it holds a lock
+on its models folder; a second process that wants the same run is refused, naming the holder.
+
+A resumed run continues *the same run*: the checkpoint's settings, data dir and split, with only the
+settings given explicitly on the command line changed (each change is printed). Settings that would
+change the network (so the saved weights do not fit) or the split (so validation cars would be
+trained on) are refused.
+"""
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from carvana.config import Config, flag_of
+from carvana.errors import CheckpointError, ConfigError
+from carvana.locks import FolderLock
+
+LOCK_NAME = ".run.lock"
+LAST_NAME = "last.pt"
+# Changing these on resume would build another network: the saved weights would not fit it.
+WEIGHT_FIELDS = ("model", "input_size", "width")
+# Changing these on resume would draw another split: cars the run validated on would be trained on.
+SPLIT_FIELDS = ("validation_size", "sample_size", "seed")
+# A resumed run keeps its name and the preset its settings came from.
+IDENTITY_FIELDS = ("run_name", "preset")
+
+
+def models_dir(config: Config, run_name: str) -> Path:
+    return config.output_dir / "models" / run_name
+
+
+def default_run_name(config: Config) -> str:
+    return f"{config.model}-{datetime.now():%Y%m%d-%H%M%S}"
+
+
+# --------------------------------------------------------------------------- the run's record
+
+
+@dataclass(frozen=True)
+class RunRecord:
+    """What a checkpoint remembers about where the run's data came from and how it was split."""
+
+    data_dir: Path  # the folder actually trained on (e.g. input/sample for the built-in sample)
+    origin: str  # "local data", "Kaggle", "built-in sample"
+    train_cars: list[str] = field(default_factory=list)
+    valid_cars: list[str] = field(default_factory=list)
+    sample_cars: int | None = None  # the built-in sample's settings, to regenerate it identically
+    sample_image_size: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        """Primitives only (checkpoints load with weights_only=True)."""
+        return {"data_dir": str(self.data_dir), "origin": self.origin, "train_cars": list(self.train_cars),
+                "valid_cars": list(self.valid_cars), "sample_cars": self.sample_cars,
+                "sample_image_size": self.sample_image_size}
+
+    @classmethod
+    def from_payload(cls, payload: dict[str, Any]) -> "RunRecord | None":
+        """The record of a checkpoint, or None for a checkpoint written before runs kept one."""
+        data = payload.get("run")
+        if not isinstance(data, dict) or "data_dir" not in data:
+            return None
+        return cls(data_dir=Path(data["data_dir"]), origin=str(data.get("origin", "local data")),
+                   train_cars=[str(c) for c in data.get("train_cars", [])],
+                   valid_cars=[str(c) for c in data.get("valid_cars", [])],
+                   sample_cars=data.get("sample_cars"), sample_image_size=data.get("sample_image_size"))
+
+
+# --------------------------------------------------------------------------- folders and locks
+
+
+class RunFolders:
+    """A run's models and log folders, reserved (new run) or found (resume), and locked while in use."""
+
+    def __init__(self, config: Config, run_name: str, created: list[Path]):
+        self.run_name = run_name
+        self.models_dir = models_dir(config, run_name)
+        self.log_dir = config.log_dir / run_name
+        self._created = created  # folders this process made, removed again if the run never starts
+        self._lock = FolderLock(self.models_dir, LOCK_NAME)
+
+    def lock(self) -> None:
+        """Hold the run's lock, or refuse in one line naming the process that holds it."""
+        if not self._lock.acquire(wait=False):
+            holder = self._lock.holder()
+            self.forget()
+            raise ConfigError(f"{self.models_dir}: run {self.run_name} is in use by another process "
+                              f"(pid {holder if holder is not None else 'unknown'}); wait for it to end, "
+                              "or choose another --run-name")
+
+    def release(self) -> None:
+        self._lock.release()
+
+    def forget(self) -> None:
+        """Remove the folders this process reserved, if they are still empty (the run never started)."""
+        self._lock.release()
+        for folder in reversed(self._created):
+            try:
+                folder.rmdir()
+            except OSError:
+                pass  # not empty, or gone: leave it
+
+
+def reserve_new_run(config: Config) -> RunFolders:
+    """Reserve the folders of a new run and lock them.
+
+    With `--run-name` the name is taken as given (its folders may exist, e.g. after a run that failed
+    before its first epoch). Without one, the name is the model and the time, with `-2`, `-3`, ...
+    when another run took that name in the same second: both folders must be new.
+    """
+    if config.run_name is not None:
+        created = _make_missing(models_dir(config, config.run_name), config.log_dir / config.run_name)
+        folders = RunFolders(config, config.run_name, created)
+        folders.lock()
+        return folders
+    base = default_run_name(config)
+    for number in itertools.count(1):
+        name = base if number == 1 else f"{base}-{number}"
+        models, logs = models_dir(config, name), config.log_dir / name
+        if logs.exists():
+            continue
+        try:
+            models.parent.mkdir(parents=True, exist_ok=True)
+            models.mkdir()
+        except FileExistsError:
+            continue
+        except OSError as e:
+            raise ConfigError(f"{models}: cannot create the run's checkpoint folder ({e.strerror or e})") from None
+        try:
+            logs.parent.mkdir(parents=True, exist_ok=True)
+            logs.mkdir()
+        except FileExistsError:
+            models.rmdir()
+            continue
+        except OSError as e:
+            models.rmdir()
+            raise ConfigError(f"{logs}: cannot create the run's log folder ({e.strerror or e})") from None
+        folders = RunFolders(config, name, [models, logs])
+        folders.lock()
+        return folders
+    raise AssertionError("unreachable")
+
+
+def open_existing_run(config: Config, run_name: str) -> RunFolders:
+    """The folders of a run being resumed, locked."""
+    created = _make_missing(models_dir(config, run_name), config.log_dir / run_name)
+    folders = RunFolders(config, run_name, created)
+    folders.lock()
+    return folders
+
+
+def _make_missing(*folders: Path) -> list[Path]:
+    created = []
+    for folder in folders:
+        if folder.is_dir():
+            continue
+        try:
+            folder.mkdir(parents=True)
+            created.append(folder)
+        except FileExistsError:
+            pass
+        except OSError as e:
+            raise ConfigError(f"{folder}: cannot create this folder ({e.strerror or e})") from None
+    return created
+
+
+# --------------------------------------------------------------------------- resume
+
+
+def resolve_resume(output_dir: Path, resume: str) -> Path:
+    """`--resume PATH`, or `--resume last`: the newest run's last.pt in the output dir."""
+    if resume != "last":
+        path = Path(resume)
+        if not path.is_file():
+            raise CheckpointError(f"{path}: no such checkpoint to resume from")
+        return path
+    candidates = sorted((Path(output_dir) / "models").glob(f"*/{LAST_NAME}"), key=lambda p: p.stat().st_mtime)
+    if not candidates:
+        raise CheckpointError(f"{Path(output_dir) / 'models'}: no run with a {LAST_NAME} to resume")
+    return candidates[-1]
+
+
+def _shown(value: Any) -> str:
+    if isinstance(value, bool):
+        return "on" if value else "off"
+    if isinstance(value, float):
+        return f"{value:g}"
+    return str(value)
+
+
+def resumed_config(saved: Config, changes: dict[str, Any], checkpoint: Path) -> tuple[Config, list[str]]:
+    """The saved run's config with the explicitly given `changes`; and one line per change made.
+
+    A change that cannot apply to a resumed run is refused in one line naming the flag.
+    """
+    notes: list[str] = []
+    applied: dict[str, Any] = {}
+    for name, value in changes.items():
+        if value is None or getattr(saved, name) == value:
+            continue  # not given, or given as it already was
+        old = getattr(saved, name)
+        flag = flag_of(name)
+        if name in WEIGHT_FIELDS:
+            raise ConfigError(f"{flag} {_shown(value)}: {checkpoint} was trained with {flag} {_shown(old)}; "
+                              "its weights only fit that network (start a new run to change it)")
+        if name in SPLIT_FIELDS:
+            raise ConfigError(f"{flag} {_shown(value)}: {checkpoint} was split with {flag} {_shown(old)}; another "
+                              "value would put validation cars into training (start a new run to change it)")
+        if name in IDENTITY_FIELDS:
+            raise ConfigError(f"{flag} {_shown(value)}: {checkpoint} belongs to {name.replace('_', ' ')} "
+                              f"{_shown(old)}; a resumed run keeps it (give single flags to change settings)")
+        applied[name] = value
+        if isinstance(value, bool):
+            notes.append(f"resume: {flag} ({name.replace('_', ' ')} {_shown(old)} -> {_shown(value)})")
+        else:
+            notes.append(f"resume: {flag} {_shown(old)} -> {_shown(value)}")
+    return saved.replace(**applied), notes
+
+
+def finished_message(run_name: str, epoch: int, saved_epochs: int, wanted_epochs: int) -> str:
+    """What to say when a resumed run has nothing left to train."""
+    if epoch >= saved_epochs and wanted_epochs == saved_epochs:
+        return (f"run {run_name} finished all {epoch} epochs; pass --epochs N (> {epoch}) to train longer "
+                "(going on with its best checkpoint)")
+    return (f"run {run_name} is already at epoch {epoch} (--epochs {wanted_epochs}); pass --epochs N (> {epoch}) "
+            "to train longer (going on with its best checkpoint)")
