@@ -9,6 +9,9 @@ For each preset's geometry (cpu 192x128, unet1024 1024x1024, unet_original 388 c
   uint8 -> normalised float in one multiply-add), with 0 workers (same single process as the
   seed), with 0 workers plus augmentation, and with 2 workers (the presets' default).
 Every way is timed over whole passes of the loader (batches of the preset's batch size).
+Augmentation alone: ms per image of the default `Augmenter()` on photos and masks already decoded
+at the preset's covered size (one OpenCV thread, as in a loader worker), so its cost is not hidden
+by the decode.
 Target: ours (0 workers, no augmentation) >= 2x the seed's images/s.
 """
 from __future__ import annotations
@@ -19,17 +22,18 @@ import tempfile
 import time
 from pathlib import Path
 
+import cv2
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.common import print_table, record  # noqa: E402
+from bench.common import best_of, print_table, record  # noqa: E402
 from bench.fixtures import PHOTO_SIZE, make_train_folder  # noqa: E402
 from carvana.config import preset  # noqa: E402
 from carvana.data.augment import Augmenter  # noqa: E402
-from carvana.data.datasets import make_train_loader  # noqa: E402
+from carvana.data.datasets import CarvanaTrainDataset, make_train_loader  # noqa: E402
 from carvana.data.layout import CarvanaData  # noqa: E402
 from carvana.geometry import Geometry, model_geometry  # noqa: E402
 
@@ -69,10 +73,25 @@ def _images_per_s(loader, repeat: int) -> float:
     return count / best
 
 
+def _augment_ms_per_image(dataset: CarvanaTrainDataset, repeat: int) -> float:
+    """Best mean ms per image of `Augmenter()` over the dataset's decoded pairs (after a warm-up pass)."""
+    pairs = [dataset.load_pair(index) for index in range(len(dataset))]
+    augment, rng = Augmenter(), np.random.default_rng(0)
+    threads = cv2.getNumThreads()
+    cv2.setNumThreads(1)
+    try:
+        def one_pass() -> None:
+            for image, mask in pairs:
+                augment(image, mask, rng)
+        return best_of(one_pass, repeat=max(3, 2 * repeat)) / len(pairs) * 1000.0
+    finally:
+        cv2.setNumThreads(threads)
+
+
 def main(quick: bool = False) -> dict:
     repeat = 1 if quick else 2
     figures: dict = {"target_speedup": TARGET_SPEEDUP}
-    table = []
+    table, augment_rows = [], []
     with tempfile.TemporaryDirectory(prefix="bench-loading-") as tmp:
         images, masks = make_train_folder(Path(tmp))
         if quick:
@@ -94,7 +113,10 @@ def main(quick: bool = False) -> dict:
             }
             rates = {"seed_0w": _images_per_s(seed_loader, repeat)}
             rates.update({label: _images_per_s(loader, repeat) for label, loader in ours.items()})
+            augment_ms = _augment_ms_per_image(ours["ours_0w"].dataset, repeat)
             del ours  # stops the persistent workers
+            figures[f"{name}_augment_ms_per_image"] = augment_ms
+            augment_rows.append([name, f"{geometry.covered_size}", augment_ms])
             for label, rate in rates.items():
                 figures[f"{name}_{label}_images_per_s"] = rate
                 table.append([name, f"{geometry.input_size}", label, rate, rate / rates["seed_0w"]])
@@ -105,6 +127,8 @@ def main(quick: bool = False) -> dict:
         f"target ours_0w >= {TARGET_SPEEDUP:g}x seed)",
         ["preset", "input", "way", "images/s", "x seed"], table,
     )
+    print_table("Augmentation alone, default Augmenter() on decoded pairs, 1 OpenCV thread (ms/image, lower is better)",
+                ["preset", "covered size", "ms/image"], augment_rows)
     record("training_loading", figures)
     return figures
 

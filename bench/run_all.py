@@ -1,7 +1,7 @@
 """Run every benchmark in order, print their tables, and record the figures in bench/results.json.
 
-    .venv/bin/python bench/run_all.py            # full (a few minutes on 2 cores)
-    .venv/bin/python bench/run_all.py --quick    # smaller samples, for a smoke run
+    .venv/bin/python bench/run_all.py            # full (about 30 minutes on 2 cores, most of it "accuracy")
+    .venv/bin/python bench/run_all.py --quick    # smaller samples, for a smoke run (a few minutes)
     .venv/bin/python bench/run_all.py --only rle postprocess
 
 Benchmarks compare the ways side by side in the same run, so a busy machine slows both; the
@@ -20,8 +20,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.common import RESULTS, machine  # noqa: E402
 
-# In the order of issue 6: RLE, post-processing, loading, train step, pipeline, memory.
-BENCHMARKS = ("rle", "postprocess", "loading", "train_step", "pipeline", "memory")
+# Speed and memory first (RLE, post-processing, loading, train step, pipeline, memory), then the
+# accuracy on real photos, which trains models and takes longest.
+BENCHMARKS = ("rle", "postprocess", "loading", "train_step", "pipeline", "memory", "accuracy")
 
 
 def run(names: list[str], quick: bool) -> dict[str, dict]:

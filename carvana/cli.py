@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any, Callable, NoReturn, Sequence
 
 from carvana.config import AMP_MODES, OPTIMIZERS, PRESETS, SCHEDULERS, SEED_LIMIT, Config, preset, run_name_problem
+from carvana.durations import parse_duration
 from carvana.errors import CarvanaError, ConfigError
 from carvana.geometry import MODEL_NAMES, Size
 from carvana.process_lifetime import Terminated, interrupt_exit_code, sigterm_as_interrupt
@@ -118,6 +119,14 @@ def share(text: str) -> float:
     if not 0.0 < value <= 1.0:
         raise argparse.ArgumentTypeError(f"{text!r} is not a number above 0 and at most 1")
     return value
+
+
+def duration(text: str) -> float:
+    """Seconds from `90s`, `10m`, `1.5h`, `1h30m` (a unit is required: see carvana.durations)."""
+    try:
+        return parse_duration(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(f"{text!r} {e}") from None
 
 
 def size(text: str) -> Size:
@@ -239,7 +248,14 @@ def _add_training_flags(p: argparse.ArgumentParser) -> None:
     g.add_argument("--model", choices=MODEL_NAMES, default=None)
     g.add_argument("--input-size", type=size, default=None, help="model input WxH, e.g. 572 or 384x256")
     g.add_argument("--width", type=positive_float, default=None, help="channel multiplier (1 = the paper's widths)")
-    g.add_argument("--epochs", type=positive_int, default=None)
+    g.add_argument("--epochs", type=positive_int, default=None, help=(
+        "epochs to train (default: the preset's; with --max-steps or --max-time and no --epochs, the budget "
+        "alone decides)"))
+    g.add_argument("--max-steps", type=positive_int, default=None, metavar="N",
+                   help="stop after N optimiser steps over the whole run, resumed parts included")
+    g.add_argument("--max-time", type=duration, default=None, metavar="DURATION", help=(
+        "stop training within this much training time over the whole run, resumed parts included "
+        "(e.g. 90s, 10m, 1.5h, 9h, 1h30m); scoring and predicting come on top"))
     g.add_argument("--batch-size", type=positive_int, default=None)
     g.add_argument("--lr", type=positive_float, default=None, help="learning rate")
     g.add_argument("--optimizer", choices=OPTIMIZERS, default=None)
@@ -270,7 +286,8 @@ def _add_prediction_flags(p: argparse.ArgumentParser) -> None:
 
 
 TRAINING_FIELDS = (
-    "model", "input_size", "width", "epochs", "batch_size", "lr", "optimizer", "scheduler", "grad_clip",
+    "model", "input_size", "width", "epochs", "max_steps", "max_time", "batch_size", "lr", "optimizer", "scheduler",
+    "grad_clip",
     "early_stopping_patience", "validation_size", "sample_size", "seed", "workers", "device", "amp",
     "data_dir", "output_dir", "log_dir", "run_name", "threshold", "tta")
 
@@ -283,6 +300,12 @@ def given_settings(args: argparse.Namespace) -> dict[str, Any]:
         given["augment"] = False
     if flags.get("no_channels_last"):
         given["channels_last"] = False
+    if "epochs" in given:
+        given["epochs_cap"] = True
+    elif ("max_steps" in given or "max_time" in given) and not flags.get("resume"):
+        # A new run with a budget and no --epochs: the preset's epoch count does not cut it short.
+        # A resumed run keeps whether its epochs cap it, as it keeps its other settings.
+        given["epochs_cap"] = False
     if flags.get("preset") is not None:
         given["preset"] = flags["preset"]
     return given

@@ -23,7 +23,7 @@ RUN_NAME_MAX_LENGTH = 100
 RUN_NAME_PUNCTUATION = "._-+=@"
 # The command-line flag of each field whose flag is not simply --field-name (for messages).
 FIELD_FLAGS = {"early_stopping_patience": "--patience", "augment": "--no-augment",
-               "channels_last": "--no-channels-last"}
+               "channels_last": "--no-channels-last", "epochs_cap": "--epochs"}
 
 
 def flag_of(field_name: str) -> str:
@@ -78,6 +78,12 @@ class Config:
     scheduler: str = "plateau"
     batch_size: int = 2
     epochs: int = 50
+    # The training budget (see carvana.train.budget): optimiser steps and seconds of training over the
+    # whole run, resumed parts included. `epochs_cap` False: a budget alone decides the run's length,
+    # so a small dataset trains as long as the budget allows instead of stopping at the preset's epochs.
+    max_steps: int | None = None
+    max_time: float | None = None  # seconds
+    epochs_cap: bool = True
     grad_clip: float | None = None  # max gradient norm; None = no clipping
     bce_weight: float = 1.0
     dice_weight: float = 1.0
@@ -126,6 +132,14 @@ class Config:
         for name in ("batch_size", "epochs", "seed", "workers"):
             if not _is_int(getattr(self, name)):
                 raise ConfigError(f"{name.replace('_', ' ')} {getattr(self, name)!r}: must be a whole number")
+        if self.max_steps is not None and (not _is_int(self.max_steps) or self.max_steps < 1):
+            raise ConfigError(f"max steps {self.max_steps!r}: must be a whole number of at least 1 (or unset)")
+        if self.max_time is not None and (not _is_finite_number(self.max_time) or self.max_time <= 0):
+            raise ConfigError(f"max time {self.max_time!r}: must be a finite number of seconds above 0 (or unset)")
+        if not isinstance(self.epochs_cap, bool):
+            raise ConfigError(f"epochs cap {self.epochs_cap!r}: must be true or false")
+        if not self.epochs_cap and self.max_steps is None and self.max_time is None:
+            raise ConfigError("epochs: without --max-steps or --max-time the run needs --epochs to end")
         if self.early_stopping_patience is not None and not _is_int(self.early_stopping_patience):
             raise ConfigError(f"patience {self.early_stopping_patience!r}: must be a whole number")
         if not 0.0 < self.validation_size < 1.0:

@@ -21,6 +21,7 @@ from carvana.errors import CarvanaError, CheckpointError, ConfigError, DataError
 from carvana.geometry import Size, model_geometry
 from carvana.runs import (RunFolders, RunRecord, finished_message, open_existing_run, reserve_new_run,
                           resolve_resume, resumed_config)
+from carvana.train.budget import TrainingBudget
 
 SUBMISSION_NAME = "submit.csv.gz"
 
@@ -61,6 +62,7 @@ class TrainingResult:
     validation_dice: float  # at full resolution, on the validation cars
     validation_images: int
     validation_cars: int
+    training_ended: str = ""  # why training ended: "finished all 20 epochs", "stopped at the time budget ..."
 
 
 def say(message: str) -> None:
@@ -236,9 +238,15 @@ def _train_in(folders: RunFolders, config: Config, options: DataOptions, need_te
         if record is None else record.sample_image_size,
     )
 
-    if classifier.epoch >= config.epochs:
+    budget = TrainingBudget.of(config)
+    ended = budget.stop_reason(classifier.epoch, classifier.global_step, classifier.train_seconds)
+    if config.epochs_cap and classifier.epoch >= config.epochs:
         saved_epochs = int(checkpoint["config"]["epochs"]) if checkpoint is not None else config.epochs
         say(finished_message(run_name, classifier.epoch, saved_epochs, config.epochs))
+        ended = f"had already finished {classifier.epoch} epochs"
+    elif ended is not None:
+        say(f"run {run_name} {ended}; {budget.exhausted_hint()} (going on with its best checkpoint)")
+        ended = f"had already {ended}"
     else:
         checkpointer = ModelCheckpoint(models_dir, monitor="val_dice", mode="max", run_record=run_record.to_dict())
         # Hooks run by each callback's `order` whatever this list's order: the checkpoint first.
@@ -254,9 +262,11 @@ def _train_in(folders: RunFolders, config: Config, options: DataOptions, need_te
         valid_loader = make_valid_loader(data, split.valid, geometry, config)
         try:
             with explain_out_of_memory(config, "training"):
-                classifier.train(train_loader, valid_loader, epochs=config.epochs, callbacks=callbacks)
+                # The config's cap and budget decide the length (carvana.train.budget).
+                ended = classifier.train(train_loader, valid_loader, callbacks=callbacks).stop_reason
         except TrainingInterruptedError as e:
             raise TrainingInterrupted(e.resume_hint, exit_code=e.exit_code) from None
+        say(f"Training {ended}")
 
     best = models_dir / BEST_NAME
     chosen = best if best.exists() else models_dir / LAST_NAME
@@ -265,7 +275,7 @@ def _train_in(folders: RunFolders, config: Config, options: DataOptions, need_te
     classifier.load_weights(chosen)
     dice = score_validation(classifier, data, split.valid, config, run_name)
     return TrainingResult(config, classifier, chosen, source.data_dir, dice, len(split.valid),
-                          len({layout_names.car_id(n) for n in split.valid}))
+                          len({layout_names.car_id(n) for n in split.valid}), training_ended=ended or "")
 
 
 def _check_resume_data_options(options: DataOptions, record: RunRecord | None, checkpoint: Path) -> None:
@@ -377,14 +387,16 @@ def _describe_run(config, data, split, classifier, geometry, source) -> str:
     params = sum(p.numel() for p in classifier.model.parameters())
     lr = float(classifier.optimizer.param_groups[0]["lr"])  # what the next epoch trains with
     base_lr = "" if math.isclose(lr, config.lr, rel_tol=1e-6) else f" (base {config.lr:g})"
-    resumed = f" (from epoch {classifier.epoch + 1})" if 0 < classifier.epoch < config.epochs else ""
+    unfinished = not config.epochs_cap or classifier.epoch < config.epochs
+    resumed = f" (from epoch {classifier.epoch + 1})" if 0 < classifier.epoch and unfinished else ""
     return "\n".join([
         f"Data: {len(split.train)} training images ({cars(split.train)} cars), "
         f"{len(split.valid)} validation images ({cars(split.valid)} unseen cars), "
         f"photos {data.image_size}",
         f"Model: {config.model} (width {config.width:g}, {params / 1e6:.2f}M parameters), "
         f"input {geometry.input_size} -> output {geometry.output_size}",
-        f"Training: {config.epochs} epochs{resumed}, batch {config.batch_size}, {config.optimizer} lr {lr:.3g}"
+        f"Training: {TrainingBudget.of(config).describe()}{resumed}, batch {config.batch_size}, "
+        f"{config.optimizer} lr {lr:.3g}"
         f"{base_lr}, scheduler {config.scheduler}, device {classifier.device}, precision {classifier.precision_name}",
         f"Run: {config.run_name}  (logs: {config.log_dir / config.run_name}, "
         f"checkpoints: {config.output_dir / 'models' / config.run_name})",
@@ -513,6 +525,7 @@ def run_all(config: Config, options: DataOptions, resume: str | None = None,
         f"  Submission:      {submission} ({rows} rows, valid)",
         f"  Validation Dice: {result.validation_dice:.4f} at full resolution on {result.validation_cars} unseen cars "
         f"({result.validation_images} images)",
+        f"  Training:        {result.training_ended}",
         f"  Best checkpoint: {result.checkpoint}",
         f"  TensorBoard:     {tensorboard_command(config.log_dir)}",
         f"  Upload:          python main.py submit {submission} -m \"{config.run_name}\"",

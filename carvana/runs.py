@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from carvana.config import Config, flag_of
+from carvana.durations import format_duration
 from carvana.errors import CheckpointError, ConfigError
 from carvana.locks import FolderLock
 
@@ -194,6 +195,10 @@ def _shown(value: Any) -> str:
     return str(value)
 
 
+def _duration(seconds: float | None) -> str:
+    return "none" if seconds is None else format_duration(seconds)
+
+
 def resumed_config(saved: Config, changes: dict[str, Any], checkpoint: Path) -> tuple[Config, list[str]]:
     """The saved run's config with the explicitly given `changes`; and one line per change made.
 
@@ -216,7 +221,9 @@ def resumed_config(saved: Config, changes: dict[str, Any], checkpoint: Path) -> 
             raise ConfigError(f"{flag} {_shown(value)}: {checkpoint} belongs to {name.replace('_', ' ')} "
                               f"{_shown(old)}; a resumed run keeps it (give single flags to change settings)")
         applied[name] = value
-        if isinstance(value, bool):
+        if name == "max_time":
+            notes.append(f"resume: {flag} {_duration(old)} -> {_duration(value)}")
+        elif isinstance(value, bool):
             notes.append(f"resume: {flag} ({name.replace('_', ' ')} {_shown(old)} -> {_shown(value)})")
         else:
             notes.append(f"resume: {flag} {_shown(old)} -> {_shown(value)}")

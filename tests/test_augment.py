@@ -1,15 +1,18 @@
 """Augmentation moves the photo and its mask together and keeps the mask 0/1."""
 from __future__ import annotations
 
+import random
+
 import cv2
 import numpy as np
 import pytest
 
-from carvana.data.augment import Augmenter, affine_matrix, jitter_colour, warp_pair
+from carvana.data.augment import Augmenter
 from carvana.errors import ConfigError
 
 HEIGHT, WIDTH = 64, 96
 STRONG = Augmenter(shift=0.2, scale=0.3, rotate_degrees=30, hflip=0.5, brightness=0.1, contrast=0.1, hue_degrees=20, p=1.0)
+NOTHING = dict(shift=0, scale=0, rotate_degrees=0, hflip=0, brightness=0, contrast=0, hue_degrees=0)
 
 
 def square_pair(top: int = 6, left: int = 4, side: int = 24) -> tuple[np.ndarray, np.ndarray]:
@@ -40,9 +43,16 @@ def test_the_bright_square_and_the_mask_move_together(seed: int) -> None:
 
 def test_a_flip_alone_mirrors_both() -> None:
     image, mask = square_pair()
-    flip_only = Augmenter(shift=0, scale=0, rotate_degrees=0, hflip=1.0, brightness=0, contrast=0, hue_degrees=0, p=0)
+    flip_only = Augmenter(**{**NOTHING, "hflip": 1.0}, p=0)
     out_image, out_mask = flip_only(image, mask, np.random.default_rng(0))
     assert np.array_equal(out_mask, mask[:, ::-1]) and np.array_equal(out_image, image[:, ::-1])
+
+
+def test_an_augmenter_that_changes_nothing_returns_the_pair_unchanged() -> None:
+    image, mask = square_pair()
+    identity = Augmenter(**NOTHING, p=1.0)
+    out_image, out_mask = identity(image, mask, np.random.default_rng(0))
+    assert np.array_equal(out_image, image) and np.array_equal(out_mask, mask)
 
 
 @pytest.mark.parametrize("seed", range(20))
@@ -50,13 +60,26 @@ def test_the_mask_stays_exactly_0_1(seed: int) -> None:
     rng = np.random.default_rng(seed)
     image = rng.integers(0, 256, (HEIGHT, WIDTH, 3), dtype=np.uint8)
     mask = (rng.random((HEIGHT, WIDTH)) > 0.5).astype(np.uint8)
-    _, out_mask = STRONG(image, mask, rng)
-    assert out_mask.dtype == np.uint8
+    out_image, out_mask = STRONG(image, mask, rng)
+    assert out_mask.dtype == np.uint8 and out_image.dtype == np.uint8
     assert set(np.unique(out_mask).tolist()) <= {0, 1}
+    assert out_image.flags.c_contiguous and out_mask.flags.c_contiguous
+
+
+@pytest.mark.parametrize("seed", range(8))
+def test_a_frame_filled_by_the_car_stays_all_car_after_rotating_and_shrinking(seed: int) -> None:
+    # The uncovered corners are filled by reflection in both the photo and the mask: no black
+    # corners in the photo, no background corners in the mask.
+    geometry_only = Augmenter(**{**NOTHING, "scale": 0.3, "rotate_degrees": 30}, p=1.0)
+    image = np.full((HEIGHT, WIDTH, 3), 200, np.uint8)
+    mask = np.ones((HEIGHT, WIDTH), np.uint8)
+    out_image, out_mask = geometry_only(image, mask, np.random.default_rng(seed))
+    assert out_mask.min() == 1
+    assert out_image.min() == 200
 
 
 def test_colour_jitter_changes_the_image_but_never_the_mask() -> None:
-    colour_only = Augmenter(shift=0, scale=0, rotate_degrees=0, hflip=0, brightness=0.2, contrast=0.2, hue_degrees=40, p=1.0)
+    colour_only = Augmenter(**{**NOTHING, "brightness": 0.2, "contrast": 0.2, "hue_degrees": 40}, p=1.0)
     rng = np.random.default_rng(5)
     image = rng.integers(0, 256, (HEIGHT, WIDTH, 3), dtype=np.uint8)
     _, mask = square_pair()
@@ -66,19 +89,29 @@ def test_colour_jitter_changes_the_image_but_never_the_mask() -> None:
         assert not np.array_equal(out_image, image)
 
 
-def test_neutral_colour_jitter_is_the_identity_and_hue_turns_colours() -> None:
-    image = np.random.default_rng(0).integers(0, 256, (8, 8, 3), dtype=np.uint8)
-    assert np.array_equal(jitter_colour(image, brightness=0.0, contrast=1.0, hue_shift_degrees=0.0), image)
-    red = np.zeros((4, 4, 3), np.uint8)
-    red[..., 0] = 200
-    turned = jitter_colour(red, brightness=0.0, contrast=1.0, hue_shift_degrees=120.0)
-    assert turned[0, 0, 1] > 150 and turned[0, 0, 0] < 50  # red turned to green
+def test_brightness_moves_a_grey_photo_by_at_most_its_fraction_of_255() -> None:
+    brightness_only = Augmenter(**{**NOTHING, "brightness": 0.1}, p=1.0)
+    grey = np.full((HEIGHT, WIDTH, 3), 128, np.uint8)
+    mask = np.zeros((HEIGHT, WIDTH), np.uint8)
+    rng = np.random.default_rng(3)
+    offsets = set()
+    for _ in range(10):
+        out_image, _ = brightness_only(grey, mask, rng)
+        assert len(np.unique(out_image)) == 1  # the whole photo moves together
+        offsets.add(int(out_image[0, 0, 0]) - 128)
+    assert all(abs(offset) <= 0.1 * 255 + 1 for offset in offsets) and len(offsets) > 1
 
 
-def test_the_identity_transform_leaves_the_pair_unchanged() -> None:
-    image, mask = square_pair()
-    same_image, same_mask = warp_pair(image, mask, affine_matrix(WIDTH, HEIGHT, 0.0, 1.0, 0.0, 0.0))
-    assert np.array_equal(same_image, image) and np.array_equal(same_mask, mask)
+def test_hue_turns_colours_and_leaves_greys_grey() -> None:
+    hue_only = Augmenter(**{**NOTHING, "hue_degrees": 60}, p=1.0)
+    image = np.zeros((HEIGHT, WIDTH, 3), np.uint8)
+    image[:, : WIDTH // 2] = (200, 0, 0)  # red
+    image[:, WIDTH // 2:] = 120  # grey
+    mask = np.zeros((HEIGHT, WIDTH), np.uint8)
+    rng = np.random.default_rng(1)
+    turned = [hue_only(image, mask, rng)[0] for _ in range(6)]
+    assert any(not np.array_equal(out[:, : WIDTH // 2], image[:, : WIDTH // 2]) for out in turned)
+    assert all(np.array_equal(out[:, WIDTH // 2:], image[:, WIDTH // 2:]) for out in turned)
 
 
 def test_the_same_generator_state_gives_the_same_augmentation() -> None:
@@ -88,6 +121,28 @@ def test_the_same_generator_state_gives_the_same_augmentation() -> None:
     other = STRONG(image, mask, np.random.default_rng(43))
     assert all(np.array_equal(a, b) for a, b in zip(first, again))
     assert not np.array_equal(first[1], other[1])
+
+
+def test_the_augmentation_depends_on_the_given_generator_alone() -> None:
+    # The global random and numpy states (which other code reseeds) must not leak in, and a
+    # generator that runs on gives a new augmentation each time it is used.
+    image, mask = square_pair()
+    random.seed(1)
+    np.random.seed(1)
+    rng = np.random.default_rng(7)
+    first, second = STRONG(image, mask, rng), STRONG(image, mask, rng)
+    random.seed(2)
+    np.random.seed(2)
+    rng = np.random.default_rng(7)
+    assert all(np.array_equal(a, b) for a, b in zip(first, STRONG(image, mask, rng)))
+    assert all(np.array_equal(a, b) for a, b in zip(second, STRONG(image, mask, rng)))
+    assert not np.array_equal(first[1], second[1])
+
+
+def test_images_and_masks_of_different_sizes_are_refused() -> None:
+    image, mask = square_pair()
+    with pytest.raises(ValueError, match="differ in size"):
+        STRONG(image, mask[:, :-1], np.random.default_rng(0))
 
 
 @pytest.mark.parametrize(

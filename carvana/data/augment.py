@@ -1,56 +1,48 @@
-"""Training-time augmentation of a photo and its mask together (numpy + OpenCV).
+"""Training-time augmentation of a photo and its mask together, on Albumentations.
 
-Geometric steps (shift, scale, rotate, horizontal flip) move image and mask with the very same
-transform, so the label stays on the car. Colour steps (brightness, contrast, hue) touch the image
-only. The mask stays exactly 0/1: it is warped with nearest-neighbour sampling.
+The studio photos vary in a few known ways: exposure, a slightly different framing, a car turned
+a little, left/right. The augmentation mirrors exactly those and nothing else, with the field's
+standard transforms (same OpenCV underneath as the rest of the loader):
+
+    geometric, probability `p`:  A.Affine — shift, isotropic scale and rotation in one warp
+    flip, probability `hflip`:   A.HorizontalFlip
+    colour, probability `p`:     A.RandomBrightnessContrast then A.HueSaturationValue (hue only)
+
+Geometric steps move image and mask with the very same transform, so the label stays on the car;
+colour steps touch the image only. The mask stays exactly 0/1: it is warped with nearest-neighbour
+sampling.
 
 Borders: a rotated or shrunk photo uncovers pixels outside the original frame. Both image and mask
 fill them by reflecting across the edge (BORDER_REFLECT_101), so a reflected piece of car in the
 image is labelled car in the mask too. Filling the image by reflection but the mask with zeros
 would teach the net that some car pixels are background.
+
+Randomness comes from the caller's numpy Generator alone: every draw Albumentations makes reads
+that generator (or a Python `random.Random` seeded from it), so the same generator state gives the
+same augmentation, which is what keeps a training run a function of (seed, epoch).
+
+Albumentations is imported on first use, not with this module: prediction and validation never
+augment and should not pay for the import, and its import-time check for a newer release (a
+network call) is switched off before the import.
 """
 from __future__ import annotations
 
+import os
+import random
 from dataclasses import dataclass
+from functools import lru_cache
+from typing import TYPE_CHECKING
 
 import cv2
 import numpy as np
 
 from carvana.errors import ConfigError
 
+if TYPE_CHECKING:
+    import albumentations
+
 _BORDER = cv2.BORDER_REFLECT_101
-
-
-def affine_matrix(width: int, height: int, angle_degrees: float, scale: float, shift_x: float, shift_y: float) -> np.ndarray:
-    """2x3 matrix: rotate and scale about the image centre, then shift by fractions of the size."""
-    # Pixel centres run 0..w-1, so the centre of the image is at (w-1)/2; using w/2 would move
-    # every rotated image by half a pixel.
-    matrix = cv2.getRotationMatrix2D(((width - 1) / 2, (height - 1) / 2), angle_degrees, scale)
-    matrix[0, 2] += shift_x * width
-    matrix[1, 2] += shift_y * height
-    return matrix
-
-
-def warp_pair(image: np.ndarray, mask: np.ndarray, matrix: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Apply one affine transform to an image (linear) and its mask (nearest, stays 0/1)."""
-    height, width = image.shape[:2]
-    warped_image = cv2.warpAffine(image, matrix, (width, height), flags=cv2.INTER_LINEAR, borderMode=_BORDER)
-    warped_mask = cv2.warpAffine(mask, matrix, (width, height), flags=cv2.INTER_NEAREST, borderMode=_BORDER)
-    return warped_image, warped_mask
-
-
-def jitter_colour(image: np.ndarray, brightness: float, contrast: float, hue_shift_degrees: float) -> np.ndarray:
-    """RGB uint8 image with brightness added (fraction of 255), contrast scaled about the mean, hue turned."""
-    mean = float(image.mean())
-    levels = (np.arange(256, dtype=np.float32) - mean) * contrast + mean + brightness * 255.0
-    out = cv2.LUT(image, np.clip(np.rint(levels), 0, 255).astype(np.uint8))
-    hue_units = int(round(hue_shift_degrees / 2.0))  # OpenCV's 8-bit hue runs 0..179 (2 degrees a step)
-    if hue_units % 180:
-        hsv = cv2.cvtColor(out, cv2.COLOR_RGB2HSV)
-        turn = ((np.arange(256) + hue_units) % 180).astype(np.uint8)
-        hsv[..., 0] = cv2.LUT(hsv[..., 0], turn)
-        out = cv2.cvtColor(hsv, cv2.COLOR_HSV2RGB)
-    return out
+_OPENCV_HUE_DEGREES_PER_UNIT = 2.0  # OpenCV's 8-bit hue runs 0..179, which HueSaturationValue shifts
 
 
 @dataclass(frozen=True)
@@ -60,7 +52,9 @@ class Augmenter:
     `p` is the probability of the geometric step (shift + scale + rotate together) and,
     independently, of the colour step (brightness + contrast + hue together); the flip has its
     own probability `hflip`. Ranges are symmetric: shift in fractions of the side, scale as
-    1 ± scale, angles in degrees, brightness in fractions of 255, contrast as a factor 1 ± contrast.
+    1 ± scale (the same in x and y), angles in degrees, brightness in fractions of 255 added,
+    contrast as a gain 1 ± contrast on the pixel values (Albumentations' RandomBrightnessContrast:
+    x * (1 + c) + b * 255).
     """
 
     shift: float = 0.0625
@@ -86,24 +80,48 @@ class Augmenter:
     def __call__(self, image: np.ndarray, mask: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
         if image.shape[:2] != mask.shape[:2]:
             raise ValueError(f"image {image.shape[:2]} and mask {mask.shape[:2]} differ in size")
-        height, width = mask.shape[:2]
-        if rng.random() < self.p:
-            matrix = affine_matrix(
-                width,
-                height,
-                angle_degrees=rng.uniform(-self.rotate_degrees, self.rotate_degrees),
-                scale=rng.uniform(1.0 - self.scale, 1.0 + self.scale),
-                shift_x=rng.uniform(-self.shift, self.shift),
-                shift_y=rng.uniform(-self.shift, self.shift),
-            )
-            image, mask = warp_pair(image, mask, matrix)
-        if rng.random() < self.hflip:
-            image, mask = cv2.flip(image, 1), cv2.flip(mask, 1)
-        if rng.random() < self.p:
-            image = jitter_colour(
-                image,
-                brightness=rng.uniform(-self.brightness, self.brightness),
-                contrast=rng.uniform(1.0 - self.contrast, 1.0 + self.contrast),
-                hue_shift_degrees=rng.uniform(-self.hue_degrees, self.hue_degrees),
-            )
-        return np.ascontiguousarray(image), np.ascontiguousarray(mask)
+        pipeline = _pipeline(self)
+        # Albumentations draws from a numpy Generator and a Python Random; both are ours for this call.
+        pipeline.set_random_state(rng, random.Random(int(rng.integers(2**63))))
+        out = pipeline(image=image, mask=mask)
+        return np.ascontiguousarray(out["image"]), np.ascontiguousarray(out["mask"])
+
+
+@lru_cache(maxsize=8)
+def _pipeline(settings: Augmenter) -> "albumentations.Compose":
+    """The Albumentations pipeline for `settings`, built once per process (building validates every step)."""
+    os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
+    import albumentations as A
+
+    shift, scale, angle = settings.shift, settings.scale, settings.rotate_degrees
+    hue_units = settings.hue_degrees / _OPENCV_HUE_DEGREES_PER_UNIT
+    return A.Compose(
+        [
+            A.Affine(
+                translate_percent={"x": (-shift, shift), "y": (-shift, shift)},
+                scale=(1.0 - scale, 1.0 + scale),
+                keep_ratio=True,
+                rotate=(-angle, angle),
+                interpolation=cv2.INTER_LINEAR,
+                mask_interpolation=cv2.INTER_NEAREST,
+                border_mode=_BORDER,
+                p=settings.p,
+            ),
+            A.HorizontalFlip(p=settings.hflip),
+            A.Sequential(
+                [
+                    A.RandomBrightnessContrast(
+                        brightness_limit=(-settings.brightness, settings.brightness),
+                        contrast_limit=(-settings.contrast, settings.contrast),
+                        brightness_by_max=True,
+                        p=1.0,
+                    ),
+                    A.HueSaturationValue(
+                        hue_shift_limit=(-hue_units, hue_units), sat_shift_limit=(0, 0), val_shift_limit=(0, 0), p=1.0
+                    ),
+                ],
+                p=settings.p,
+            ),
+        ],
+        strict=True,
+    )

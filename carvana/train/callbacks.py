@@ -49,6 +49,10 @@ class TrainState:
     mid_epoch: bool = False  # True once the weights have moved past the end of `epoch` (an epoch is running)
     last_checkpoint: Path | None = None  # the newest checkpoint this run can be resumed from
     last_checkpoint_epoch: int = 0  # the epoch that checkpoint holds
+    # The training budget (carvana.train.budget):
+    train_seconds: float = 0.0  # seconds spent training this run so far, over every process that trained it
+    epoch_steps: int = 0  # the steps epoch `epoch` took (fewer than a full pass when a budget ended it)
+    stop_reason: str | None = None  # why training ended ("finished all 20 epochs", "stopped at the time budget ...")
 
 
 @dataclass

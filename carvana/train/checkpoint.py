@@ -57,6 +57,8 @@ def checkpoint_payload(state: TrainState, run_record: dict[str, Any] | None = No
         "scaler_state": state.scaler.state_dict() if state.scaler is not None else None,
         "epoch": int(state.epoch),
         "global_step": int(state.global_step),
+        "train_seconds": float(state.train_seconds),  # the time budget continues from here on resume
+        "epoch_steps": int(state.epoch_steps),
         "best_score": None if state.best_score is None else float(state.best_score),
         "metrics": {k: float(v) for k, v in state.metrics.items()},
         "history": [{k: float(v) for k, v in entry.items()} for entry in state.history],

@@ -13,6 +13,9 @@ Interruptions:
   runs (the checkpoint keeps `last.pt` at the last COMPLETED epoch, never half an epoch, so a resume
   redoes the interrupted epoch from its start), then `TrainingInterruptedError` (a
   KeyboardInterrupt) is raised, carrying where to resume from and the exit code (130 or 143).
+- A budget (`config.max_steps`, `config.max_time`; see `carvana.train.budget`): checked after every
+  optimiser step and before every epoch; a budget spent mid-epoch ends that epoch early, which is
+  then validated and checkpointed; `TrainState.stop_reason` says why training ended.
 - A NaN/inf loss: `TrainingDiverged` naming the epoch and step, raised before that step updates
   the weights; `on_train_interrupted` runs first, and as the weights are mid-epoch nothing is saved:
   `last.pt` and `best.pt` keep the last good epoch.
@@ -38,6 +41,7 @@ from carvana.geometry import model_geometry
 from carvana.losses import BCEDiceLoss
 from carvana.metrics import dice_from_logits
 from carvana.process_lifetime import EXIT_INTERRUPTED, interrupt_exit_code, stopped_by
+from carvana.train.budget import TrainingBudget, TrainingClock
 from carvana.train.callbacks import Callback, PredictState, TrainState, ValidationPreview, in_hook_order
 from carvana.train.checkpoint import load_checkpoint, load_model_weights
 from carvana.train.device import resolve_precision, select_device, to_memory_format, use_channels_last
@@ -159,6 +163,14 @@ def _call_all(callbacks: Sequence[Callback], hook: str, state: Any) -> None:
         raise first
 
 
+def _batches(loader: Any) -> int | None:
+    """Batches per pass of a loader (None when it cannot say, e.g. a generator)."""
+    try:
+        return len(loader)
+    except TypeError:
+        return None
+
+
 def _count(loader: Any) -> int:
     try:
         return len(loader.dataset)
@@ -201,6 +213,8 @@ class CarvanaClassifier:
         self.global_step = 0
         self.best_score: float | None = None
         self.history: list[dict[str, float]] = []
+        self.train_seconds = 0.0  # time spent training the run, every process that trained it included
+        self.epoch_steps = 0  # the steps the last completed epoch took
         self.resumed_from: Path | None = None
 
     @property
@@ -216,29 +230,49 @@ class CarvanaClassifier:
         epochs: int | None = None,
         callbacks: Sequence[Callback] = (),
     ) -> TrainState:
-        """Train until absolute epoch `epochs` (default `config.epochs`) or until a callback stops it."""
-        epochs = self.config.epochs if epochs is None else epochs
+        """Train until absolute epoch `epochs`, a budget is spent, or a callback stops it.
+
+        `epochs` defaults to the config's cap (`config.epochs`, or none when `config.epochs_cap` is
+        off and a budget alone ends the run). The returned state's `stop_reason` says why it ended.
+        """
+        budget = TrainingBudget.of(self.config, epochs)
+        steps_per_epoch = _batches(train_loader)
+        clock = TrainingClock(self.train_seconds)
         state = TrainState(
             config=self.config, run_name=self.run_name, model=self.model, optimizer=self.optimizer,
-            scheduler=self.scheduler, scaler=self.scaler, device=self.device, epochs=epochs,
+            scheduler=self.scheduler, scaler=self.scaler, device=self.device,
+            epochs=budget.planned_epochs(self.epoch, self.global_step, self.train_seconds, steps_per_epoch),
             epoch=self.epoch, global_step=self.global_step, best_score=self.best_score,
             history=list(self.history), last_checkpoint=self.resumed_from,
             last_checkpoint_epoch=self.epoch if self.resumed_from else 0,
+            train_seconds=self.train_seconds, epoch_steps=self.epoch_steps,
         )
-        if state.epoch >= epochs:
-            tqdm.write(f"nothing to train: the run is already at epoch {state.epoch} of {epochs}")
+        reason = budget.stop_reason(state.epoch, state.global_step, state.train_seconds, state.epoch_steps,
+                                    steps_per_epoch)
+        if reason is not None:
+            state.stop_reason = reason
+            tqdm.write(f"nothing to train: the run is already at epoch {state.epoch} ({reason})")
             return state
+        if budget.limited:
+            self._follow_plan(state, state.epochs)
         callbacks = in_hook_order(callbacks)
         _call(callbacks, "on_train_begin", state)
         try:
-            for epoch in range(state.epoch + 1, epochs + 1):
-                self._run_epoch(state, epoch, train_loader, valid_loader, callbacks)
+            while reason is None:
+                self._run_epoch(state, state.epoch + 1, train_loader, valid_loader, callbacks,
+                                budget, steps_per_epoch, clock)
                 if state.stop_training:
+                    of = f" of {budget.epochs}" if budget.epochs is not None else ""
+                    reason = f"stopped early after epoch {state.epoch}{of} (early stopping)"
                     break
+                # Decided on the seconds the epoch's checkpoint holds, so a resume decides the same.
+                reason = budget.stop_reason(state.epoch, state.global_step, state.train_seconds, state.epoch_steps,
+                                            steps_per_epoch)
+            state.stop_reason = reason
         except KeyboardInterrupt as interrupt:  # Ctrl-C, or SIGTERM raised as `Terminated`
             _call_all(callbacks, "on_train_interrupted", state)
             raise TrainingInterruptedError(
-                state.epoch + 1, epochs, state.last_checkpoint, state.last_checkpoint_epoch, cause=interrupt
+                state.epoch + 1, state.epochs, state.last_checkpoint, state.last_checkpoint_epoch, cause=interrupt
             ) from None
         except BaseException:
             _call_all(callbacks, "on_train_interrupted", state)
@@ -251,17 +285,30 @@ class CarvanaClassifier:
     def _keep_progress(self, state: TrainState) -> None:
         self.epoch, self.global_step = state.epoch, state.global_step
         self.best_score, self.history = state.best_score, list(state.history)
+        self.train_seconds, self.epoch_steps = state.train_seconds, state.epoch_steps
+
+    def _follow_plan(self, state: TrainState, planned: int) -> None:
+        """Point a cosine schedule at the run's planned end (a budget's), positioned at `state.epoch`."""
+        cosine = isinstance(self.scheduler, torch.optim.lr_scheduler.CosineAnnealingLR)
+        if cosine and self.scheduler.T_max != planned and planned > 0:
+            self.scheduler = state.scheduler = cosine_at_epoch(self.optimizer, self.config.lr, planned, state.epoch)
 
     def _run_epoch(
         self, state: TrainState, epoch: int, train_loader: Iterable, valid_loader: Iterable,
-        callbacks: Sequence[Callback],
+        callbacks: Sequence[Callback], budget: TrainingBudget, steps_per_epoch: int | None, clock: TrainingClock,
     ) -> None:
         started = time.monotonic()
         lr = float(self.optimizer.param_groups[0]["lr"])  # the LR this epoch trains with
-        train_loss, train_dice, steps = self._train_one_epoch(state, epoch, train_loader)
+        train_loss, train_dice, steps = self._train_one_epoch(state, epoch, train_loader, budget, clock)
         valid, preview = self._evaluate(valid_loader, PREVIEW_IMAGES, desc=f"valid {epoch}/{state.epochs}")
+        state.train_seconds, state.epoch_steps = clock.seconds(), steps
+        planned = budget.planned_epochs(epoch, state.global_step, state.train_seconds, steps_per_epoch)
+        state.epochs = planned
         if isinstance(self.scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
             self.scheduler.step(valid["val_dice"])
+        elif (budget.limited and isinstance(self.scheduler, torch.optim.lr_scheduler.CosineAnnealingLR)
+              and self.scheduler.T_max != planned):
+            self.scheduler = state.scheduler = cosine_at_epoch(self.optimizer, self.config.lr, planned, epoch)
         elif self.scheduler is not None:
             self.scheduler.step()
         state.metrics = {"train_loss": train_loss, "train_dice": train_dice, **valid, "lr": lr}
@@ -276,8 +323,10 @@ class CarvanaClassifier:
         )
         _call(callbacks, "on_epoch_end", state)
 
-    def _train_one_epoch(self, state: TrainState, epoch: int, loader: Iterable) -> tuple[float, float, int]:
-        """One pass over `loader`; returns the per-image mean loss and Dice and the steps taken."""
+    def _train_one_epoch(self, state: TrainState, epoch: int, loader: Iterable, budget: TrainingBudget,
+                         clock: TrainingClock) -> tuple[float, float, int]:
+        """One pass over `loader`, or less when the budget is spent; returns the per-image mean loss and Dice
+        and the steps taken."""
         seed_epoch(self.config.seed, epoch, loader)
         self.model.train()
         loss_sum = dice_sum = 0.0
@@ -304,6 +353,8 @@ class CarvanaClassifier:
                 loss_sum += loss_value * batch
                 dice_sum += float(dice_from_logits(logits.detach(), masks, self.config.threshold).sum())
                 bar.set_postfix(loss=f"{loss_sum / seen:.4f}", dice=f"{dice_sum / seen:.4f}")
+                if budget.limited and budget.spent(state.global_step, clock.seconds()):
+                    break  # the epoch ends here; it is validated and checkpointed like a full one
         if seen == 0:
             raise ValueError(f"epoch {epoch}: the training loader gave no batches")
         return loss_sum / seen, dice_sum / seen, step
@@ -452,6 +503,8 @@ class CarvanaClassifier:
         if self.scaler is not None and payload.get("scaler_state"):
             self.scaler.load_state_dict(payload["scaler_state"])
         self.global_step = int(payload["global_step"])
+        self.train_seconds = float(payload.get("train_seconds", 0.0))
+        self.epoch_steps = int(payload.get("epoch_steps", 0))
         self.best_score = payload.get("best_score")
         self.history = [dict(entry) for entry in payload.get("history", [])]
         self.run_name = payload.get("run_name") or self.run_name
