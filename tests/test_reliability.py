@@ -392,44 +392,40 @@ class FakeReport:
         return "done"
 
 
-def test_ctrl_c_while_predicting_exits_130_and_leaves_the_previous_submission(trained, tmp_path):
+def start_prediction_over_a_previous_submission(trained: Path, tmp_path: Path, workers: int):
+    """`predict` into a folder that holds a complete earlier submission; returns (process, submission, its digest)."""
     data_dir = make_tiny_carvana(tmp_path, cars=1, test_cars=4)
     out_dir = tmp_path / "out"
     out_dir.mkdir()
     submission = out_dir / "submit.csv.gz"
     submission.write_bytes(gzip.compress(b"img,rle_mask\nprevious,1 1\n"))
-    before = digest(submission)
     process = start_main(["predict", "--checkpoint", str(trained / "output" / "models" / "tiny" / "best.pt"),
-                          "--data-dir", str(data_dir), "--output-dir", str(out_dir), "--workers", "0",
+                          "--data-dir", str(data_dir), "--output-dir", str(out_dir), "--workers", str(workers),
                           "--batch-size", "2"], tmp_path, new_session=True)
     wait_for(lambda: any(out_dir.glob(".tmp-submit.csv.gz.*")), process, "the submission's temporary file")
-    os.killpg(process.pid, signal.SIGINT)
+    return process, submission, digest(submission)
+
+
+def test_ctrl_c_while_predicting_exits_130_and_leaves_the_previous_submission(trained, tmp_path):
+    process, submission, before = start_prediction_over_a_previous_submission(trained, tmp_path, workers=0)
+    os.killpg(process.pid, signal.SIGINT)  # what the terminal does: the whole process group
     out, err = process.communicate(timeout=60)
 
     assert process.returncode == 130, out + err
     assert "Traceback" not in err and "interrupted" in err
     assert digest(submission) == before
-    assert [p.name for p in out_dir.iterdir()] == ["submit.csv.gz"], "the partial file is removed"
+    assert [p.name for p in submission.parent.iterdir()] == ["submit.csv.gz"], "the partial file is removed"
 
 
 def test_sigterm_while_predicting_exits_143_and_leaves_the_previous_submission(trained, tmp_path):
-    data_dir = make_tiny_carvana(tmp_path, cars=1, test_cars=4)
-    out_dir = tmp_path / "out"
-    out_dir.mkdir()
-    submission = out_dir / "submit.csv.gz"
-    submission.write_bytes(gzip.compress(b"img,rle_mask\nprevious,1 1\n"))
-    before = digest(submission)
-    process = start_main(["predict", "--checkpoint", str(trained / "output" / "models" / "tiny" / "best.pt"),
-                          "--data-dir", str(data_dir), "--output-dir", str(out_dir), "--workers", "1",
-                          "--batch-size", "2"], tmp_path, new_session=True)
-    wait_for(lambda: any(out_dir.glob(".tmp-submit.csv.gz.*")), process, "the submission's temporary file")
+    process, submission, before = start_prediction_over_a_previous_submission(trained, tmp_path, workers=1)
     process.send_signal(signal.SIGTERM)
     out, err = assert_the_whole_tree_ends(process, timeout=60)
 
     assert process.returncode == 143, out + err
     assert "SIGTERM" in one_line_error(err)
     assert digest(submission) == before
-    assert [p.name for p in out_dir.iterdir()] == ["submit.csv.gz"], "the partial file is removed"
+    assert [p.name for p in submission.parent.iterdir()] == ["submit.csv.gz"], "the partial file is removed"
 
 
 # --------------------------------------------------------------------------- a full log disk, a corrupt checkpoint
