@@ -25,7 +25,6 @@ from __future__ import annotations
 import math
 import random
 import time
-from datetime import datetime
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
@@ -41,6 +40,7 @@ from carvana.geometry import model_geometry
 from carvana.losses import BCEDiceLoss
 from carvana.metrics import dice_from_logits
 from carvana.process_lifetime import EXIT_INTERRUPTED, interrupt_exit_code, stopped_by
+from carvana.runs import default_run_name
 from carvana.train.budget import TrainingBudget, TrainingClock
 from carvana.train.callbacks import Callback, PredictState, TrainState, ValidationPreview, in_hook_order
 from carvana.train.checkpoint import load_checkpoint, load_model_weights
@@ -119,10 +119,6 @@ def cosine_at_epoch(optimizer: torch.optim.Optimizer, base_lr: float, epochs: in
         group["lr"] = lr
     scheduler._last_lr = [lr for _ in optimizer.param_groups]  # what get_last_lr() reports
     return scheduler
-
-
-def default_run_name(config: Config) -> str:
-    return f"{config.model}-{datetime.now():%Y%m%d-%H%M%S}"
 
 
 def seed_epoch(seed: int, epoch: int, loader: Any) -> None:
