@@ -50,12 +50,14 @@ from carvana import rle  # noqa: E402
 from carvana.config import preset  # noqa: E402
 from carvana.data import kaggle_layout as kl  # noqa: E402
 from carvana.data.images import read_mask, resize_mask  # noqa: E402
-from carvana.geometry import Size, model_geometry  # noqa: E402
+from carvana.geometry import Size, input_size_for_photos, model_geometry  # noqa: E402
 from carvana.predict.postprocess import probabilities_to_mask  # noqa: E402
 from carvana.predict.score import score_submission  # noqa: E402
 
 REAL512 = REPO_ROOT.parent / "shared" / "fixtures" / "carvana-real512"
 KAGGLE_SIZE = Size(*kl.ORIGINAL_SIZE)
+NATIVE_SIZE = Size(512, 512)  # the fixture's photos as stored
+PHOTO_SIZES = {"unsquashed": KAGGLE_SIZE, "native512": NATIVE_SIZE}
 JPEG_QUALITY = 95
 PRESET = "cpu"
 WORST = 5
@@ -85,9 +87,13 @@ class Settings:
             flags += ["--input-size", str(self.input_size)]
         return flags
 
-    def output_size(self) -> Size:
+    def output_size(self, photos: Size) -> Size:
+        """The model's output size for `photos`: the given input size, else the preset's fitted to their shape
+        as a run fits it (`input_size_for_photos`)."""
         config = preset(PRESET)
-        return model_geometry(config.model, self.input_size or config.input_size).output_size
+        size = self.input_size or input_size_for_photos(config.model, config.input_size, photos,
+                                                        drawn_for=KAGGLE_SIZE)
+        return model_geometry(config.model, size).output_size
 
 
 FULL = Settings(train_cars=24, held_out_cars=8, seed=0)
@@ -173,7 +179,7 @@ def build_data_dir(root: Path, train: list[str], held_out: list[str], unsquashed
     A folder finished by an earlier run with the same cars (`--keep`) is reused as it is.
     """
     truth_csv = root.with_name(root.name + ".held_out_truth.csv")
-    photo_size = KAGGLE_SIZE if unsquashed else Size(512, 512)
+    photo_size = KAGGLE_SIZE if unsquashed else NATIVE_SIZE
     marker = root / BUILT_MARKER
     cars = " ".join(train) + " | " + " ".join(held_out)
     if marker.is_file() and marker.read_text() == cars and truth_csv.is_file():
@@ -337,7 +343,7 @@ def main(quick: bool = False, settings: Settings | None = None, variants: tuple[
                 print(f"  {variant}: mean Dice {runs[variant].mean_dice:.4f} "
                       f"({runs[variant].wall_seconds / 60:.1f} min)", flush=True)
         transfers = transfer(datas, settings, work) if "transfer" in variants else {}
-        ceilings = {variant: resolution_ceiling(data, settings.output_size()) for variant, data in datas.items()}
+        ceilings = {variant: resolution_ceiling(data, settings.output_size(data.photo_size)) for variant, data in datas.items()}
     finally:
         if keep is None:
             shutil.rmtree(work, ignore_errors=True)
@@ -346,11 +352,11 @@ def main(quick: bool = False, settings: Settings | None = None, variants: tuple[
 
 def report(settings: Settings, quick: bool, runs: dict[str, RunResult], transfers: dict[str, RunResult],
            ceilings: dict[str, dict[str, tuple[float, float]]], seconds: float) -> dict:
-    photo = {"unsquashed": str(KAGGLE_SIZE), "native512": "512x512"}
+    photo = {variant: str(size) for variant, size in PHOTO_SIZES.items()}
     rows, figures = [], {"quick": quick, "preset": PRESET, "train_cars": settings.train_cars,
                          "held_out_cars": settings.held_out_cars, "seed": settings.seed,
                          "epochs": settings.epochs or preset(PRESET).epochs,
-                         "output_size": str(settings.output_size()), "minutes_total": seconds / 60}
+                         "output_size": str(settings.output_size(KAGGLE_SIZE)), "minutes_total": seconds / 60}
     labelled = [(f"trained on real cars, photos {photo[v]}", v, r) for v, r in runs.items()]
     labelled += [(f"trained on the built-in sample, scored on {photo[v]}", f"transfer_{v}", r)
                  for v, r in transfers.items()]
@@ -368,7 +374,7 @@ def report(settings: Settings, quick: bool, runs: dict[str, RunResult], transfer
     for variant, kinds in ceilings.items():
         for kind, (mean, worst) in kinds.items():
             rows.append([f"ceiling ({CEILING_LABELS[kind]}), {photo[variant]}", f"{mean:.4f}", "", f"{worst:.4f}",
-                         f"-> {settings.output_size()}", "", "", ""])
+                         f"-> {settings.output_size(PHOTO_SIZES[variant])}", "", "", ""])
             figures[f"ceiling_{kind}_{variant}"] = {"mean_dice": mean, "worst_dice": worst}
     print_table(
         f"Accuracy on real photos{' (QUICK: tiny settings, not the real figures)' if quick else ''}: "

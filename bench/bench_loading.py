@@ -7,8 +7,14 @@ For each preset's geometry (cpu 192x128, unet1024 1024x1024, unet_original 388 c
   float32 -> torch tensor, DataLoader with `num_workers=0`;
 - ours: `make_train_loader` (OpenCV decode with libjpeg's reduced-size decode, INTER_AREA resize,
   uint8 -> normalised float in one multiply-add), with 0 workers (same single process as the
-  seed), with 0 workers plus augmentation, and with 2 workers (the presets' default).
+  seed), with 0 workers plus augmentation, and with 2 workers (the presets' default);
+- ours with the decoded cache (carvana.data.cache): the same loader reading the pairs from the
+  memory-mapped cache instead of decoding them, with 0 and 2 workers; the cache's one-off build
+  time (2 workers) is reported beside it.
 Every way is timed over whole passes of the loader (batches of the preset's batch size).
+With `--data-dir DIR` (a Kaggle-layout folder with train/, train_masks/, train_masks.csv, e.g. real
+1918x1280 photos and their real masks), the cpu preset's loader is also timed over all of DIR's
+training photos with and without the cache.
 Augmentation alone: ms per image of the default `Augmenter()` on photos and masks already decoded
 at the preset's covered size (one OpenCV thread, as in a loader worker), so its cost is not hidden
 by the decode.
@@ -33,8 +39,9 @@ from bench.common import best_of, print_table, record  # noqa: E402
 from bench.fixtures import PHOTO_SIZE, make_train_folder  # noqa: E402
 from carvana.config import preset  # noqa: E402
 from carvana.data.augment import Augmenter  # noqa: E402
+from carvana.data.cache import open_decoded_cache  # noqa: E402
 from carvana.data.datasets import CarvanaTrainDataset, make_train_loader  # noqa: E402
-from carvana.data.layout import CarvanaData  # noqa: E402
+from carvana.data.layout import CarvanaData, load_carvana_data  # noqa: E402
 from carvana.geometry import Geometry, model_geometry  # noqa: E402
 
 TARGET_SPEEDUP = 2.0
@@ -88,7 +95,52 @@ def _augment_ms_per_image(dataset: CarvanaTrainDataset, repeat: int) -> float:
         cv2.setNumThreads(threads)
 
 
-def main(quick: bool = False) -> dict:
+def _cached_loaders(data: CarvanaData, names: list[str], geometry: Geometry, batch: int, root: Path
+                    ) -> tuple[dict, float]:
+    """Loaders reading a decoded cache of `names` built under `root` (0 and 2 workers), and its build seconds."""
+    start = time.perf_counter()
+    cache, note = open_decoded_cache(data.train_image_paths(names), data.mask_paths(names), geometry.covered_size,
+                                     root, workers=2, progress=False)
+    seconds = time.perf_counter() - start
+    if cache is None:
+        raise SystemExit(note)
+    return {
+        "ours_0w_cache": make_train_loader(data, names, geometry, batch_size=batch, workers=0, pin_memory=False,
+                                           cache=cache),
+        "ours_2w_cache": make_train_loader(data, names, geometry, batch_size=batch, workers=2, pin_memory=False,
+                                           cache=cache),
+    }, seconds
+
+
+def _real_data_rows(data_dir: Path, repeat: int, figures: dict) -> list[list]:
+    """The cpu preset's loader over all training photos of `data_dir`, with and without the cache."""
+    data = load_carvana_data(data_dir, need_test=False)
+    names = list(data.train_names)
+    config = preset("cpu")
+    geometry = model_geometry(config.model, config.input_size)
+    batch = config.batch_size
+    loaders = {
+        "ours_0w": make_train_loader(data, names, geometry, batch_size=batch, workers=0, pin_memory=False),
+        "ours_2w": make_train_loader(data, names, geometry, batch_size=batch, workers=2, pin_memory=False),
+    }
+    with tempfile.TemporaryDirectory(prefix="bench-loading-cache-") as root:
+        cached, build_seconds = _cached_loaders(data, names, geometry, batch, Path(root))
+        loaders.update(cached)
+        rates = {label: _images_per_s(loader, repeat) for label, loader in loaders.items()}
+        del loaders, cached
+    figures["real_data_dir"] = str(data_dir)
+    figures["real_images"] = len(names)
+    figures["real_photo_size"] = str(data.image_size)
+    figures["real_cpu_cache_build_s"] = build_seconds
+    rows = []
+    for label, rate in rates.items():
+        figures[f"real_cpu_{label}_images_per_s"] = rate
+        rows.append([f"cpu ({data.image_size})", label, rate, rate / rates[label.removesuffix("_cache")]])
+    rows.append([f"cpu ({data.image_size})", "cache build, 2 workers (s)", build_seconds, ""])
+    return rows
+
+
+def main(quick: bool = False, data_dir: Path | None = None) -> dict:
     repeat = 1 if quick else 2
     figures: dict = {"target_speedup": TARGET_SPEEDUP}
     table, augment_rows = [], []
@@ -111,10 +163,13 @@ def main(quick: bool = False) -> dict:
                                                      augment=Augmenter(), pin_memory=False),
                 "ours_2w": make_train_loader(data, names, geometry, batch_size=batch, workers=2, pin_memory=False),
             }
+            cached, build_seconds = _cached_loaders(data, names, geometry, batch, Path(tmp) / "cache")
+            ours.update(cached)
+            figures[f"{name}_cache_build_s"] = build_seconds
             rates = {"seed_0w": _images_per_s(seed_loader, repeat)}
             rates.update({label: _images_per_s(loader, repeat) for label, loader in ours.items()})
             augment_ms = _augment_ms_per_image(ours["ours_0w"].dataset, repeat)
-            del ours  # stops the persistent workers
+            del ours, cached  # stops the persistent workers
             figures[f"{name}_augment_ms_per_image"] = augment_ms
             augment_rows.append([name, f"{geometry.covered_size}", augment_ms])
             for label, rate in rates.items():
@@ -129,6 +184,10 @@ def main(quick: bool = False) -> dict:
     )
     print_table("Augmentation alone, default Augmenter() on decoded pairs, 1 OpenCV thread (ms/image, lower is better)",
                 ["preset", "covered size", "ms/image"], augment_rows)
+    if data_dir is not None:
+        rows = _real_data_rows(data_dir, repeat, figures)
+        print_table(f"Training loader on {data_dir}, {figures['real_images']} photos, with and without the decoded "
+                    "cache (images/s, higher is better)", ["preset", "way", "images/s", "x uncached"], rows)
     record("training_loading", figures)
     return figures
 
@@ -136,4 +195,7 @@ def main(quick: bool = False) -> dict:
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="16 photos, one timed pass")
-    main(parser.parse_args().quick)
+    parser.add_argument("--data-dir", type=Path, default=None,
+                        help="also time the cpu preset over this Kaggle-layout folder's training photos")
+    arguments = parser.parse_args()
+    main(arguments.quick, arguments.data_dir)

@@ -11,7 +11,8 @@ import sys
 from pathlib import Path
 from typing import Any, Callable, NoReturn, Sequence
 
-from carvana.config import AMP_MODES, OPTIMIZERS, PRESETS, SCHEDULERS, SEED_LIMIT, Config, preset, run_name_problem
+from carvana.config import (AMP_MODES, MASK_CLEANUPS, OPTIMIZERS, PRESETS, SCHEDULERS, SEED_LIMIT, Config, preset,
+                            run_name_problem)
 from carvana.durations import parse_duration
 from carvana.errors import CarvanaError, ConfigError
 from carvana.geometry import MODEL_NAMES, Size
@@ -246,7 +247,9 @@ def _add_training_flags(p: argparse.ArgumentParser) -> None:
     g.add_argument("--preset", choices=tuple(PRESETS), default=None,
                    help="unet_original, unet1024, or cpu (default: unet1024 with CUDA, cpu without)")
     g.add_argument("--model", choices=MODEL_NAMES, default=None)
-    g.add_argument("--input-size", type=size, default=None, help="model input WxH, e.g. 572 or 384x256")
+    g.add_argument("--input-size", type=size, default=None, help=(
+        "model input WxH, e.g. 572 or 384x256 (default: the preset's pixel count at the photos' shape; "
+        "the preset's own size for 1918x1280 photos)"))
     g.add_argument("--width", type=positive_float, default=None, help="channel multiplier (1 = the paper's widths)")
     g.add_argument("--epochs", type=positive_int, default=None, help=(
         "epochs to train (default: the preset's; with --max-steps or --max-time and no --epochs, the budget "
@@ -266,6 +269,11 @@ def _add_training_flags(p: argparse.ArgumentParser) -> None:
     g.add_argument("--validation-size", type=open_fraction, default=None, help="fraction of cars held out (0.2)")
     g.add_argument("--sample-size", type=share, default=None, help="fraction of the cars to use (1.0)")
     g.add_argument("--no-augment", action="store_true", help="train without augmentation")
+    g.add_argument("--soft-targets", action=argparse.BooleanOptionalAction, default=None, help=(
+        "train on the car's share of each output pixel (0..1) instead of 0/1 masks: sharper edges once "
+        "up-sampled (default: the preset's)"))
+    g.add_argument("--no-cache", action="store_true", help=(
+        "decode the photos every epoch instead of once into OUTPUT/cache (rebuilt by itself when a file changes)"))
     g.add_argument("--seed", type=seed_int, default=None)
     g.add_argument("--workers", type=non_negative_int, default=None, help="data-loading worker processes")
     g.add_argument("--device", default=None, help="auto, cpu, cuda, cuda:1, ...")
@@ -281,15 +289,21 @@ def _add_training_flags(p: argparse.ArgumentParser) -> None:
 
 def _add_prediction_flags(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("prediction")
-    g.add_argument("--threshold", type=open_fraction, default=None, help="probability threshold (0.5)")
-    g.add_argument("--tta", action="store_true", default=None, help="average with the horizontally flipped image")
+    g.add_argument("--threshold", type=open_fraction, default=None, help=(
+        "probability above which a pixel is the car (default: chosen on the validation cars after training "
+        "and saved with the checkpoint; 0.5 for a checkpoint without one)"))
+    g.add_argument("--mask-cleanup", choices=MASK_CLEANUPS, default=None, help=(
+        "before up-sampling: keep only the largest car region (largest), fill holes enclosed by the car "
+        "(fill), or both (default: none; every run prints each one's validation Dice)"))
+    g.add_argument("--tta", action=argparse.BooleanOptionalAction, default=None, help=(
+        "average with the horizontally flipped image: one more pass of the model (default: the preset's)"))
 
 
 TRAINING_FIELDS = (
     "model", "input_size", "width", "epochs", "max_steps", "max_time", "batch_size", "lr", "optimizer", "scheduler",
     "grad_clip",
     "early_stopping_patience", "validation_size", "sample_size", "seed", "workers", "device", "amp",
-    "data_dir", "output_dir", "log_dir", "run_name", "threshold", "tta")
+    "data_dir", "output_dir", "log_dir", "run_name", "threshold", "mask_cleanup", "tta", "soft_targets")
 
 
 def given_settings(args: argparse.Namespace) -> dict[str, Any]:
@@ -298,8 +312,12 @@ def given_settings(args: argparse.Namespace) -> dict[str, Any]:
     given = {name: flags[name] for name in TRAINING_FIELDS if flags.get(name) is not None}
     if flags.get("no_augment"):
         given["augment"] = False
+    if flags.get("no_cache"):
+        given["cache"] = False
     if flags.get("no_channels_last"):
         given["channels_last"] = False
+    if "threshold" in given:
+        given["tune_threshold"] = False  # a given threshold is used as it is, not searched for
     if "epochs" in given:
         given["epochs_cap"] = True
     elif ("max_steps" in given or "max_time" in given) and not flags.get("resume"):
@@ -366,7 +384,7 @@ def _predict(args: argparse.Namespace) -> int:
     pipeline.run_prediction(
         checkpoint=args.checkpoint,
         overrides={k: getattr(args, k) for k in ("data_dir", "output_dir", "batch_size", "workers", "device",
-                                                  "amp", "threshold", "tta")},
+                                                  "amp", "threshold", "mask_cleanup", "tta")},
         submission=args.submission,
     )
     return 0

@@ -18,12 +18,15 @@ from carvana.geometry import MODEL_NAMES, UNET1024, UNET_ORIGINAL, Size, model_g
 OPTIMIZERS = ("sgd", "rmsprop", "adam")
 SCHEDULERS = ("plateau", "cosine", "none")
 AMP_MODES = ("auto", "off", "fp16", "bf16")
+# What carvana.predict.cleanup may do to a predicted mask: keep its largest region, fill its holes, both.
+MASK_CLEANUPS = ("none", "largest", "fill", "largest+fill")
 SEED_LIMIT = 2**32  # numpy, scikit-learn and the per-epoch seeds take seeds in [0, 2**32)
 RUN_NAME_MAX_LENGTH = 100
 RUN_NAME_PUNCTUATION = "._-+=@"
 # The command-line flag of each field whose flag is not simply --field-name (for messages).
 FIELD_FLAGS = {"early_stopping_patience": "--patience", "augment": "--no-augment",
-               "channels_last": "--no-channels-last", "epochs_cap": "--epochs"}
+               "channels_last": "--no-channels-last", "epochs_cap": "--epochs", "tune_threshold": "--threshold",
+               "cache": "--no-cache"}
 
 
 def flag_of(field_name: str) -> str:
@@ -97,11 +100,19 @@ class Config:
     validation_size: float = 0.2
     sample_size: float = 1.0  # fraction of the cars to use
     augment: bool = True
+    # Targets as the car's share of each output pixel (0..1) instead of 0/1 (carvana.data.datasets).
+    soft_targets: bool = False
+    # Decode and resize the training photos once into output/cache (carvana.data.cache).
+    cache: bool = True
     seed: int = 42
     workers: int = 2
     device: str = "auto"
     # Prediction
     threshold: float = 0.5
+    # After training, choose the threshold on the validation cars (carvana.predict.threshold) and save
+    # it with the checkpoint; False when --threshold is given: that value is used as it is.
+    tune_threshold: bool = True
+    mask_cleanup: str = "none"  # one of MASK_CLEANUPS, applied before up-sampling
     tta: bool = False  # horizontal-flip test-time augmentation
     run_name: str | None = None
 
@@ -114,6 +125,8 @@ class Config:
             raise ConfigError(f"scheduler {self.scheduler!r}: choose from {', '.join(SCHEDULERS)}")
         if self.amp not in AMP_MODES:
             raise ConfigError(f"amp {self.amp!r}: choose from {', '.join(AMP_MODES)}")
+        if self.mask_cleanup not in MASK_CLEANUPS:
+            raise ConfigError(f"mask cleanup {self.mask_cleanup!r}: choose from {', '.join(MASK_CLEANUPS)}")
         self._check_numbers()
         if self.run_name is not None:
             problem = run_name_problem(self.run_name) if isinstance(self.run_name, str) else "not a string"
@@ -136,8 +149,9 @@ class Config:
             raise ConfigError(f"max steps {self.max_steps!r}: must be a whole number of at least 1 (or unset)")
         if self.max_time is not None and (not _is_finite_number(self.max_time) or self.max_time <= 0):
             raise ConfigError(f"max time {self.max_time!r}: must be a finite number of seconds above 0 (or unset)")
-        if not isinstance(self.epochs_cap, bool):
-            raise ConfigError(f"epochs cap {self.epochs_cap!r}: must be true or false")
+        for name in ("epochs_cap", "soft_targets", "cache", "tune_threshold"):
+            if not isinstance(getattr(self, name), bool):
+                raise ConfigError(f"{name.replace('_', ' ')} {getattr(self, name)!r}: must be true or false")
         if not self.epochs_cap and self.max_steps is None and self.max_time is None:
             raise ConfigError("epochs: without --max-steps or --max-time the run needs --epochs to end")
         if self.early_stopping_patience is not None and not _is_int(self.early_stopping_patience):
@@ -211,11 +225,14 @@ PRESETS: dict[str, Config] = {
         preset="unet1024", model=UNET1024, input_size=Size(1024, 1024), optimizer="rmsprop",
         lr=2e-4, batch_size=2, epochs=50,
     ),
-    # Default without CUDA: a slim UNet1024 at a small 3:2 size that trains on the built-in sample
-    # within minutes on two cores.
+    # Default without CUDA: a slim UNet1024 at a 3:2 size that trains on 24 cars within about ten
+    # minutes on two cores. Each choice beyond the model was kept for what it gave on real cars the
+    # model never saw (docs/benchmarks.md): 384x256 over 192x128, soft targets, flip TTA, and keeping
+    # the largest car region (a floor band at the frame's bottom edge is otherwise taken for car).
     "cpu": Config(
-        preset="cpu", model=UNET1024, input_size=Size(192, 128), width=0.25, optimizer="adam",
-        lr=2e-3, batch_size=8, epochs=20, scheduler="cosine",
+        preset="cpu", model=UNET1024, input_size=Size(384, 256), width=0.25, optimizer="adam",
+        lr=2e-3, batch_size=8, epochs=20, scheduler="cosine", soft_targets=True, tta=True,
+        mask_cleanup="largest",
     ),
 }
 

@@ -14,6 +14,7 @@ must be divisible by 64.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import NamedTuple
 
@@ -129,3 +130,69 @@ def model_geometry(model: str, input_size: Size, depth: int = ORIGINAL_DEPTH) ->
                 )
         return Geometry(model, input_size, input_size, 0)
     raise ConfigError(f"model {model!r}: unknown (choose from {', '.join(MODEL_NAMES)})")
+
+
+# --------------------------------------------------------------------------- input size for the photos
+
+# A size chosen for the photos may have at most this many times the preset's input pixels: the preset's
+# batch size was fitted to its input's memory, and a little more keeps the photos' shape within reach.
+PIXEL_ALLOWANCE = 1.3
+# A preset whose output is within this share of the photos' aspect was drawn at their shape.
+SHAPE_TOLERANCE = 0.10
+
+
+def _valid_sides(model: str, most_pixels: float) -> list[int]:
+    """The input sides `model` can take, smallest first, that leave room for the smallest other side."""
+    if model == UNET_ORIGINAL:
+        smallest = original_valid_input_sides(1, 1 << 12)[0]
+        return original_valid_input_sides(smallest, int(most_pixels // smallest))
+    if model == UNET1024:
+        return list(range(UNET1024_DIVISOR, int(most_pixels // UNET1024_DIVISOR) + 1, UNET1024_DIVISOR))
+    raise ConfigError(f"model {model!r}: unknown (choose from {', '.join(MODEL_NAMES)})")
+
+
+def _aspect(size: Size) -> float:
+    return size.width / size.height
+
+
+def input_size_for_photos(model: str, preset_input: Size, photos: Size, *, drawn_for: Size) -> Size:
+    """The input size `model` should take for photos of size `photos`, given the preset's `preset_input`.
+
+    A preset's input size is drawn for photos of one size, `drawn_for` (Kaggle's 1918x1280). A preset
+    drawn at their shape (the cpu preset's 3:2 192x128) follows the photos' shape, so square photos
+    get a square input and portrait photos a portrait one. A preset whose shape differs from theirs
+    on purpose (the unet1024 preset's 1024x1024 squashes their width by 1.5, as the winning solutions
+    did; the paper's 572x572) keeps its size for any photos: its shape is a choice, not the photos'.
+
+    Among the sizes the model can take with at most PIXEL_ALLOWANCE times the preset's input pixels,
+    the one nearest both the photos' aspect and the preset's pixel count wins; both distances are
+    measured as the log of a side's scale, so a side 10% off the aspect costs as much as sides 10%
+    short. The photos' size sets the shape only, never the pixel count: photos smaller than the
+    preset's input are up-sampled to it, as the network's depth needs (UNet1024 takes no side below 64).
+    """
+    preset_output = model_geometry(model, preset_input).output_size
+    if aspect_difference(preset_output, drawn_for) > SHAPE_TOLERANCE:
+        return preset_input
+    target = _aspect(photos)
+    budget = preset_input.width * preset_input.height
+    most_pixels = PIXEL_ALLOWANCE * budget
+    sides = _valid_sides(model, most_pixels)
+    best: tuple[float, int, int] | None = None
+    chosen = preset_input
+    for width in sides:
+        for height in sides:
+            pixels = width * height
+            if pixels > most_pixels:
+                break
+            output = model_geometry(model, Size(width, height)).output_size
+            cost = abs(math.log(_aspect(output) / target)) + abs(math.log(pixels / budget)) / 2
+            key = (cost, -pixels, width)  # ties: the larger, then the narrower size
+            if best is None or key < best:
+                best, chosen = key, Size(width, height)
+    return chosen
+
+
+def aspect_difference(a: Size, b: Size) -> float:
+    """How far apart two sizes' shapes are, as a fraction: 0 for the same aspect, 0.5 for 3:2 against 1:1."""
+    wider, narrower = sorted((_aspect(a), _aspect(b)), reverse=True)
+    return wider / narrower - 1

@@ -24,9 +24,13 @@ def dice_per_image(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
 
 
 def dice_from_logits(logits: torch.Tensor, target: torch.Tensor, threshold: float = 0.5) -> torch.Tensor:
-    """(B,) Dice of `sigmoid(logits) > threshold` against the 0/1 target."""
+    """(B,) Dice of `sigmoid(logits) > threshold` against the target cut at 0.5.
+
+    A 0/1 target is itself; a soft target (the car's share of each pixel) becomes the 0/1 mask of
+    the pixels at least half car, the mask hard targets have, so both kinds give the same score.
+    """
     pred = torch.sigmoid(logits.float()) > threshold
-    return dice_per_image(pred, target)
+    return dice_per_image(pred, target >= 0.5)
 
 
 def mean_dice(logits: torch.Tensor, target: torch.Tensor, threshold: float = 0.5) -> float:

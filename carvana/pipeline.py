@@ -169,7 +169,9 @@ def run_training(config: Config, options: DataOptions, resume: str | None = None
 
     With `resume` (a checkpoint path, or "last") the run continues as it was saved: its settings, data
     dir and split; `changes` are the settings given explicitly (e.g. the command line's flags), each
-    applied and printed, or refused where it cannot apply to a resumed run. A new run uses `config`.
+    applied and printed, or refused where it cannot apply to a resumed run. A new run uses `config`,
+    with its input size fitted to the photos' shape unless `changes` names `input_size` (see
+    `carvana.geometry.input_size_for_photos`); a resumed run keeps the input size it was saved with.
     """
     from carvana.train.checkpoint import load_checkpoint
 
@@ -195,21 +197,26 @@ def run_training(config: Config, options: DataOptions, resume: str | None = None
         folders = reserve_new_run(config)
         config = config.replace(run_name=folders.run_name)
     try:
-        return _train_in(folders, config, options, need_test, checkpoint, resume_path, record)
+        fit_input = checkpoint is None and "input_size" not in (changes or {})
+        return _train_in(folders, config, options, need_test, checkpoint, resume_path, record, fit_input)
     finally:
         folders.release()
 
 
 def _train_in(folders: RunFolders, config: Config, options: DataOptions, need_test: bool,
               checkpoint: dict[str, Any] | None, resume_path: Path | None,
-              record: RunRecord | None) -> TrainingResult:
-    """`run_training` once the run's folders are reserved and locked."""
-    from carvana.data.datasets import make_train_loader, make_valid_loader
+              record: RunRecord | None, fit_input: bool = False) -> TrainingResult:
+    """`run_training` once the run's folders are reserved and locked.
+
+    `fit_input`: take the input size for the data's photos (their shape, the preset's pixel count).
+    """
+    from carvana.data.datasets import make_train_loader, make_valid_loader, open_training_cache
     from carvana.data.layout import load_carvana_data
     from carvana.data.split import split_by_car
     from carvana.train.checkpoint import BEST_NAME, LAST_NAME, ModelCheckpoint
     from carvana.train.classifier import CarvanaClassifier, TrainingInterruptedError
     from carvana.train.early_stopping import EarlyStopping
+    from carvana.predict.postprocess import probabilities_to_mask
     from carvana.train.tensorboard import TensorBoardLogger, TensorBoardVisualizer
 
     run_name, models_dir = folders.run_name, folders.models_dir
@@ -220,6 +227,9 @@ def _train_in(folders: RunFolders, config: Config, options: DataOptions, need_te
         source = _resumed_data(config, options, record) if checkpoint is not None else get_data(config.data_dir,
                                                                                                 options)
         data = load_carvana_data(source.data_dir, need_test=need_test)
+        input_note = ""
+        if fit_input:
+            config, input_note = _input_for_photos(config, data.image_size)
         split = split_by_car(data.train_names, config.validation_size, config.sample_size, config.seed)
         if record is not None and record.valid_cars:
             _check_same_split(record, split, source.data_dir, run_name)
@@ -230,12 +240,13 @@ def _train_in(folders: RunFolders, config: Config, options: DataOptions, need_te
     except BaseException:
         folders.forget()  # a run that never started leaves no empty folders behind
         raise
-    say(_describe_run(config, data, split, classifier, geometry, source))
+    say(_describe_run(config, data, split, classifier, geometry, source, input_note))
     run_record = RunRecord(
         data_dir=source.data_dir, origin=source.origin, train_cars=split.train_cars, valid_cars=split.valid_cars,
         sample_cars=options.sample_cars if record is None else record.sample_cars,
         sample_image_size=(None if options.sample_image_size is None else str(options.sample_image_size))
         if record is None else record.sample_image_size,
+        photo_size=str(data.image_size),
     )
 
     budget = TrainingBudget.of(config)
@@ -253,13 +264,16 @@ def _train_in(folders: RunFolders, config: Config, options: DataOptions, need_te
         callbacks = [
             checkpointer,
             TensorBoardLogger(config.log_dir, run_name),
-            TensorBoardVisualizer(config.log_dir, run_name),
+            TensorBoardVisualizer(config.log_dir, run_name, upsample=probabilities_to_mask),
         ]
         if config.early_stopping_patience:
             callbacks.append(EarlyStopping(monitor="val_dice", patience=config.early_stopping_patience, mode="max"))
 
-        train_loader = make_train_loader(data, split.train, geometry, config)
-        valid_loader = make_valid_loader(data, split.valid, geometry, config)
+        cache, cache_note = open_training_cache(data, [*split.train, *split.valid], geometry, config)
+        if cache_note:
+            say(cache_note)
+        train_loader = make_train_loader(data, split.train, geometry, config, cache=cache)
+        valid_loader = make_valid_loader(data, split.valid, geometry, config, cache=cache)
         try:
             with explain_out_of_memory(config, "training"):
                 # The config's cap and budget decide the length (carvana.train.budget).
@@ -273,9 +287,21 @@ def _train_in(folders: RunFolders, config: Config, options: DataOptions, need_te
     if not chosen.exists() and resume_path is not None:
         chosen = resume_path
     classifier.load_weights(chosen)
-    dice = score_validation(classifier, data, split.valid, config, run_name)
+    dice = score_validation(classifier, data, split.valid, config, run_name, checkpoint=chosen)
     return TrainingResult(config, classifier, chosen, source.data_dir, dice, len(split.valid),
                           len({layout_names.car_id(n) for n in split.valid}), training_ended=ended or "")
+
+
+def _input_for_photos(config: Config, photos: Size) -> tuple[Config, str]:
+    """`config` with the input size its model should take for `photos`, and the banner's note on it
+    (empty when the preset's own size fits them)."""
+    from carvana.geometry import input_size_for_photos
+
+    fitted = input_size_for_photos(config.model, config.input_size, photos,
+                                   drawn_for=Size(*layout_names.ORIGINAL_SIZE))
+    if fitted == config.input_size:
+        return config, ""
+    return config.replace(input_size=fitted), f" (from the {photos} photos' shape; --input-size overrides)"
 
 
 def _check_resume_data_options(options: DataOptions, record: RunRecord | None, checkpoint: Path) -> None:
@@ -382,7 +408,7 @@ def check_writable_dir(folder: Path, what: str) -> None:
         raise ConfigError(f"{folder}: cannot write {what} here (no permission to write in {existing})")
 
 
-def _describe_run(config, data, split, classifier, geometry, source) -> str:
+def _describe_run(config, data, split, classifier, geometry, source, input_note: str = "") -> str:
     cars = lambda names: len({layout_names.car_id(n) for n in names})  # noqa: E731
     params = sum(p.numel() for p in classifier.model.parameters())
     lr = float(classifier.optimizer.param_groups[0]["lr"])  # what the next epoch trains with
@@ -394,7 +420,7 @@ def _describe_run(config, data, split, classifier, geometry, source) -> str:
         f"{len(split.valid)} validation images ({cars(split.valid)} unseen cars), "
         f"photos {data.image_size}",
         f"Model: {config.model} (width {config.width:g}, {params / 1e6:.2f}M parameters), "
-        f"input {geometry.input_size} -> output {geometry.output_size}",
+        f"input {geometry.input_size} -> output {geometry.output_size}{input_note}",
         f"Training: {TrainingBudget.of(config).describe()}{resumed}, batch {config.batch_size}, "
         f"{config.optimizer} lr {lr:.3g}"
         f"{base_lr}, scheduler {config.scheduler}, device {classifier.device}, precision {classifier.precision_name}",
@@ -403,15 +429,20 @@ def _describe_run(config, data, split, classifier, geometry, source) -> str:
     ])
 
 
-def score_validation(classifier, data, valid_names: list[str], config: Config, run_name: str) -> float:
+def score_validation(classifier, data, valid_names: list[str], config: Config, run_name: str,
+                     checkpoint: Path | None = None) -> float:
     """Predict the validation cars through the submission path at full resolution and score them.
 
     This is the number Kaggle would compute: masks up-sampled to the photos' size, thresholded,
-    run-length encoded, then compared with the true masks of cars the model never saw.
+    run-length encoded, then compared with the true masks of cars the model never saw. From the same
+    pass of the model, every threshold of the grid and every mask clean-up is scored; the threshold
+    is chosen there (unless --threshold was given) and saved in `checkpoint`, the file these weights
+    came from, and the predictions file and the Dice returned are those at it.
     """
     from carvana.data.datasets import make_test_loader
-    from carvana.predict.predictions_saver import PredictionsSaver
-    from carvana.predict.score import score_submission
+    from carvana.predict.score import read_truth, score_submission
+    from carvana.predict.threshold import ThresholdRecord, save_threshold, thresholds_to_try
+    from carvana.predict.validation_search import ValidationSearch
 
     out_dir = config.output_dir / "validation" / run_name
     truth = out_dir / "valid_truth.csv"
@@ -420,12 +451,21 @@ def score_validation(classifier, data, valid_names: list[str], config: Config, r
     geometry = model_geometry(config.model, config.input_size)
     loader = make_test_loader([data.train_dir / n for n in valid_names], geometry, config,
                               raw_pixels=classifier.device.type == "cuda")
-    say(f"Scoring the best checkpoint on {len(valid_names)} validation images at {data.image_size} ...")
+    thresholds = thresholds_to_try(config.threshold, config.tune_threshold)
+    search = ValidationSearch(predictions, {name: row.rle_mask for name, row in read_truth(truth).items()},
+                              data.image_size, thresholds, preferred=config.threshold, cleanup=config.mask_cleanup)
+    say(f"Scoring the best checkpoint on {len(valid_names)} validation images at {data.image_size} "
+        f"({len(thresholds)} threshold{'s' if len(thresholds) > 1 else ''}) ...")
     with explain_out_of_memory(config, "scoring the validation cars"):
-        classifier.predict(loader, tta=config.tta,
-                           callbacks=[PredictionsSaver(predictions, data.image_size, threshold=config.threshold)])
+        classifier.predict(loader, tta=config.tta, callbacks=[search])
+    cars = len({layout_names.car_id(n) for n in valid_names})
+    say(f"  {search.result.threshold_line(cars)}")
+    say(f"  {search.result.cleanup_line(cars)}")
     report = score_submission(predictions, truth, data.image_size)
     say(f"  validation Dice at {data.image_size}: {report.mean_dice:.4f} ({report.n_images} images)")
+    if checkpoint is not None:
+        save_threshold(checkpoint, ThresholdRecord(search.result.threshold, chosen=config.tune_threshold,
+                                                   validation_dice=report.mean_dice, validation_cars=cars))
     return report.mean_dice
 
 
@@ -448,20 +488,33 @@ def _write_truth_csv(data, names: list[str], path: Path) -> None:
 # --------------------------------------------------------------------------- prediction
 
 
-def predict_test_set(classifier, config: Config, data_dir: Path, submission: Path) -> int:
-    """Stream the test set's predictions into `submission` (atomically); return the row count."""
+def predict_test_set(classifier, config: Config, data_dir: Path, submission: Path,
+                     trained_photos: Size | None = None, threshold_note: str = "") -> int:
+    """Stream the test set's predictions into `submission` (atomically); return the row count.
+
+    `threshold_note`: where `config.threshold` comes from, for the banner (`prediction_threshold`).
+
+    `trained_photos`: the size of the photos the model was trained on, when known; test photos of a
+    clearly different shape are warned about (they are resized to the same input all the same).
+    """
     from carvana.data.datasets import make_test_loader
     from carvana.data.layout import load_carvana_data
     from carvana.predict.predictions_saver import PredictionsSaver
 
     data = load_carvana_data(data_dir, need_train=False)
+    if trained_photos is not None:
+        _warn_of_another_shape(data.image_size, trained_photos, config.input_size, data_dir)
     geometry = model_geometry(config.model, config.input_size)
     loader = make_test_loader(data, geometry, config, raw_pixels=classifier.device.type == "cuda")
-    say(f"Predicting {len(data.test_names)} test images into {submission} "
-        f"(threshold {config.threshold:g}{', flip TTA' if config.tta else ''}) ...")
+    settings = [f"threshold {config.threshold:g}" + (f": {threshold_note}" if threshold_note else "")]
+    if config.mask_cleanup != "none":
+        settings.append(f"mask cleanup {config.mask_cleanup}")
+    if config.tta:
+        settings.append("flip TTA")
+    say(f"Predicting {len(data.test_names)} test images into {submission} ({'; '.join(settings)}) ...")
+    saver = PredictionsSaver(submission, data.image_size, threshold=config.threshold, cleanup=config.mask_cleanup)
     with explain_out_of_memory(config, "predicting the test set"):
-        classifier.predict(loader, tta=config.tta,
-                           callbacks=[PredictionsSaver(submission, data.image_size, threshold=config.threshold)])
+        classifier.predict(loader, tta=config.tta, callbacks=[saver])
     validate_file(submission, data.data_dir / layout_names.SAMPLE_SUBMISSION_CSV, image_size=data.image_size)
     return len(data.test_names)
 
@@ -478,13 +531,46 @@ def run_prediction(checkpoint: Path | None, overrides: dict[str, Any], submissio
     checkpoint = checkpoint or _latest_best(output_dir)
     saved = load_checkpoint(checkpoint)
     config = saved_config(saved, checkpoint, keep_run_name=False).replace(**overrides)
+    config, threshold_note = prediction_config(config, saved, given_threshold=overrides.get("threshold"))
     classifier = CarvanaClassifier(config)
     classifier.load_weights(checkpoint)
     data_dir = _prediction_data_dir(config.data_dir)
     submission = submission or config.output_dir / SUBMISSION_NAME
-    rows = predict_test_set(classifier, config, data_dir, submission)
+    rows = predict_test_set(classifier, config, data_dir, submission, trained_photos=_trained_photos(saved),
+                            threshold_note=threshold_note)
     say(f"Submission: {submission} ({rows} rows, valid). Upload with:  python main.py submit {submission} -m \"...\"")
     return submission
+
+
+def prediction_config(config: Config, payload: dict[str, Any], given_threshold: float | None) -> tuple[Config, str]:
+    """`config` with the threshold to predict with (`--threshold`, else the checkpoint's, else the
+    config's), and where it comes from for the banner."""
+    from carvana.predict.threshold import prediction_threshold
+
+    threshold, note = prediction_threshold(payload, given_threshold, config.threshold)
+    return config.replace(threshold=threshold), note
+
+
+# Test photos whose aspect differs from the training photos' by more than this get a warning.
+ASPECT_WARNING = 0.10
+
+
+def _trained_photos(payload: dict[str, Any]) -> Size | None:
+    """The size of the photos a checkpoint was trained on (None for checkpoints that do not record it)."""
+    record = RunRecord.from_payload(payload)
+    try:
+        return Size.parse(record.photo_size) if record is not None and record.photo_size else None
+    except (ConfigError, AttributeError):
+        return None
+
+
+def _warn_of_another_shape(test_photos: Size, trained_photos: Size, input_size: Size, data_dir: Path) -> None:
+    from carvana.geometry import aspect_difference
+
+    if aspect_difference(test_photos, trained_photos) > ASPECT_WARNING:
+        say(f"warning: {data_dir}: the test photos are {test_photos}, another shape than the {trained_photos} "
+            f"photos the model was trained on; they are resized to its input {input_size} all the same, which "
+            "may cost accuracy (a model trained on photos of their shape fits them better)")
 
 
 def _latest_best(output_dir: Path) -> Path:
@@ -515,9 +601,11 @@ def run_all(config: Config, options: DataOptions, resume: str | None = None,
     """`python main.py`: the whole job, ending with a summary of where everything was written."""
     start = time.monotonic()
     result = run_training(config, options, resume, need_test=True, changes=changes)
-    config = result.config
+    from carvana.train.checkpoint import load_checkpoint
+
+    config, threshold_note = prediction_config(result.config, load_checkpoint(result.checkpoint), None)
     submission = config.output_dir / SUBMISSION_NAME
-    rows = predict_test_set(result.classifier, config, result.data_dir, submission)
+    rows = predict_test_set(result.classifier, config, result.data_dir, submission, threshold_note=threshold_note)
     minutes, seconds = divmod(int(time.monotonic() - start), 60)
     say("\n".join([
         "",

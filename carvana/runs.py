@@ -54,12 +54,13 @@ class RunRecord:
     valid_cars: list[str] = field(default_factory=list)
     sample_cars: int | None = None  # the built-in sample's settings, to regenerate it identically
     sample_image_size: str | None = None
+    photo_size: str | None = None  # WxH of the photos trained on, which prediction compares its photos' shape with
 
     def to_dict(self) -> dict[str, Any]:
         """Primitives only (checkpoints load with weights_only=True)."""
         return {"data_dir": str(self.data_dir), "origin": self.origin, "train_cars": list(self.train_cars),
                 "valid_cars": list(self.valid_cars), "sample_cars": self.sample_cars,
-                "sample_image_size": self.sample_image_size}
+                "sample_image_size": self.sample_image_size, "photo_size": self.photo_size}
 
     @classmethod
     def from_payload(cls, payload: dict[str, Any]) -> "RunRecord | None":
@@ -70,7 +71,8 @@ class RunRecord:
         return cls(data_dir=Path(data["data_dir"]), origin=str(data.get("origin", "local data")),
                    train_cars=[str(c) for c in data.get("train_cars", [])],
                    valid_cars=[str(c) for c in data.get("valid_cars", [])],
-                   sample_cars=data.get("sample_cars"), sample_image_size=data.get("sample_image_size"))
+                   sample_cars=data.get("sample_cars"), sample_image_size=data.get("sample_image_size"),
+                   photo_size=data.get("photo_size"))
 
 
 # --------------------------------------------------------------------------- folders and locks

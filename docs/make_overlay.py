@@ -3,8 +3,9 @@
     python docs/make_overlay.py output/validation/<run>/valid_predictions.csv.gz input/sample IMAGE_NAME
 
 It decodes the submission row of IMAGE_NAME (a validation photo, so its true mask is known) at full
-resolution and writes photo | truth | prediction (green hit, red miss, blue false alarm), with a
-zoomed crop of the car's edge below, to docs/prediction_overlay.jpg.
+resolution and writes photo | truth | prediction (green hit, red miss, blue false alarm) at a third of
+its size, with the same three at 1:1 below, cropped to the window with the most errors (the one
+TensorBoard's validation pictures crop), to docs/prediction_overlay.jpg.
 """
 from __future__ import annotations
 
@@ -14,7 +15,6 @@ from pathlib import Path
 
 import cv2
 import numpy as np
-import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
@@ -22,7 +22,7 @@ from carvana import rle  # noqa: E402
 from carvana.data.images import read_image, read_mask  # noqa: E402
 from carvana.data.kaggle_layout import MASKS_DIR, mask_name  # noqa: E402
 from carvana.data.rle_csv import read_rle_rows  # noqa: E402
-from carvana.train.tensorboard import preview_panel  # noqa: E402
+from carvana.train.overlays import comparison_panel, worst_edge_window  # noqa: E402
 
 
 def main() -> None:
@@ -39,18 +39,14 @@ def main() -> None:
     text = next(row.rle_mask for row in read_rle_rows(args.predictions) if row.img == args.image)
     predicted = rle.decode(text, height, width)
 
-    panel = preview_panel(
-        torch.from_numpy(photo).permute(2, 0, 1).float() / 255, torch.from_numpy(truth).float(),
-        torch.from_numpy(predicted).float(), 0.5,
-    )
-    picture = (panel.permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
-    overview = cv2.resize(picture, (picture.shape[1] // 3, picture.shape[0] // 3), interpolation=cv2.INTER_AREA)
-    # A 1:1 crop of the error overlay around the car's lowest-left edge, where mistakes show.
-    ys, xs = np.nonzero(truth)
-    cy, cx = int(ys.max()) - 120, int(xs.min()) + 200
-    crop = picture[max(cy - 160, 0):cy + 160, 2 * width + max(cx - 320, 0):2 * width + cx + 320]
-    crop = cv2.resize(crop, (overview.shape[1], int(crop.shape[0] * overview.shape[1] / crop.shape[1])))
-    cv2.imwrite(str(args.out), cv2.cvtColor(np.vstack([overview, crop]), cv2.COLOR_RGB2BGR),
+    panel = comparison_panel(photo, truth, predicted)
+    overview = cv2.resize(panel, (panel.shape[1] // 3, panel.shape[0] // 3), interpolation=cv2.INTER_AREA)
+    # Three 1:1 crops of one window fill the overview's width.
+    window = worst_edge_window(truth, predicted, side=width // 3)
+    crops = np.hstack([window.of(part) for part in np.split(panel, 3, axis=1)])
+    below = np.zeros((crops.shape[0], overview.shape[1], 3), np.uint8)
+    below[:, :crops.shape[1]] = crops[:, :overview.shape[1]]
+    cv2.imwrite(str(args.out), cv2.cvtColor(np.vstack([overview, below]), cv2.COLOR_RGB2BGR),
                 [cv2.IMWRITE_JPEG_QUALITY, 85])
     print(f"wrote {args.out}")
 

@@ -16,7 +16,7 @@ from carvana.train.checkpoint import (CHECKSUM_KEY, ModelCheckpoint, load_checkp
                                       weights_checksum)
 from carvana.train.classifier import CarvanaClassifier
 from carvana.train.early_stopping import EarlyStopping
-from carvana.train.tensorboard import TensorBoardLogger, TensorBoardVisualizer, error_overlay
+from carvana.train.tensorboard import TensorBoardLogger, TensorBoardVisualizer
 
 SCALAR_TAGS = {"loss/train", "loss/val", "dice/train", "dice/val", "lr"}
 
@@ -25,7 +25,8 @@ def test_tensorboard_gets_loss_dice_and_lr_per_epoch_and_example_overlays_in_one
     config = tiny_config(tmp_path)
     classifier = CarvanaClassifier(config, progress=False)
     train, valid = loaders(count=6, batch_size=4)
-    callbacks = [TensorBoardLogger(config.log_dir, "run-a"), TensorBoardVisualizer(config.log_dir, "run-a", max_images=3)]
+    callbacks = [TensorBoardLogger(config.log_dir, "run-a"),
+                 TensorBoardVisualizer(config.log_dir, "run-a", worst=2, fixed=1)]
 
     state = classifier.train(train, valid, epochs=2, callbacks=callbacks)
 
@@ -37,7 +38,8 @@ def test_tensorboard_gets_loss_dice_and_lr_per_epoch_and_example_overlays_in_one
     assert scalars["dice/val"][-1][1] == pytest.approx(state.metrics["val_dice"])
     assert scalars["loss/train"][0][1] == pytest.approx(state.history[0]["train_loss"])
     images = image_events(run_dir)
-    assert set(images) == {"val_examples/0", "val_examples/1", "val_examples/2"}
+    # A loader without file names: its images are named by position and drawn at the model's size.
+    assert set(images) == {"val_fixed/image_1", "val_worst/1", "val_worst/2"}
     assert all(steps == [1, 2] for steps in images.values())
 
 
@@ -49,20 +51,6 @@ def test_the_run_name_defaults_to_the_classifiers(tmp_path):
     classifier.train(train, valid, epochs=1, callbacks=[TensorBoardLogger(config.log_dir)])
 
     assert [s for s, _ in scalar_events(config.log_dir / "named-run")["loss/val"]] == [1]
-
-
-def test_error_overlay_paints_hits_green_misses_red_and_false_alarms_blue():
-    image = torch.full((3, 1, 4), 0.5)
-    truth = torch.tensor([[1.0, 1.0, 0.0, 0.0]])
-    predicted = torch.tensor([[1.0, 0.0, 1.0, 0.0]])
-
-    out = error_overlay(image, truth, predicted)
-
-    hit, miss, false_alarm, background = (out[:, 0, i] for i in range(4))
-    assert hit[1] > hit[0] and hit[1] > hit[2]  # green
-    assert miss[0] > miss[1] and miss[0] > miss[2]  # red
-    assert false_alarm[2] > false_alarm[0] and false_alarm[2] > false_alarm[1]  # blue
-    assert torch.allclose(background, background[0].expand(3)) and background[0] < 0.5  # dimmed grey photo
 
 
 # ------------------------------------------------------------------ checkpoints

@@ -8,10 +8,9 @@ import torch
 from training_helpers import SIDE, ellipse_dataset, loaders, tiny_config
 from torch.utils.data import DataLoader
 
-from carvana.data.datasets import denormalize
 from carvana.errors import ConfigError
 from carvana.geometry import Size, model_geometry
-from carvana.metrics import dice_from_logits
+from carvana.metrics import dice_from_logits, dice_per_image
 from carvana.train.callbacks import Callback, PredictState
 from carvana.train.classifier import CarvanaClassifier, build_optimizer, build_scheduler
 from carvana.train.device import cpu_has_native_bf16, resolve_precision, select_device
@@ -47,32 +46,53 @@ def test_validation_dice_is_the_mean_of_per_image_dice_at_the_output_size():
     assert metrics["val_loss"] > 0
 
 
-def test_each_epoch_previews_the_first_validation_images_at_the_output_size():
+class RecordingValidation(Callback):
+    def __init__(self) -> None:
+        self.batches: list[tuple[int, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]] = []
+        self.val_dice: list[float] = []
+
+    def on_validation_batch_end(self, state) -> None:
+        batch = state.validation_batch
+        self.batches.append((batch.first, batch.images.clone(), batch.masks.clone(), batch.probabilities.clone(),
+                             batch.dice.clone()))
+
+    def on_epoch_end(self, state) -> None:
+        self.val_dice.append(state.metrics["val_dice"])
+
+
+def test_each_validation_batch_reaches_the_callbacks_with_its_position_and_per_image_dice():
     classifier = CarvanaClassifier(tiny_config(), progress=False)
     train, valid = loaders(count=6, batch_size=4)
+    recording = RecordingValidation()
 
-    state = classifier.train(train, valid, epochs=1)
+    classifier.train(train, valid, epochs=2, callbacks=[recording])
 
-    preview = state.preview
-    assert preview.images.shape == (4, 3, SIDE, SIDE) and preview.masks.shape == (4, SIDE, SIDE)
+    assert [first for first, *_ in recording.batches] == [0, 4, 0, 4]  # batches of 4 and 2, each epoch
     images, masks = valid.dataset.tensors
-    assert torch.allclose(preview.images, denormalize(images[:4]))
-    assert torch.equal(preview.masks, masks[:4, 0])
-    assert 0.0 <= preview.probabilities.min() and preview.probabilities.max() <= 1.0
+    first_epoch = recording.batches[:2]
+    assert torch.allclose(torch.cat([batch_images for _, batch_images, *_ in first_epoch]), images)
+    assert torch.equal(torch.cat([batch_masks for _, _, batch_masks, *_ in first_epoch]), masks[:, 0])
+    probabilities = torch.cat([p for *_, p, _ in first_epoch])
+    assert probabilities.shape == (6, SIDE, SIDE) and 0.0 <= probabilities.min() and probabilities.max() <= 1.0
+    dice = torch.cat([d for *_, d in first_epoch])
+    assert float(dice.mean()) == pytest.approx(recording.val_dice[0], abs=1e-6)
+    assert torch.allclose(dice, dice_per_image(probabilities > 0.5, masks))
 
 
-def test_the_preview_of_the_valid_convolution_unet_crops_the_mirror_border_to_match_its_output():
+def test_the_validation_batch_of_the_valid_convolution_unet_crops_the_mirror_border_to_match_its_output():
     config = tiny_config(model="unet_original", input_size=Size(252, 252), width=0.0625, batch_size=2)
     geometry = model_geometry(config.model, config.input_size)
     assert (geometry.output_size.width, geometry.border) == (68, 92)
     classifier = CarvanaClassifier(config, progress=False)
     train, valid = loaders(count=2, batch_size=2, border=geometry.border, side=68)
+    recording = RecordingValidation()
 
-    state = classifier.train(train, valid, epochs=1)
+    classifier.train(train, valid, epochs=1, callbacks=[recording])
 
+    (_, batch_images, _, probabilities, _), = recording.batches
     images, _ = valid.dataset.tensors
-    assert state.preview.images.shape == (2, 3, 68, 68) == (2, 3) + state.preview.probabilities.shape[1:]
-    assert torch.allclose(state.preview.images, denormalize(images[:, :, 92:-92, 92:-92]))
+    assert batch_images.shape == (2, 3, 68, 68) and probabilities.shape == (2, 68, 68)
+    assert torch.allclose(batch_images, images[:, :, 92:-92, 92:-92])
 
 
 class RecordingPredictions(Callback):

@@ -24,7 +24,7 @@ TAGS = ("loss/train", "loss/val", "dice/train", "dice/val", "lr")
 def _callbacks(tmp_path: Path, config) -> list[Callback]:
     return [
         TensorBoardLogger(config.log_dir),
-        TensorBoardVisualizer(config.log_dir, max_images=2),
+        TensorBoardVisualizer(config.log_dir, worst=2, fixed=1),
         ModelCheckpoint(tmp_path / "models"),
         EarlyStopping(patience=5),
     ]

@@ -267,3 +267,53 @@ def test_rejects_settings_that_cannot_work(tmp_path, kwargs, message):
     with pytest.raises(ConfigError, match=message):
         generate_sample_dataset(tmp_path / "input", progress=False, **kwargs)
     assert not (tmp_path / "input").exists()
+
+
+def photos_and_masks(data_dir: Path, view: int | None = None) -> list[tuple[np.ndarray, np.ndarray]]:
+    """(grey photo, 0/1 mask) of every training photo, or of one view of every training car."""
+    names = sorted(p.name for p in (data_dir / layout.TRAIN_DIR).iterdir())
+    if view is not None:
+        names = [n for n in names if n.endswith(f"_{view:02d}.jpg")]
+    return [(cv2.imread(str(data_dir / layout.TRAIN_DIR / n), cv2.IMREAD_GRAYSCALE),
+             read_mask(data_dir / layout.MASKS_DIR / layout.mask_name(n))) for n in names]
+
+
+def test_some_booths_have_a_dark_floor_band_that_is_not_car(sample):
+    data_dir, _ = sample
+    banded = [(photo, mask) for photo, mask in photos_and_masks(data_dir) if photo[-2:].mean() < 110]
+    assert banded  # dark as tyres along the whole bottom edge of the frame ...
+    assert not any(mask[-2:].any() for _, mask in banded)  # ... and never car
+
+
+def test_cars_are_framed_differently_as_in_the_real_booths(sample):
+    data_dir, _ = sample
+    bottoms = [np.flatnonzero(mask.any(axis=1)).max() / mask.shape[0] for _, mask in photos_and_masks(data_dir, 5)]
+    tops = [np.flatnonzero(mask.any(axis=1)).min() / mask.shape[0] for _, mask in photos_and_masks(data_dir, 5)]
+    assert np.ptp(bottoms) > 0.04 and np.ptp(tops) > 0.04
+    assert 0.2 < np.mean(tops) < 0.38  # the car stands high in the frame, under the lettering, as Carvana's do
+
+
+def test_the_floor_shadow_reaches_beyond_the_car_and_is_not_car(sample):
+    data_dir, _ = sample
+    near, far = [], []
+    for photo, mask in photos_and_masks(data_dir, 1):  # the front: floor on both sides of the car
+        rows = np.flatnonzero(mask.any(axis=1))
+        cols = np.flatnonzero(mask.any(axis=0))
+        band = slice(rows.max() - 6, rows.max() - 1)  # the floor beside the wheels
+        width = photo.shape[1]
+        for lo, hi in ((cols.min() - 14, cols.min() - 4), (cols.max() + 5, cols.max() + 15)):
+            assert not mask[band, lo:hi].any()
+            near.append(photo[band, lo:hi].mean())
+        far.append(np.mean([photo[band, :width // 12].mean(), photo[band, -width // 12:].mean()]))
+    assert np.mean(near) < np.mean(far) - 8  # in grey levels: darker beside the car than at the frame's edges
+
+
+def test_white_panels_are_as_bright_as_the_wall(sample):
+    """White and silver cars' panels mirror the bright studio: some are no darker than the wall behind."""
+    data_dir, _ = sample
+    brightest = 0.0
+    for photo, mask in photos_and_masks(data_dir):
+        wall = np.median(photo[: photo.shape[0] // 8])
+        car = photo[mask > 0]
+        brightest = max(brightest, float(np.mean(car >= wall - 6)))
+    assert brightest > 0.23

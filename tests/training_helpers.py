@@ -4,6 +4,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Iterator
 
+import numpy as np
 import torch
 from torch.utils.data import DataLoader, TensorDataset
 
@@ -99,3 +100,31 @@ def image_events(run_dir: Path) -> dict[str, list[int]]:
     acc = EventAccumulator(str(run_dir), size_guidance={"scalars": 0, "images": 0})
     acc.Reload()
     return {tag: [e.step for e in acc.Images(tag)] for tag in acc.Tags()["images"]}
+
+
+def image_summaries(run_dir: Path) -> dict[str, list[tuple[int, np.ndarray]]]:
+    """image tag -> [(step, the picture decoded to RGB uint8 (H, W, 3))]."""
+    import cv2
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    acc = EventAccumulator(str(run_dir), size_guidance={"images": 0})
+    acc.Reload()
+    decoded = {}
+    for tag in acc.Tags()["images"]:
+        decoded[tag] = []
+        for event in acc.Images(tag):
+            bgr = cv2.imdecode(np.frombuffer(event.encoded_image_string, np.uint8), cv2.IMREAD_COLOR)
+            assert bgr.shape[:2] == (event.height, event.width), f"{tag}: stored size disagrees with the picture"
+            decoded[tag].append((event.step, cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)))
+    return decoded
+
+
+def text_summaries(run_dir: Path) -> dict[str, list[tuple[int, str]]]:
+    """text tag (as given to add_text) -> [(step, text)]."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    acc = EventAccumulator(str(run_dir), size_guidance={"tensors": 0})
+    acc.Reload()
+    suffix = "/text_summary"  # what torch's add_text appends to the tag
+    return {tag.removesuffix(suffix): [(e.step, e.tensor_proto.string_val[0].decode()) for e in acc.Tensors(tag)]
+            for tag in acc.Tags()["tensors"] if tag.endswith(suffix)}

@@ -5,6 +5,8 @@
     images.py    decode photos and masks with OpenCV/Pillow, fast, with one-line DataErrors
     split.py     train/validation split by car
     augment.py   joint image+mask augmentation
+    cache.py     a run's photos and masks decoded once into a memory-mapped array
+    workers.py   how loader workers and the cache's pool start
     datasets.py  torch datasets and DataLoaders
 
 The names below are imported on first use, so `import carvana.data.kaggle_layout` (the fetcher)

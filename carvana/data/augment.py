@@ -9,8 +9,10 @@ standard transforms (same OpenCV underneath as the rest of the loader):
     colour, probability `p`:     A.RandomBrightnessContrast then A.HueSaturationValue (hue only)
 
 Geometric steps move image and mask with the very same transform, so the label stays on the car;
-colour steps touch the image only. The mask stays exactly 0/1: it is warped with nearest-neighbour
-sampling.
+colour steps touch the image only. A 0/1 mask stays exactly 0/1: it is warped with nearest-neighbour
+sampling. A soft mask (the car's share of each pixel, 0..255) is warped with linear interpolation
+like the photo: a share moved between pixels is still a share, and nearest-neighbour sampling would
+turn its smooth edge back into a staircase.
 
 Borders: a rotated or shrunk photo uncovers pixels outside the original frame. Both image and mask
 fill them by reflecting across the edge (BORDER_REFLECT_101), so a reflected piece of car in the
@@ -47,7 +49,7 @@ _OPENCV_HUE_DEGREES_PER_UNIT = 2.0  # OpenCV's 8-bit hue runs 0..179, which HueS
 
 @dataclass(frozen=True)
 class Augmenter:
-    """Random joint augmentation of (RGB uint8 image, 0/1 uint8 mask) pairs of the same size.
+    """Random joint augmentation of (RGB uint8 image, uint8 mask: 0/1 or area shares) pairs of the same size.
 
     `p` is the probability of the geometric step (shift + scale + rotate together) and,
     independently, of the colour step (brightness + contrast + hue together); the flip has its
@@ -77,10 +79,12 @@ class Augmenter:
             if not 0.0 <= getattr(self, name) <= 180.0:
                 raise ConfigError(f"augmentation {name} {getattr(self, name)}: must be in [0, 180]")
 
-    def __call__(self, image: np.ndarray, mask: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    def __call__(self, image: np.ndarray, mask: np.ndarray, rng: np.random.Generator,
+                 soft_mask: bool = False) -> tuple[np.ndarray, np.ndarray]:
+        """The augmented pair; `soft_mask`: `mask` holds area shares 0..255 rather than 0/1."""
         if image.shape[:2] != mask.shape[:2]:
             raise ValueError(f"image {image.shape[:2]} and mask {mask.shape[:2]} differ in size")
-        pipeline = _pipeline(self)
+        pipeline = _pipeline(self, soft_mask)
         # Albumentations draws from a numpy Generator and a Python Random; both are ours for this call.
         pipeline.set_random_state(rng, random.Random(int(rng.integers(2**63))))
         out = pipeline(image=image, mask=mask)
@@ -88,8 +92,11 @@ class Augmenter:
 
 
 @lru_cache(maxsize=8)
-def _pipeline(settings: Augmenter) -> "albumentations.Compose":
-    """The Albumentations pipeline for `settings`, built once per process (building validates every step)."""
+def _pipeline(settings: Augmenter, soft_mask: bool) -> "albumentations.Compose":
+    """The Albumentations pipeline for `settings` and a mask of this kind, built once per process.
+
+    Building it validates every step, so it is not rebuilt per call.
+    """
     os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
     import albumentations as A
 
@@ -103,7 +110,7 @@ def _pipeline(settings: Augmenter) -> "albumentations.Compose":
                 keep_ratio=True,
                 rotate=(-angle, angle),
                 interpolation=cv2.INTER_LINEAR,
-                mask_interpolation=cv2.INTER_NEAREST,
+                mask_interpolation=cv2.INTER_LINEAR if soft_mask else cv2.INTER_NEAREST,
                 border_mode=_BORDER,
                 p=settings.p,
             ),

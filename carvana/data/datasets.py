@@ -11,14 +11,20 @@ Augmentation runs at the covered size, before the padding: it is cheaper there, 
 padding is derived from the already augmented photo, the output-sized mask still matches the
 centre of the input exactly.
 
+Targets: a 0/1 mask at the covered size (a pixel is car when at least half of it is), or, with
+`soft_targets`, the car's share of each pixel as a float in [0, 1]. Up-sampled and thresholded at
+0.5, a net that learned the shares draws the edges between covered-size pixels where they really
+are, instead of on a pixel's border.
+
+The decoded cache (carvana.data.cache), when given, replaces decoding the files: the same pairs,
+read from a memory-mapped array.
+
 Normalisation: pixel / 255, then ImageNet mean and standard deviation per channel (the statistics
 pretrained encoders expect; for a net trained from scratch they simply centre the data).
 `denormalize` undoes it for pictures in TensorBoard.
 """
 from __future__ import annotations
 
-import multiprocessing
-import multiprocessing.context
 import os
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -32,11 +38,15 @@ from torch.utils.data import DataLoader, Dataset, get_worker_info
 
 from carvana.config import Config
 from carvana.data.augment import Augmenter
-from carvana.data.images import load_image, load_mask, set_worker_threads
+from carvana.data.cache import DecodedCache, OpenedCache, open_decoded_cache
+from carvana.data.images import load_image, load_mask, load_mask_fractions, mask_from_fractions
 from carvana.data.layout import CarvanaData
+from carvana.data.workers import worker_context, worker_init
 from carvana.errors import ConfigError, DataError
 from carvana.geometry import Geometry
-from carvana.process_lifetime import end_with_main_process, interrupts_deferred
+from carvana.process_lifetime import interrupts_deferred
+
+CACHE_DIR_NAME = "cache"  # under the output dir
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -132,6 +142,9 @@ def _load_or_failure(load: Callable[[int], Any], index: int) -> Any:
 class CarvanaTrainDataset(Dataset):
     """(image (3, H_in, W_in) float32 normalised, mask (1, H_out, W_out) float32 0/1) pairs.
 
+    With `soft_targets` the mask is the car's share of each pixel, float32 in [0, 1]. With a
+    `cache` holding these photos, pairs are read from it instead of decoded (the same pairs).
+
     Random augmentation (when `augment` is given) draws from a numpy Generator owned by the
     process that reads the item: in a DataLoader worker it is seeded from the worker's torch seed
     (which comes from the loader's seeded generator), so workers differ, each epoch differs (the
@@ -147,6 +160,9 @@ class CarvanaTrainDataset(Dataset):
         geometry: Geometry,
         augment: Augmenter | None = None,
         seed: int = 42,
+        *,
+        soft_targets: bool = False,
+        cache: DecodedCache | None = None,
     ):
         if len(image_paths) != len(mask_paths):
             raise ValueError(f"{len(image_paths)} images but {len(mask_paths)} masks")
@@ -155,6 +171,12 @@ class CarvanaTrainDataset(Dataset):
         self.geometry = geometry
         self.augment = augment
         self.seed = seed
+        self.soft_targets = soft_targets
+        if cache is not None and cache.size != geometry.covered_size:
+            raise ValueError(f"the decoded cache {cache.path} is at {cache.size}, not the covered size "
+                             f"{geometry.covered_size}")
+        self.cache = cache
+        self._cache_rows = cache.rows(self.image_paths) if cache is not None else None
         self._rng: np.random.Generator | None = None
         self._rng_owner: tuple[int, int | None] | None = None
 
@@ -172,11 +194,17 @@ class CarvanaTrainDataset(Dataset):
         return self._rng
 
     def load_pair(self, index: int) -> tuple[np.ndarray, np.ndarray]:
-        """The photo (RGB uint8) and mask (0/1 uint8) of item `index`, at the covered size, unaugmented."""
+        """The photo (RGB uint8) and mask of item `index`, at the covered size, unaugmented.
+
+        The mask is uint8 0/1, or with `soft_targets` the car's share of each pixel as 0..255.
+        """
+        if self.cache is not None and self._cache_rows is not None:
+            image, fractions = self.cache.pair(self._cache_rows[index])
+            return image, fractions if self.soft_targets else mask_from_fractions(fractions)
         size = self.geometry.covered_size
         image, original = load_image(self.image_paths[index], size)
-        mask = load_mask(self.mask_paths[index], size, expected_size=original)
-        return image, mask
+        load = load_mask_fractions if self.soft_targets else load_mask
+        return image, load(self.mask_paths[index], size, expected_size=original)
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
         return _load_or_failure(self._item, index)
@@ -184,9 +212,11 @@ class CarvanaTrainDataset(Dataset):
     def _item(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
         image, mask = self.load_pair(index)
         if self.augment is not None:
-            image, mask = self.augment(image, mask, self.rng())
-        mask_tensor = torch.from_numpy(mask.astype(np.float32)[np.newaxis])
-        return _input_tensor(image, self.geometry), mask_tensor
+            image, mask = self.augment(image, mask, self.rng(), soft_mask=self.soft_targets)
+        target = mask.astype(np.float32)[np.newaxis]
+        if self.soft_targets:
+            target *= np.float32(1.0 / 255.0)
+        return _input_tensor(image, self.geometry), torch.from_numpy(target)
 
     def __getstate__(self) -> dict:
         # A worker started by pickling must seed its own generator, not inherit the parent's.
@@ -241,33 +271,6 @@ def _stack(tensors: list[torch.Tensor]) -> torch.Tensor:
     # numpy, not torch.stack, for the reason given in `normalize` (63 ms vs 0.4 ms for four
     # 384x256 photos in a main process that shares two busy cores).
     return torch.from_numpy(np.stack([t.numpy() for t in tensors]))
-
-
-def worker_init(worker_id: int) -> None:
-    """DataLoader worker start: end with the main process; one thread each for OpenCV and torch.
-
-    A worker must not outlive a main process killed outright (see carvana.process_lifetime);
-    `set_worker_threads` says why one thread.
-    """
-    end_with_main_process()
-    set_worker_threads()
-
-
-def worker_context() -> multiprocessing.context.BaseContext:
-    """How DataLoader workers are started: from a clean process, never forked from a busy one.
-
-    A worker forked from a process whose OpenCV thread pool has run inherits the pool's locks in
-    whatever state they were in, and reconfiguring the pool there (cv2.setNumThreads) can wait
-    forever on a condition variable no thread will signal. "forkserver" forks workers from a small
-    server process that never ran OpenCV. The server imports this module (and so torch and
-    OpenCV) once, so each worker starts in milliseconds after the first. Windows has only
-    "spawn", which is clean too but imports everything in every worker.
-    """
-    if "forkserver" not in multiprocessing.get_all_start_methods():
-        return multiprocessing.get_context("spawn")
-    context = multiprocessing.get_context("forkserver")
-    context.set_forkserver_preload([__name__])
-    return context
 
 
 class CarvanaLoader(DataLoader):
@@ -332,11 +335,14 @@ def make_train_loader(
     augment: Augmenter | bool | None = None,
     pin_memory: bool | None = None,
     drop_last: bool = False,
+    soft_targets: bool | None = None,
+    cache: DecodedCache | None = None,
 ) -> CarvanaLoader:
     """Shuffled, augmented batches of (images, masks) of the training photos `image_names`.
 
-    Settings not given come from `config` (batch_size, workers, seed, augment: a default
-    `Augmenter()` when `config.augment`); without a config, `augment` defaults to none.
+    Settings not given come from `config` (batch_size, workers, seed, soft_targets, augment: a
+    default `Augmenter()` when `config.augment`); without a config, `augment` defaults to none and
+    targets are 0/1. `cache`: a decoded cache holding these photos (see `open_training_cache`).
     """
     if augment is None:
         augment = config is not None and config.augment
@@ -344,7 +350,8 @@ def make_train_loader(
     if seed is None:
         seed = config.seed if config is not None else 42
     names = list(image_names)
-    dataset = CarvanaTrainDataset(data.train_image_paths(names), data.mask_paths(names), geometry, augmenter, seed)
+    dataset = CarvanaTrainDataset(data.train_image_paths(names), data.mask_paths(names), geometry, augmenter, seed,
+                                  soft_targets=_soft_targets(soft_targets, config), cache=cache)
     return _loader(
         dataset,
         batch_size=_setting("batch_size", batch_size, config),
@@ -365,10 +372,17 @@ def make_valid_loader(
     batch_size: int | None = None,
     workers: int | None = None,
     pin_memory: bool | None = None,
+    soft_targets: bool | None = None,
+    cache: DecodedCache | None = None,
 ) -> CarvanaLoader:
-    """Batches of (images, masks) of the validation photos `image_names`, in order, never augmented."""
+    """Batches of (images, masks) of the validation photos `image_names`, in order, never augmented.
+
+    Targets are of the training loader's kind (`soft_targets`, from `config` if not given), so the
+    validation loss compares with the training loss.
+    """
     names = list(image_names)
-    dataset = CarvanaTrainDataset(data.train_image_paths(names), data.mask_paths(names), geometry)
+    dataset = CarvanaTrainDataset(data.train_image_paths(names), data.mask_paths(names), geometry,
+                                  soft_targets=_soft_targets(soft_targets, config), cache=cache)
     return _loader(
         dataset,
         batch_size=_setting("batch_size", batch_size, config),
@@ -377,6 +391,26 @@ def make_valid_loader(
         seed=0,
         pin_memory=pin_memory,
     )
+
+
+def _soft_targets(given: bool | None, config: Config | None) -> bool:
+    if given is not None:
+        return given
+    return config is not None and config.soft_targets
+
+
+def open_training_cache(data: CarvanaData, image_names: Sequence[str], geometry: Geometry,
+                        config: Config) -> OpenedCache:
+    """The decoded cache of a run's training and validation photos `image_names`, at the covered size.
+
+    Under `config.output_dir`/cache, built with `config.workers` processes; (None, "") with
+    `config.cache` off; (None, a note saying why) when it is skipped.
+    """
+    if not config.cache:
+        return OpenedCache(None, "")
+    names = list(image_names)
+    return open_decoded_cache(data.train_image_paths(names), data.mask_paths(names), geometry.covered_size,
+                              Path(config.output_dir) / CACHE_DIR_NAME, config.workers)
 
 
 def make_test_loader(

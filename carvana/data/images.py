@@ -394,29 +394,55 @@ def read_mask(path: Path, expected_size: Size | None = None) -> np.ndarray:
     return np.minimum(mask, 1, out=mask)
 
 
+# A mask pixel is car when at least half of its area is: 128 of 255, the threshold `mask_from_fractions`
+# applies and the one a float fraction (value / 255) >= 0.5 gives too.
+HALF_COVERED = 128
+
+
+def mask_area_fractions(mask: np.ndarray, size: Size) -> np.ndarray:
+    """The share of each pixel of `size` that the car of a 0/1 mask covers, as uint8 0..255 (255: all car).
+
+    Soft training targets are these shares; a 0/1 mask at `size` is them cut at half (`resize_mask`).
+    Area-averaging a full 1918x1280 mask costs more than decoding the photo, so a big shrink first
+    takes a 4x4 grid of samples at the centres of each output pixel's sixteenths and averages those:
+    the shares then come in sixteenths. Enlarging copies the nearest pixel (shares stay 0 or 255).
+    """
+    height, width = mask.shape[:2]
+    if (width, height) == tuple(size):
+        return mask * np.uint8(255)
+    if size.width > width or size.height > height:
+        return cv2.resize(mask, tuple(size), interpolation=cv2.INTER_NEAREST_EXACT) * np.uint8(255)
+    grid = _MASK_SAMPLES
+    if width >= grid * size.width and height >= grid * size.height:
+        mask = cv2.resize(mask, (size.width * grid, size.height * grid), interpolation=cv2.INTER_NEAREST_EXACT)
+    return cv2.resize(mask * np.uint8(255), tuple(size), interpolation=cv2.INTER_AREA)
+
+
+def mask_from_fractions(fractions: np.ndarray) -> np.ndarray:
+    """Area shares (uint8 0..255) -> a 0/1 uint8 mask: car where at least half of the pixel is."""
+    return (fractions >= HALF_COVERED).astype(np.uint8)
+
+
 def resize_mask(mask: np.ndarray, size: Size) -> np.ndarray:
     """Resize a 0/1 mask so it stays 0/1: a pixel is car when at least half of its area was.
 
     Averaging keeps thin parts (antennas, mirrors) where their share of the pixel is large, which
-    nearest-neighbour sampling would drop or keep at random. Area-averaging a full 1918x1280 mask
-    costs more than decoding the photo, so a big shrink first takes a 4x4 grid of samples at the
-    centres of each output pixel's sixteenths and averages those.
+    nearest-neighbour sampling would drop or keep at random.
     """
     height, width = mask.shape[:2]
     if (width, height) == tuple(size):
         return mask
-    if size.width > width or size.height > height:
-        return cv2.resize(mask, tuple(size), interpolation=cv2.INTER_NEAREST_EXACT)
-    grid = _MASK_SAMPLES
-    if width >= grid * size.width and height >= grid * size.height:
-        mask = cv2.resize(mask, (size.width * grid, size.height * grid), interpolation=cv2.INTER_NEAREST_EXACT)
-    area = cv2.resize(mask * np.uint8(255), tuple(size), interpolation=cv2.INTER_AREA)
-    return (area >= 128).astype(np.uint8)
+    return mask_from_fractions(mask_area_fractions(mask, size))
 
 
 def load_mask(path: Path, size: Size, expected_size: Size | None = None) -> np.ndarray:
     """A mask as uint8 0/1 at exactly `size`."""
     return resize_mask(read_mask(path, expected_size), size)
+
+
+def load_mask_fractions(path: Path, size: Size, expected_size: Size | None = None) -> np.ndarray:
+    """A mask as the car's share of each pixel at exactly `size`, uint8 0..255 (see mask_area_fractions)."""
+    return mask_area_fractions(read_mask(path, expected_size), size)
 
 
 def is_image_name(name: str) -> bool:

@@ -16,23 +16,24 @@ import numpy as np
 # Materials a face or decal is painted with; the scene module shades each.
 PAINT, GLASS, TRIM, TYRE, RIM, RIM_HOLE = "paint", "glass", "trim", "tyre", "rim", "rim_hole"
 HEADLIGHT, TAILLIGHT, GRILLE, PLATE = "headlight", "taillight", "grille", "plate"
+LETTERING = "lettering"  # the characters on number plates and dealer stickers: part of the car
 
 BODY_STYLES = ("sedan", "hatchback", "suv", "wagon", "coupe")
 # How often each style is drawn: mostly sedans and SUVs, as on a used-car lot.
 STYLE_WEIGHTS = (0.34, 0.18, 0.26, 0.10, 0.12)
 
-# Paint colours (BGR) and how often they appear: Carvana's lot is mostly white, silver, grey and
-# black, which is what makes the near-white studio hard.
+# Paint colours (BGR) and how often they appear: Carvana's lot is mostly white, black, silver and
+# grey; white makes the near-white studio hard, black the dark shadows under the cars.
 PAINTS: tuple[tuple[str, tuple[int, int, int], float], ...] = (
-    ("white", (238, 239, 240), 0.26),
-    ("pearl", (226, 232, 236), 0.06),
-    ("silver", (196, 196, 192), 0.14),
-    ("grey", (128, 128, 126), 0.12),
-    ("black", (30, 30, 32), 0.14),
+    ("white", (238, 239, 240), 0.24),
+    ("pearl", (226, 232, 236), 0.04),
+    ("silver", (196, 196, 192), 0.12),
+    ("grey", (128, 128, 126), 0.10),
+    ("black", (30, 30, 32), 0.22),
     ("dark blue", (82, 40, 22), 0.06),
-    ("blue", (170, 100, 40), 0.05),
+    ("blue", (170, 100, 40), 0.04),
     ("red", (38, 30, 170), 0.08),
-    ("maroon", (40, 30, 92), 0.03),
+    ("maroon", (40, 30, 92), 0.04),
     ("green", (60, 92, 44), 0.02),
     ("beige", (160, 190, 205), 0.04),
 )
@@ -64,6 +65,7 @@ class CarDesign:
     rear_window_height: float  # z where the rear window ends
     tumblehome: float  # how much narrower the roof is than the body, per side
     dark_trim: bool  # black plastic lower sills and mirrors instead of body colour
+    glass_clarity: float = 0.5  # 0: dark tinted windows; 1: clear ones showing the light cabin and the wall
 
 
 def random_design(rng: np.random.Generator) -> CarDesign:
@@ -117,7 +119,7 @@ def random_design(rng: np.random.Generator) -> CarDesign:
         hood_drop=hood_drop, wheel_radius=wheel, front_overhang=front_oh, rear_overhang=rear_oh,
         windscreen_base=windscreen_base, roof_front=roof_front, roof_rear=roof_rear,
         rear_window_base=rear_window_base, rear_window_height=rear_window_height,
-        tumblehome=u(0.12, 0.2), dark_trim=bool(rng.random() < 0.35),
+        tumblehome=u(0.12, 0.2), dark_trim=bool(rng.random() < 0.35), glass_clarity=u(0.0, 1.0),
     )
 
 
@@ -310,7 +312,7 @@ def _nose_decals(x: float, w: float, bottom: float, top: float) -> tuple[Decal, 
         Decal(_rect(x, -0.42 * w, 0.42 * w, bottom + 0.35 * h, top - 0.18 * h), GRILLE),
         Decal(_rect(x, 0.5 * w, 0.9 * w, top - 0.42 * h, top - 0.12 * h), HEADLIGHT),
         Decal(_rect(x, -0.9 * w, -0.5 * w, top - 0.42 * h, top - 0.12 * h), HEADLIGHT),
-        Decal(_rect(x, -0.16, 0.16, bottom + 0.2 * h, bottom + 0.2 * h + 0.11), PLATE),
+        *_plate(x, bottom + 0.2 * h),
     )
 
 
@@ -320,8 +322,16 @@ def _tail_decals(x: float, w: float, bottom: float, top: float) -> tuple[Decal, 
         Decal(_rect(x, -0.85 * w, 0.85 * w, bottom + 0.04 * h, bottom + 0.22 * h), TRIM),
         Decal(_rect(x, 0.55 * w, 0.92 * w, top - 0.38 * h, top - 0.1 * h), TAILLIGHT),
         Decal(_rect(x, -0.92 * w, -0.55 * w, top - 0.38 * h, top - 0.1 * h), TAILLIGHT),
-        Decal(_rect(x, -0.16, 0.16, bottom + 0.42 * h, bottom + 0.42 * h + 0.11), PLATE),
+        *_plate(x, bottom + 0.42 * h),
     )
+
+
+def _plate(x: float, z: float) -> tuple[Decal, ...]:
+    """A number plate with a row of dark characters, which a model must keep inside the car."""
+    plate = Decal(_rect(x, -0.16, 0.16, z, z + 0.11), PLATE)
+    glyphs = tuple(Decal(_rect(x, y, y + 0.03, z + 0.025, z + 0.075), LETTERING)
+                   for y in np.linspace(-0.13, 0.1, 6))
+    return (plate, *glyphs)
 
 
 # --- glasshouse -------------------------------------------------------------------------------

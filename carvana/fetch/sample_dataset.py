@@ -2,9 +2,10 @@
 
 `python main.py` trains on this when there is no Kaggle data and no credentials. Every car is a
 random 3-D design (see `sample_car`) photographed in 16 views in a Carvana-like studio (see
-`sample_scene`), so a model has to learn car shapes and edges: the cars are mostly white, silver
-and grey on a near-white wall, with dark windows and tyres, dark lettering behind them and
-shadows under them, and no single grey level separates car from studio.
+`sample_scene`), so a model has to learn car shapes and edges: the cars are mostly white, black,
+silver and grey on a near-white wall, white panels as bright as the wall, windows from dark
+tinted to clear, dark tyres, dark lettering behind them, soft shadows and in some booths a dark
+floor band under them, and no single grey level separates car from studio.
 
 The set is written into a temporary folder inside `data_dir`, moved into place, and only then
 marked complete (`.carvana-complete.json`, source "sample"). An interrupted run leaves no
@@ -311,11 +312,12 @@ def photograph_car(job: CarJob) -> dict[str, str]:
     scuffs = sample_scene.turntable_scuffs(rng)
     start_yaw = rng.normal(0, 0.02)
     offset = tuple(rng.uniform(-0.12, 0.12, 2))
+    shot = sample_scene.random_shot(rng, job.design.length)
     encoded = {}
     for view, name in enumerate(image_names(job.car_id), start=1):
         view_rng = np.random.default_rng([job.seed, job.index, 2, view])
         pose = sample_scene.view_pose(view, start_yaw, offset, view_rng.normal(0, 0.015))
-        image, mask = sample_scene.photograph(pieces, job.design, job.studio, pose, job.size, scuffs)
+        image, mask = sample_scene.photograph(pieces, job.design, job.studio, pose, job.size, scuffs, shot)
         image = _as_photo(image, view_rng)
         ok, jpeg = cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, JPEG_QUALITY])
         if not ok:

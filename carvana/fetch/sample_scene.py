@@ -1,10 +1,14 @@
 """The photo studio of the built-in sample data, and a painter that photographs a car in it.
 
 What the Carvana photos share, and this studio reproduces: a near-white wall with large dark
-lettering, a grey floor with a turntable whose rim shows as an ellipse, a camera far away on a
-long lens a little above the cars, the car in 16 positions 22.5 degrees apart (view 1 the front,
-view 5 the left-facing side, view 9 the rear), a soft shadow and a faint reflection on the floor
-(neither is part of the mask), slightly soft edges, sensor noise.
+two-tone lettering standing on the wall/floor line high in the frame, a grey (cool or warm) floor
+filling the lower two thirds with a turntable whose rim shows as an ellipse, in some booths a dark
+band along the bottom of the frame, a camera far away on a long lens above the cars, looking down
+on hood and roof, the car in 16 positions 22.5 degrees apart (view 1 the front, view 5 the
+left-facing side, view 9 the rear), a dark contact shadow, a wide soft shadow and a faint
+reflection on the floor (none of them part of the mask), glossy paint that mirrors the bright wall
+and the grey floor (so white panels are as bright as the wall), slightly soft edges, sensor noise.
+Each car is framed a little differently (zoom and height in the frame), as the real booths vary.
 
 Geometry is computed at the Carvana resolution (1918x1280) and scaled per axis to the asked size,
 so a small sample looks like a resized large one. All functions are pure (the backdrop is cached).
@@ -32,7 +36,8 @@ class Studio:
     """A photo booth: backdrop lettering, tones, and where its camera stands."""
 
     word: str
-    letter_grey: int
+    split: int  # the word's first `split` letters are light and thin, the rest dark and bold
+    letter_grey: int  # of the bold part; the light part is brighter
     wall: tuple[int, int, int]  # BGR
     floor: tuple[int, int, int]
     turntable: tuple[int, int, int]
@@ -43,16 +48,38 @@ class Studio:
     focal: float  # pixels at the reference resolution
     ground_row: float  # image row of the turntable centre at the reference resolution
     turntable_radius: float
+    band: float = 0.0  # height of a dark floor band along the bottom of the frame, as a fraction
+    band_tone: tuple[int, int, int] = (44, 44, 46)
 
 
 STUDIOS = (
-    Studio("AUTORAMA", 92, (246, 246, 247), (192, 194, 196), (186, 192, 198), 0.445, 0.44,
-           12.0, 1.38, 3800.0, 985.0, 3.4),
-    Studio("MOTORVIEW", 104, (242, 244, 246), (184, 186, 188), (178, 186, 194), 0.43, 0.425,
-           12.5, 1.42, 3900.0, 975.0, 3.6),
-    Studio("DRIVEWAY", 84, (248, 247, 245), (196, 196, 194), (190, 194, 200), 0.455, 0.45,
-           11.5, 1.33, 3700.0, 995.0, 3.3),
+    Studio("AUTORAMA", 4, 78, (246, 246, 247), (196, 190, 184), (192, 188, 184), 0.35, 0.335,
+           11.5, 2.3, 3700.0, 880.0, 3.6),
+    Studio("MOTORVIEW", 5, 88, (242, 244, 246), (184, 186, 188), (178, 186, 194), 0.335, 0.32,
+           12.0, 2.5, 3800.0, 860.0, 3.8, band=0.055),
+    Studio("DRIVEWAY", 5, 72, (248, 247, 245), (176, 188, 198), (184, 194, 204), 0.365, 0.35,
+           11.0, 2.2, 3600.0, 900.0, 3.5),
+    Studio("CARSHOW", 3, 82, (244, 245, 246), (200, 194, 188), (196, 192, 190), 0.325, 0.31,
+           11.5, 2.4, 3750.0, 850.0, 3.7, band=0.04, band_tone=(40, 52, 96)),
+    Studio("AUTOPARK", 4, 76, (247, 247, 247), (188, 190, 192), (194, 196, 198), 0.38, 0.365,
+           11.2, 2.25, 3650.0, 915.0, 3.6, band=0.07),
 )
+
+
+@dataclass(frozen=True)
+class Shot:
+    """How one car is photographed in its booth: framed a little closer or farther, higher or
+    lower, under lights that cast a lighter or darker shadow. The same for all 16 views."""
+
+    zoom: float = 1.0  # focal length factor
+    lift: float = 0.0  # pixels (at the reference resolution) the turntable centre is moved up
+    shadow: float = 1.0  # darkness factor of the floor shadow
+
+
+def random_shot(rng: np.random.Generator, car_length: float) -> Shot:
+    """A shot of a car this long: a long car is never zoomed so far that a side view leaves the frame."""
+    zoom = min(float(rng.uniform(0.86, 1.04)), 4.9 / car_length)
+    return Shot(zoom=zoom, lift=float(rng.normal(0.0, 35.0)), shadow=float(rng.uniform(0.75, 1.2)))
 
 
 @dataclass(frozen=True)
@@ -75,13 +102,14 @@ def view_pose(view: int, start_yaw: float, offset: tuple[float, float], jitter: 
 class Camera:
     """A pinhole camera looking level along +y at the turntable, scaled per axis to `size`."""
 
-    def __init__(self, studio: Studio, size: Size):
+    def __init__(self, studio: Studio, size: Size, shot: Shot = Shot()):
         self.studio = studio
         self.size = size
         sx, sy = size.width / REFERENCE.width, size.height / REFERENCE.height
-        self.fx, self.fy = studio.focal * sx, studio.focal * sy
+        focal = studio.focal * shot.zoom
+        self.fx, self.fy = focal * sx, focal * sy
         self.cx = size.width / 2
-        self.cy = (studio.ground_row - studio.focal * studio.camera_height / studio.distance) * sy
+        self.cy = (studio.ground_row - shot.lift - focal * studio.camera_height / studio.distance) * sy
         self.position = np.array([0.0, -studio.distance, studio.camera_height])
 
     def project(self, world: np.ndarray) -> np.ndarray:
@@ -111,7 +139,7 @@ def car_to_world(points: np.ndarray, pose: Pose) -> np.ndarray:
 
 # --- backdrop ---------------------------------------------------------------------------------
 
-@lru_cache(maxsize=8)
+@lru_cache(maxsize=len(STUDIOS) + 2)
 def backdrop(studio_index: int, size: Size) -> np.ndarray:
     """The empty studio at `size`: drawn once at the reference size, then resized (cached)."""
     studio = STUDIOS[studio_index]
@@ -130,6 +158,7 @@ def backdrop(studio_index: int, size: Size) -> np.ndarray:
     floor = np.array(studio.floor, np.float32)[None, None, :] * shade[..., None]
     image[floor_rows] = floor.clip(0, 255).astype(np.uint8)[floor_rows]
     _draw_turntable(image, studio, rng)
+    _draw_floor_band(image, studio, rng)
     if size != REFERENCE:
         image = cv2.resize(image, tuple(size), interpolation=cv2.INTER_AREA)
     image.setflags(write=False)
@@ -137,19 +166,58 @@ def backdrop(studio_index: int, size: Size) -> np.ndarray:
 
 
 def _draw_lettering(image: np.ndarray, studio: Studio) -> None:
-    """Big geometric capitals across the wall, like a showroom logo."""
+    """Big wide capitals across the wall, like a showroom logo: a light thin part, a dark bold one.
+
+    The word runs nearly edge to edge and stands on the wall/floor line, so roofs overlap it.
+    It is drawn once in a plain font, then stretched to the logo's box.
+    """
     w, h = REFERENCE
-    font = cv2.FONT_HERSHEY_SIMPLEX
-    thickness = int(0.015 * h)
-    (text_w, text_h), _ = cv2.getTextSize(studio.word, font, 1.0, 1)
-    scale = 0.9 * w / text_w
-    (text_w, text_h), _ = cv2.getTextSize(studio.word, font, scale, thickness)
-    origin = ((w - text_w) // 2, int(studio.letters_bottom * h))
+    font, scale = cv2.FONT_HERSHEY_SIMPLEX, 4.0
+    light, bold = studio.word[:studio.split], studio.word[studio.split:]
+    thin, thick = 7, 16
+    (light_w, text_h), _ = cv2.getTextSize(light, font, scale, thin)
+    (bold_w, _), _ = cv2.getTextSize(bold, font, scale, thick)
+    pad = thick
+    ink = np.zeros((text_h + 2 * pad, light_w + bold_w + 2 * pad), np.uint8)
+    cv2.putText(ink, light, (pad, text_h + pad), font, scale, 1, thin, cv2.LINE_AA)
+    cv2.putText(ink, bold, (pad + light_w, text_h + pad), font, scale, 2, thick, cv2.LINE_AA)
+    box_w, box_h = int(0.96 * w), int(0.24 * h)
+    bottom = int(studio.letters_bottom * h) + int(box_h * pad / ink.shape[0])
+    left = (w - box_w) // 2
+    region = image[bottom - box_h:bottom, left:left + box_w].astype(np.float32)
     grey = studio.letter_grey
-    cv2.putText(image, studio.word, origin, font, scale, (grey, grey, grey + 4), thickness, cv2.LINE_AA)
+    pale = min(grey + 60, 200)
+    for value, tone in ((1, pale), (2, grey)):
+        alpha = cv2.resize((ink == value).astype(np.float32), (box_w, box_h), interpolation=cv2.INTER_LINEAR)
+        region = region * (1 - alpha[..., None]) + np.array((tone, tone, tone + 3), np.float32) * alpha[..., None]
+    image[bottom - box_h:bottom, left:left + box_w] = region.round().astype(np.uint8)
     # A faint glass panel behind the middle of the word.
-    top = origin[1] - int(1.25 * text_h)
-    cv2.rectangle(image, (int(0.37 * w), top), (int(0.62 * w), origin[1] + 10), (215, 215, 215), 2, cv2.LINE_AA)
+    top = bottom - box_h
+    cv2.rectangle(image, (int(0.37 * w), top - 20), (int(0.62 * w), bottom), (215, 215, 215), 2, cv2.LINE_AA)
+
+
+def _draw_floor_band(image: np.ndarray, studio: Studio, rng: np.random.Generator) -> None:
+    """The dark edge of the booth's platform along the bottom of the frame, below a pale lip.
+
+    It is floor, never car, yet as dark as tyres and black paint: a model must learn that the
+    car ends at its wheels, not at the first dark pixels.
+    """
+    if studio.band <= 0:
+        return
+    w, h = REFERENCE
+    top = int(round((1 - studio.band) * h))
+    cols = np.arange(w, dtype=np.float32)
+    # The lip is not quite straight: the platform is a circle seen from afar.
+    edge = top + 0.006 * h * ((cols - w / 2) / (w / 2)) ** 2
+    rows = np.arange(h, dtype=np.float32)[:, None]
+    lip = (rows >= edge[None, :] - 0.008 * h) & (rows < edge[None, :])
+    band = rows >= edge[None, :]
+    tone = np.array(studio.band_tone, np.float32)
+    shading = 1.0 + 0.25 * (rows - top) / max(1.0, h - top) + 0.05 * rng.normal(0, 1, (h, 1)).astype(np.float32)
+    dark = (tone[None, None, :] * shading[..., None]).clip(0, 255).astype(np.uint8)
+    dark = np.broadcast_to(dark, image.shape)
+    image[band] = dark[band]
+    image[lip] = (226, 228, 230)
 
 
 def _draw_turntable(image: np.ndarray, studio: Studio, rng: np.random.Generator) -> None:
@@ -178,7 +246,8 @@ def turntable_scuffs(rng: np.random.Generator, count: int = 14) -> np.ndarray:
 
 # --- shading ----------------------------------------------------------------------------------
 
-def shade(material: str, paint: tuple[int, int, int], normal: np.ndarray, to_camera: np.ndarray) -> tuple[float, ...]:
+def shade(material: str, paint: tuple[int, int, int], normal: np.ndarray, to_camera: np.ndarray,
+          glass_clarity: float = 0.5) -> tuple[float, ...]:
     """BGR colour of a flat face under the studio's soft top light."""
     sky = 0.5 * (1.0 + normal[2])
     diffuse = max(0.0, float(normal @ LIGHT))
@@ -186,10 +255,18 @@ def shade(material: str, paint: tuple[int, int, int], normal: np.ndarray, to_cam
     highlight = max(0.0, float(reflected @ LIGHT)) ** 16
     facing = abs(float(normal @ to_camera))
     if material == sample_car.PAINT:
-        base = np.array(paint, np.float64)
-        colour = base * (0.55 + 0.3 * diffuse + 0.25 * sky) + 255 * (0.05 * sky + 0.35 * highlight)
+        # Glossy paint: lit colour plus a mirror image of the studio, stronger at grazing angles.
+        # A white panel thus ends up as bright as the wall behind it, a black hood grey.
+        lit = np.array(paint, np.float64) * (0.7 + 0.2 * diffuse + 0.3 * sky)
+        gloss = 0.1 + 0.3 * (1.0 - facing) ** 2
+        colour = lit * (1 - gloss) + _environment(float(reflected[2])) * gloss + 255 * 0.3 * highlight
+        colour = np.minimum(colour, 252.0)
     elif material == sample_car.GLASS:
-        colour = np.array([38.0, 34, 30]) + 150 * sky**3 * (1.1 - facing) + 120 * highlight
+        # What shows through (the cabin, and the bright wall through the far windows), mixed with
+        # the studio mirrored at grazing angles: clear glass on a black car is lighter than its paint.
+        through = np.array([38.0, 34, 30]) + np.array([150.0, 152, 155]) * glass_clarity
+        mirrored = 0.12 + 0.6 * (1.0 - facing) ** 2
+        colour = through * (1 - mirrored) + _environment(float(reflected[2])) * mirrored + 120 * highlight
     elif material == sample_car.TYRE:
         colour = np.full(3, 24.0) + 22 * sky
     elif material == sample_car.RIM:
@@ -204,9 +281,17 @@ def shade(material: str, paint: tuple[int, int, int], normal: np.ndarray, to_cam
         colour = np.array([40.0, 35, 175]) * (0.8 + 0.3 * sky) + 60 * highlight
     elif material == sample_car.PLATE:
         colour = np.array([232.0, 226, 222])
+    elif material == sample_car.LETTERING:
+        colour = np.array([96.0, 52, 30])
     else:
         raise ValueError(f"unknown material {material!r}")
     return tuple(float(c) for c in np.clip(colour, 0, 255))
+
+
+def _environment(up: float) -> float:
+    """Grey level the studio shows along a reflected ray with this upward component: the floor
+    below, the bright wall straight ahead, the dimmer ceiling above."""
+    return float(np.interp(up, [-1.0, -0.02, 0.06, 0.45, 1.0], [172.0, 182.0, 245.0, 238.0, 200.0]))
 
 
 # --- the painter ------------------------------------------------------------------------------
@@ -221,11 +306,11 @@ class _ProjectedPiece:
 
 def photograph(
     pieces: list[Piece], design: CarDesign, studio_index: int, pose: Pose, size: Size,
-    scuffs: np.ndarray,
+    scuffs: np.ndarray, shot: Shot = Shot(),
 ) -> tuple[np.ndarray, np.ndarray]:
     """Paint one view. Returns the BGR uint8 photo (before noise and compression) and the 0/1 mask."""
     studio = STUDIOS[studio_index]
-    camera = Camera(studio, size)
+    camera = Camera(studio, size, shot)
     image = backdrop(studio_index, size).copy()
     _draw_scuffs(image, camera, scuffs, pose)
     projected = []
@@ -235,7 +320,7 @@ def photograph(
         # all have the same depth, yet the ones nearer the middle hide the ends of their neighbours.
         distance = float(np.linalg.norm(world.mean(axis=0) - camera.position))
         projected.append(_ProjectedPiece(piece, world, camera.project(world), distance))
-    _darken_floor(image, camera, projected, design, pose)
+    _darken_floor(image, camera, projected, design, pose, shot.shadow)
 
     mask = np.zeros(image.shape[:2], np.uint8)
     # The camera is above the waist, so the glasshouse never hides behind the body: paint the
@@ -263,7 +348,8 @@ def _paint_piece(
         return
     faces = [piece.faces[i] for i in visible]
     polygons = [_fixed(item.pixels[list(face.corners)]) for face in faces]
-    colours = [shade(face.material, design.paint, normals[i], to_camera[i]) for face, i in zip(faces, visible)]
+    colours = [shade(face.material, design.paint, normals[i], to_camera[i], design.glass_clarity)
+               for face, i in zip(faces, visible)]
     # Under-paint the hull in the colour of the biggest face, so that the anti-aliased seams
     # between faces show car, not wall.
     biggest = int(np.argmax([abs(cv2.contourArea(p.astype(np.float32))) for p in polygons]))
@@ -272,7 +358,8 @@ def _paint_piece(
         cv2.fillPoly(image, [polygon], colour, cv2.LINE_AA, SHIFT)
         for decal in face.decals:
             corners = camera.project(car_to_world(decal.polygon, pose))
-            cv2.fillPoly(image, [_fixed(corners)], shade(decal.material, design.paint, normals[i], to_camera[i]),
+            cv2.fillPoly(image, [_fixed(corners)],
+                         shade(decal.material, design.paint, normals[i], to_camera[i], design.glass_clarity),
                          cv2.LINE_AA, SHIFT)
 
 
@@ -288,28 +375,40 @@ def _draw_scuffs(image: np.ndarray, camera: Camera, scuffs: np.ndarray, pose: Po
 
 def _darken_floor(
     image: np.ndarray, camera: Camera, projected: list[_ProjectedPiece], design: CarDesign, pose: Pose,
+    darkness: float = 1.0,
 ) -> None:
-    """A soft shadow under the car and a faint mirror image of it on the floor (not in the mask)."""
+    """The floor round the car, none of it in the mask: a dark contact shadow right under the body,
+    darkest where the tyres press on the floor, a wide soft shadow reaching well beyond the car,
+    and a faint mirror image of the car."""
     h, w = image.shape[:2]
     scale = 4 if w >= 480 else 1  # blur on a quarter-size map: the shadow has no detail to lose
     small = Size(max(1, w // scale), max(1, h // scale))
-    shadow = np.zeros((small.height, small.width), np.float32)
-    half_l, half_w = design.length / 2 + 0.15, design.width / 2 + 0.1
-    footprint = np.array([(x, y, 0.0) for x, y in ((half_l, half_w), (half_l, -half_w), (-half_l, -half_w), (-half_l, half_w))])
-    ground = camera.project(car_to_world(footprint, pose)) / scale
-    cv2.fillConvexPoly(shadow, _fixed(ground), 0.55, cv2.LINE_AA, SHIFT)
-    for wx, side in sample_car.wheel_centres(design):  # darker where the tyres press on the floor
+    per_reference_pixel = w / REFERENCE.width / scale
+
+    def footprint(grow_length: float, grow_width: float) -> np.ndarray:
+        half_l, half_w = design.length / 2 + grow_length, design.width / 2 + grow_width
+        corners = [(half_l, half_w), (half_l, -half_w), (-half_l, -half_w), (-half_l, half_w)]
+        ground = camera.project(car_to_world(np.array([(x, y, 0.0) for x, y in corners]), pose)) / scale
+        return _fixed(ground)
+
+    contact = np.zeros((small.height, small.width), np.float32)
+    cv2.fillConvexPoly(contact, footprint(-0.05, -0.03), 0.6, cv2.LINE_AA, SHIFT)
+    for wx, side in sample_car.wheel_centres(design):
         patch = np.array([(wx + dx, side * (design.width / 2 - 0.14), 0.0) for dx in (-0.35, -0.12, 0.12, 0.35)])
         spot = camera.project(car_to_world(patch, pose)) / scale
         centre = spot.mean(axis=0)
-        axes = (max(1.0, float(np.ptp(spot[:, 0])) / 2 + 2), max(1.0, 6.0 / scale * w / REFERENCE.width * 4))
-        cv2.ellipse(shadow, (tuple(centre), (2 * axes[0], 2 * axes[1]), 0.0), 0.35, -1, cv2.LINE_AA)
+        axes = (max(1.0, float(np.ptp(spot[:, 0])) / 2 + 2), max(1.0, 24.0 * per_reference_pixel))
+        cv2.ellipse(contact, (tuple(centre), (2 * axes[0], 2 * axes[1]), 0.0), 0.85, -1, cv2.LINE_AA)
+    wide = np.zeros_like(contact)
+    cv2.fillConvexPoly(wide, footprint(0.6, 0.45), 0.24, cv2.LINE_AA, SHIFT)
+    contact = cv2.GaussianBlur(contact, (0, 0), max(14.0 * per_reference_pixel, 0.6))
+    wide = cv2.GaussianBlur(wide, (0, 0), max(70.0 * per_reference_pixel, 1.0))
+    shadow = np.minimum((contact + wide) * darkness, 0.85)
+    sigma = 40.0 * per_reference_pixel
     reflection = np.zeros_like(shadow)
     for item in projected:
         mirrored = item.world * np.array([1.0, 1.0, -1.0])
         cv2.fillConvexPoly(reflection, cv2.convexHull(_fixed(camera.project(mirrored) / scale)), 1.0, cv2.LINE_AA, SHIFT)
-    sigma = 10.0 * w / REFERENCE.width / scale * 4
-    shadow = cv2.GaussianBlur(np.minimum(shadow, 0.7), (0, 0), max(sigma, 0.8))
     reflection = cv2.GaussianBlur(reflection, (0, 0), max(sigma / 2, 0.6)) * 0.12
     # Touch only the floor rows and the box where the shadow or reflection is visible.
     rows, cols = np.nonzero((shadow > 0.004) | (reflection > 0.004))

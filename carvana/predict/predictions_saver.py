@@ -7,6 +7,8 @@ under its real name only when every row is written.
 Probabilities on a GPU are up-sampled, thresholded and cut into runs there
 (`postprocess.probability_batch_to_runs`): a few thousand integers per image cross to the CPU
 instead of a megabyte of probabilities, and the CPU is left free for decoding the next photos.
+A mask clean-up (carvana.predict.cleanup) needs the map's regions, which are found on the CPU:
+with one, the small maps at the model's size come to the CPU and take the row path.
 """
 from __future__ import annotations
 
@@ -29,14 +31,15 @@ class PredictionsSaver(Callback):
     `original_size` is the photos' size the masks are up-sampled to (1918x1280 for Carvana),
     `threshold` the probability above which a pixel is the car. `on_device`: post-process where the
     probabilities are (True), on the CPU's worker threads (False), or on the device when it is not
-    the CPU (None, the default).
+    the CPU (None, the default). `cleanup`: one of `config.MASK_CLEANUPS`, done on the CPU.
     """
 
     def __init__(self, path: Path, original_size: Size, threshold: float = 0.5, workers: int | None = None,
-                 on_device: bool | None = None):
+                 on_device: bool | None = None, cleanup: str = "none"):
         self.path = Path(path)
         self.original_size = Size(*original_size)
         self.threshold = float(threshold)
+        self.cleanup = cleanup
         self.workers = workers
         self.on_device = on_device
         self.rows_written = 0
@@ -45,7 +48,8 @@ class PredictionsSaver(Callback):
     def on_predict_begin(self, state: PredictState) -> None:
         self.abort()  # a previous prediction that never ended must not leave its temp file
         self.rows_written = 0
-        self._writer = SubmissionWriter(self.path, self.original_size, self.threshold, workers=self.workers)
+        self._writer = SubmissionWriter(self.path, self.original_size, self.threshold, workers=self.workers,
+                                        cleanup=self.cleanup)
 
     def on_predict_batch_end(self, state: PredictState) -> None:
         if self._writer is None:
@@ -55,6 +59,7 @@ class PredictionsSaver(Callback):
         on_device = self.on_device
         if on_device is None:
             on_device = state.probabilities.device.type != "cpu"
+        on_device = on_device and self.cleanup == "none"
         try:
             if on_device:
                 runs = probability_batch_to_runs(state.probabilities, self.original_size, self.threshold)

@@ -35,6 +35,7 @@ from carvana.atomic import atomic_path
 from carvana.data.kaggle_layout import SUBMISSION_HEADER
 from carvana.errors import CarvanaError, ConfigError
 from carvana.geometry import Size
+from carvana.predict.cleanup import clean_probabilities
 from carvana.predict.postprocess import probabilities_to_rle
 from carvana.rle import runs_to_string
 
@@ -101,8 +102,10 @@ def _open_rows(raw: BinaryIO, path: Path, compresslevel: int) -> BinaryIO:
     return gzip.GzipFile(filename=Path(path).name, mode="wb", fileobj=raw, compresslevel=compresslevel, mtime=0)
 
 
-def encode_row(name: str, probabilities: np.ndarray, original_size: Size, threshold: float) -> bytes:
-    """One `img,rle_mask` CSV line, ready for the gzip stream."""
+def encode_row(name: str, probabilities: np.ndarray, original_size: Size, threshold: float,
+               cleanup: str = "none") -> bytes:
+    """One `img,rle_mask` CSV line, ready for the gzip stream (the map cleaned up first, see carvana.predict.cleanup)."""
+    probabilities = clean_probabilities(probabilities, threshold, cleanup)
     return f"{name},{probabilities_to_rle(probabilities, original_size, threshold)}\n".encode("utf-8")
 
 
@@ -122,7 +125,8 @@ class SubmissionWriter:
     """Write `img,rle_mask` rows of probability maps to a CSV at `path` (gzip for `.gz`), atomically.
 
     Use as a context manager (commits on success, aborts on any exception), or call `close()` /
-    `abort()` yourself. Rows come out in the order `add_batch` was called.
+    `abort()` yourself. Rows come out in the order `add_batch` was called. `cleanup` (one of
+    `config.MASK_CLEANUPS`) is applied to each map of `add_batch` before it is up-sampled.
     """
 
     def __init__(
@@ -133,6 +137,7 @@ class SubmissionWriter:
         workers: int | None = None,
         max_pending_batches: int = DEFAULT_MAX_PENDING_BATCHES,
         compresslevel: int = DEFAULT_COMPRESSLEVEL,
+        cleanup: str = "none",
     ):
         if max_pending_batches < 1:
             raise ValueError(f"max_pending_batches must be at least 1, got {max_pending_batches}")
@@ -140,6 +145,7 @@ class SubmissionWriter:
         is_gzip_name(self.path)  # refuse a name the content would not agree with, before any file exists
         self.original_size = Size(*original_size)
         self.threshold = float(threshold)
+        self.cleanup = cleanup
         self.workers = workers or default_workers()
         self._rows_written = 0
         self._failure: BaseException | None = None
@@ -188,7 +194,7 @@ class SubmissionWriter:
             raise ValueError(f"expected probabilities of shape ({len(names)}, height, width) for {len(names)} "
                              f"names, got {tuple(probabilities.shape)}")
         batch = np.array(probabilities, dtype=np.float32, copy=True)
-        jobs = [self._pool.submit(encode_row, name, batch[i], self.original_size, self.threshold)
+        jobs = [self._pool.submit(encode_row, name, batch[i], self.original_size, self.threshold, self.cleanup)
                 for i, name in enumerate(names)]
         self._pending.put(jobs)
 

@@ -20,12 +20,20 @@ from carvana.geometry import Geometry
 
 
 @dataclass
-class ValidationPreview:
-    """A few validation examples from the last epoch, at the model's covered size, on the CPU."""
+class ValidationBatch:
+    """One batch of an epoch's validation pass, as the model saw it, on the model's device.
 
-    images: torch.Tensor  # (N, 3, H, W) float, de-normalised to [0, 1]
-    masks: torch.Tensor  # (N, H, W) float 0/1
-    probabilities: torch.Tensor  # (N, H, W) float in [0, 1]
+    Handed to `on_validation_batch_end` so that a callback can rank and show validation images
+    without a second pass over the data; it should copy only what it keeps.
+    """
+
+    first: int  # position of the batch's first image in the validation set (the loader keeps its order)
+    images: torch.Tensor  # (B, 3, H, W) normalised model input at the covered size (any mirror border cropped)
+    masks: torch.Tensor  # (B, H, W) float, the loader's targets at the model's output size (> 0.5: car)
+    probabilities: torch.Tensor  # (B, H, W) float in [0, 1]
+    dice: torch.Tensor  # (B,) per-image Dice at the model's output size, at `config.threshold`
+    image_paths: list[Path] | None = None  # the batch's photos on disk, when the loader's dataset names them
+    mask_paths: list[Path] | None = None
 
 
 @dataclass
@@ -43,7 +51,7 @@ class TrainState:
     metrics: dict[str, float] = field(default_factory=dict)  # this epoch: train_loss, val_dice, lr, ...
     best_score: float | None = None  # best value of the checkpoint's monitored metric so far
     stop_training: bool = False  # set by a callback (early stopping) to end after this epoch
-    preview: ValidationPreview | None = None
+    validation_batch: ValidationBatch | None = None  # during validation: the batch just evaluated
     # Added for resuming and interruptions:
     history: list[dict[str, float]] = field(default_factory=list)  # `metrics` of every completed epoch, in order
     mid_epoch: bool = False  # True once the weights have moved past the end of `epoch` (an epoch is running)
@@ -78,6 +86,9 @@ class Callback:
 
     def on_train_begin(self, state: TrainState) -> None:
         pass
+
+    def on_validation_batch_end(self, state: TrainState) -> None:
+        """After each batch of an epoch's validation pass; `state.validation_batch` holds it."""
 
     def on_epoch_end(self, state: TrainState) -> None:
         pass

@@ -95,6 +95,17 @@ def save_checkpoint(path: Path, payload: dict[str, Any]) -> None:
             raise _save_failure(path, tmp, payload, error) from None
 
 
+def update_checkpoint(path: Path, entries: Mapping[str, Any]) -> None:
+    """Add or replace top-level `entries` (primitives only) of the checkpoint at `path`, atomically.
+
+    For facts learnt about a checkpoint's weights after it was written (the threshold chosen on the
+    validation cars); the weights, and so their checksum, are unchanged.
+    """
+    payload = load_checkpoint(path)
+    payload.pop(CHECKSUM_KEY, None)
+    save_checkpoint(path, {**payload, **entries})
+
+
 def _save_failure(path: Path, tmp: Path, payload: Mapping[str, Any], error: RuntimeError) -> CarvanaError:
     needed = _tensor_bytes(payload)
     try:

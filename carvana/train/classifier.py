@@ -26,15 +26,16 @@ import math
 import random
 import time
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any, Callable, Iterable, Sequence
 
 import numpy as np
 import torch
 from torch import nn
+from torch.utils.data import SequentialSampler
 from tqdm import tqdm
 
 from carvana.config import Config
-from carvana.data.datasets import denormalize, normalize_batch
+from carvana.data.datasets import crop_border, normalize_batch
 from carvana.errors import CheckpointError, TrainingDiverged
 from carvana.geometry import model_geometry
 from carvana.losses import BCEDiceLoss
@@ -42,7 +43,7 @@ from carvana.metrics import dice_from_logits
 from carvana.process_lifetime import EXIT_INTERRUPTED, interrupt_exit_code, stopped_by
 from carvana.runs import default_run_name
 from carvana.train.budget import TrainingBudget, TrainingClock
-from carvana.train.callbacks import Callback, PredictState, TrainState, ValidationPreview, in_hook_order
+from carvana.train.callbacks import Callback, PredictState, TrainState, ValidationBatch, in_hook_order
 from carvana.train.checkpoint import load_checkpoint, load_model_weights
 from carvana.train.device import resolve_precision, select_device, to_memory_format, use_channels_last
 
@@ -50,7 +51,6 @@ from carvana.train.device import resolve_precision, select_device, to_memory_for
 PLATEAU_FACTOR = 0.5
 PLATEAU_PATIENCE = 2
 PLATEAU_MIN_LR = 1e-7
-PREVIEW_IMAGES = 4  # validation examples kept per epoch for the TensorBoard visualiser
 
 
 class TrainingInterruptedError(KeyboardInterrupt):
@@ -157,6 +157,19 @@ def _call_all(callbacks: Sequence[Callback], hook: str, state: Any) -> None:
             first = first or error
     if first is not None:
         raise first
+
+
+def _files_in_order(loader: Any) -> tuple[list[Path], list[Path]] | None:
+    """The photo and mask files of a loader's items in the order it yields them; None when it cannot say.
+
+    Known only for a loader that reads its dataset in order (no shuffling, no sampler of its own)
+    from a dataset that names its files, as `make_valid_loader`'s does.
+    """
+    dataset = getattr(loader, "dataset", None)
+    images, masks = getattr(dataset, "image_paths", None), getattr(dataset, "mask_paths", None)
+    if not isinstance(getattr(loader, "sampler", None), SequentialSampler) or images is None or masks is None:
+        return None
+    return list(images), list(masks)
 
 
 def _batches(loader: Any) -> int | None:
@@ -296,7 +309,15 @@ class CarvanaClassifier:
         started = time.monotonic()
         lr = float(self.optimizer.param_groups[0]["lr"])  # the LR this epoch trains with
         train_loss, train_dice, steps = self._train_one_epoch(state, epoch, train_loader, budget, clock)
-        valid, preview = self._evaluate(valid_loader, PREVIEW_IMAGES, desc=f"valid {epoch}/{state.epochs}")
+
+        def validation_batch_end(batch: ValidationBatch) -> None:
+            state.validation_batch = batch
+            _call(callbacks, "on_validation_batch_end", state)
+
+        try:
+            valid = self._evaluate(valid_loader, desc=f"valid {epoch}/{state.epochs}", on_batch=validation_batch_end)
+        finally:
+            state.validation_batch = None  # the batch's tensors are not kept past the pass
         state.train_seconds, state.epoch_steps = clock.seconds(), steps
         planned = budget.planned_epochs(epoch, state.global_step, state.train_seconds, steps_per_epoch)
         state.epochs = planned
@@ -309,7 +330,6 @@ class CarvanaClassifier:
             self.scheduler.step()
         state.metrics = {"train_loss": train_loss, "train_dice": train_dice, **valid, "lr": lr}
         state.history.append(dict(state.metrics))
-        state.preview = preview
         state.epoch, state.mid_epoch = epoch, False
         seconds = time.monotonic() - started
         tqdm.write(
@@ -378,17 +398,17 @@ class CarvanaClassifier:
 
     def validate(self, valid_loader: Iterable) -> dict[str, float]:
         """`val_loss` (per-image mean) and `val_dice` (mean per-image Dice at the model's output size)."""
-        metrics, _ = self._evaluate(valid_loader, 0, desc="valid")
-        return metrics
+        return self._evaluate(valid_loader, desc="valid")
 
     @torch.no_grad()
     def _evaluate(
-        self, loader: Iterable, preview_count: int, desc: str
-    ) -> tuple[dict[str, float], ValidationPreview | None]:
+        self, loader: Iterable, desc: str, on_batch: Callable[[ValidationBatch], None] | None = None
+    ) -> dict[str, float]:
+        """Validation loss and Dice; `on_batch` sees each batch (see `ValidationBatch`)."""
         self.model.eval()
         loss_sum = dice_sum = 0.0
         seen = 0
-        kept: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []
+        files = _files_in_order(loader) if on_batch is not None else None
         for images, masks in tqdm(loader, desc=desc, leave=False, unit="batch", disable=self._bars_disabled()):
             images = to_memory_format(images.to(self.device, non_blocking=True), self.channels_last)
             masks = masks.to(self.device, non_blocking=True)
@@ -396,28 +416,20 @@ class CarvanaClassifier:
                 logits = self.model(images)
             batch = images.shape[0]
             loss_sum += float(self.loss_fn(logits, masks)) * batch
-            dice_sum += float(dice_from_logits(logits, masks, self.config.threshold).sum())
+            dice = dice_from_logits(logits, masks, self.config.threshold)
+            dice_sum += float(dice.sum())
+            if on_batch is not None:
+                on_batch(ValidationBatch(
+                    first=seen, images=crop_border(images, self.geometry.border),
+                    masks=masks.reshape(batch, *masks.shape[-2:]),
+                    probabilities=torch.sigmoid(logits.float()).reshape(batch, *logits.shape[-2:]), dice=dice,
+                    image_paths=None if files is None else files[0][seen:seen + batch],
+                    mask_paths=None if files is None else files[1][seen:seen + batch],
+                ))
             seen += batch
-            if len(kept) < preview_count:
-                take = min(preview_count - len(kept), batch)
-                kept.extend(zip(images[:take], masks[:take], torch.sigmoid(logits[:take].float())))
         if seen == 0:
             raise ValueError("the validation loader gave no batches")
-        metrics = {"val_loss": loss_sum / seen, "val_dice": dice_sum / seen}
-        return metrics, self._preview(kept) if kept else None
-
-    def _preview(self, kept: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]) -> ValidationPreview:
-        """Validation examples at the covered size: the mirror border of the input is cropped off."""
-
-        b = self.geometry.border
-        images = torch.stack([image for image, _, _ in kept]).float()
-        if b:
-            images = images[..., b:images.shape[-2] - b, b:images.shape[-1] - b]
-        return ValidationPreview(
-            images=denormalize(images.cpu()).clamp(0, 1),
-            masks=torch.stack([mask.reshape(mask.shape[-2:]) for _, mask, _ in kept]).float().cpu(),
-            probabilities=torch.stack([p.reshape(p.shape[-2:]) for _, _, p in kept]).float().cpu(),
-        )
+        return {"val_loss": loss_sum / seen, "val_dice": dice_sum / seen}
 
     # ------------------------------------------------------------------ prediction
 

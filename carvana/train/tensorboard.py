@@ -1,4 +1,4 @@
-"""TensorBoard callbacks: scalars per epoch, and validation examples drawn as error overlays.
+"""TensorBoard callbacks: scalars per epoch, and validation photos drawn as error overlays.
 
 Both callbacks of a run write through ONE `SummaryWriter` in `log_dir/run_name/`, opened when
 training begins and closed when it ends or is interrupted (the seed re-opened a writer per call,
@@ -19,11 +19,20 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
+import cv2
+import numpy as np
 import torch
+from tensorboard.compat.proto.summary_pb2 import Summary
 from torch.utils.tensorboard import SummaryWriter
 from tqdm import tqdm
 
-from carvana.train.callbacks import OBSERVE, Callback, TrainState
+from carvana.data.datasets import denormalize
+from carvana.data.images import read_image, read_mask
+from carvana.data.kaggle_layout import car_id
+from carvana.geometry import Size
+from carvana.metrics import dice_score
+from carvana.train.callbacks import OBSERVE, Callback, TrainState, ValidationBatch
+from carvana.train.overlays import validation_picture
 
 # state.metrics key -> TensorBoard tag; train and val curves of one quantity share a section.
 SCALAR_TAGS = {
@@ -33,18 +42,15 @@ SCALAR_TAGS = {
     "val_dice": "dice/val",
     "lr": "lr",
 }
-PREVIEW_TAG = "val_examples"
-
-# Overlay colours (RGB in [0, 1]) over the dimmed photo.
-TRUE_POSITIVE = (0.0, 1.0, 0.0)  # green: car, predicted car
-FALSE_NEGATIVE = (1.0, 0.0, 0.0)  # red: car the model missed
-FALSE_POSITIVE = (0.2, 0.4, 1.0)  # blue: background the model called car
-TRUTH = (1.0, 0.85, 0.0)  # yellow: the true mask
-DIM = 0.45  # photo brightness under the overlay
-ALPHA = 0.55  # overlay opacity
+FIXED_TAG = "val_fixed"
+WORST_TAG = "val_worst"
+JPEG_QUALITY = 92
 LEGEND = (
-    "Each row: photo | true mask (yellow) | prediction: green = car found, red = car missed, "
-    "blue = background called car."
+    "Validation photos each epoch: `val_fixed/<photo>` the same photos every epoch, `val_worst/1..` the "
+    "epoch's lowest Dice. Over the dimmed photo: green = car found, red = car missed, blue = background "
+    "called car; on the right, the photo and the overlay of the window with the most errors at 1:1 (one "
+    "screen pixel per photo pixel). Ranked by the Dice at the model's output size; the caption also gives "
+    "the Dice at the photo's size."
 )
 
 
@@ -270,50 +276,146 @@ def _has_scalars_at(run_dir: Path, step: int) -> bool:
         return True
 
 
-class TensorBoardVisualizer(_TensorBoardCallback):
-    """The first validation images each epoch: photo | true mask | prediction errors."""
+# (probabilities at the model's output size, photo size, threshold) -> the photo-sized bool mask.
+MaskUpsampler = Callable[[np.ndarray, Size, float], np.ndarray]
 
-    def __init__(self, log_dir: str | Path, run_name: str | None = None, max_images: int = 4):
+
+@dataclass
+class _Kept:
+    """A validation image picked for showing, with what its picture needs, on the CPU."""
+
+    position: int  # in the validation set
+    name: str  # the photo's file name, or "image_<n>" (from 1) when the loader does not name its files
+    dice: float  # at the model's output size
+    probabilities: np.ndarray  # (h, w) float32 at the model's output size
+    mask: np.ndarray  # (h, w) uint8 0/1, the truth at that size
+    image: np.ndarray  # (h, w, 3) uint8, the photo at that size
+    image_path: Path | None
+    mask_path: Path | None
+
+
+class TensorBoardVisualizer(_TensorBoardCallback):
+    """Each epoch, pictures of validation images: a fixed set, to follow progress, and the worst, to see failures.
+
+    Ranks every validation image by its Dice at the model's output size as the validation pass
+    computes it (no second pass), keeping only the images it will show. At the epoch's end each
+    shown photo is read from disk at its full resolution and the prediction up-sampled to it by
+    `upsample` (the pipeline passes the submission's own rule), then drawn by
+    `overlays.validation_picture`: the error overlay at a readable width beside a 1:1 crop of the
+    worst edge. Images of a loader that does not name its files, or without `upsample`, are drawn
+    at the model's size.
+
+    Tags: `val_fixed/<photo>` (the first photo of each of the first `fixed` validation cars, the
+    same every epoch) and `val_worst/<rank>` (rank 1 is the lowest Dice); `val_worst/dice` is a
+    text table of that epoch's worst photos and their Dice, which each picture's caption repeats.
+    """
+
+    def __init__(self, log_dir: str | Path, run_name: str | None = None, *, worst: int = 3, fixed: int = 3,
+                 upsample: MaskUpsampler | None = None):
         super().__init__(log_dir, run_name)
-        self.max_images = max_images
+        if worst < 0 or fixed < 0:
+            raise ValueError(f"worst {worst}, fixed {fixed}: counts of images must be 0 or more")
+        self.worst, self.fixed, self.upsample = worst, fixed, upsample
+        self._worst: list[_Kept] = []
+        self._fixed: list[_Kept] = []
+        self._fixed_keys: set[str] = set()
 
     def _begin(self, writer: SummaryWriter, state: TrainState) -> None:
         if state.epoch == 0:
-            writer.add_text(f"{PREVIEW_TAG}/legend", LEGEND, global_step=0)
+            writer.add_text(f"{WORST_TAG}/legend", LEGEND, global_step=0)
+
+    def on_validation_batch_end(self, state: TrainState) -> None:
+        batch = state.validation_batch
+        if batch is None or self.writer is None:
+            return
+        if batch.first == 0:  # a new validation pass
+            self._forget()
+        dice = batch.dice.float().cpu().tolist()
+        for i, value in enumerate(dice):
+            position = batch.first + i
+            name = batch.image_paths[i].name if batch.image_paths is not None else f"image_{position + 1}"
+            car = car_id(name) if batch.image_paths is not None else name
+            if len(self._fixed) < self.fixed and car not in self._fixed_keys:
+                self._fixed_keys.add(car)
+                self._fixed.append(self._keep(batch, i, position, name, value))
+            if self.worst and (len(self._worst) < self.worst or (value, position) < _rank(self._worst[-1])):
+                self._worst.append(self._keep(batch, i, position, name, value))
+                self._worst.sort(key=_rank)
+                del self._worst[self.worst:]
+
+    def on_train_end(self, state: TrainState) -> None:
+        self._forget()
+        super().on_train_end(state)
+
+    def on_train_interrupted(self, state: TrainState) -> None:
+        self._forget()
+        super().on_train_interrupted(state)
+
+    def _forget(self) -> None:
+        self._worst, self._fixed, self._fixed_keys = [], [], set()
+
+    @staticmethod
+    def _keep(batch: ValidationBatch, i: int, position: int, name: str, dice: float) -> _Kept:
+        image = denormalize(batch.images[i].float()).mul(255).round().byte().permute(1, 2, 0)
+        return _Kept(
+            position=position, name=name, dice=dice,
+            probabilities=batch.probabilities[i].float().cpu().numpy(),
+            mask=(batch.masks[i] > 0.5).to(torch.uint8).cpu().numpy(), image=image.cpu().numpy(),
+            image_path=None if batch.image_paths is None else batch.image_paths[i],
+            mask_path=None if batch.mask_paths is None else batch.mask_paths[i],
+        )
 
     def _log_epoch(self, writer: SummaryWriter, state: TrainState) -> None:
-        preview = state.preview
-        if preview is None:
-            return
-        count = min(self.max_images, preview.images.shape[0])
-        for i in range(count):
-            panel = preview_panel(
-                preview.images[i], preview.masks[i], preview.probabilities[i], state.config.threshold
-            )
-            writer.add_image(f"{PREVIEW_TAG}/{i}", panel, global_step=state.epoch, dataformats="CHW")
+        threshold = state.config.threshold
+        for number, kept in enumerate(self._fixed, start=1):
+            picture, _ = self._picture(kept, f"fixed {number}/{len(self._fixed)}", threshold)
+            _add_jpeg(writer, f"{FIXED_TAG}/{Path(kept.name).stem}", picture, state.epoch)
+        rows = []
+        for rank, kept in enumerate(self._worst, start=1):
+            picture, full = self._picture(kept, f"worst {rank}/{len(self._worst)}", threshold)
+            _add_jpeg(writer, f"{WORST_TAG}/{rank}", picture, state.epoch)
+            rows.append(f"| {rank} | {kept.name} | {kept.dice:.4f} | {'' if full is None else f'{full:.4f}'} |")
+        if rows:
+            height, width = self._worst[0].probabilities.shape
+            writer.add_text(f"{WORST_TAG}/dice", "\n".join([
+                f"| rank | image | Dice at {width}x{height} (model output) | Dice at the photo's size |",
+                "|---|---|---|---|", *rows]), global_step=state.epoch)
+        self._forget()
+
+    def _picture(self, kept: _Kept, label: str, threshold: float) -> tuple[np.ndarray, float | None]:
+        """The picture of one kept image and its Dice at the photo's size (None when drawn at the model's)."""
+        height, width = kept.probabilities.shape
+        model_dice = f"Dice {kept.dice:.4f} at {width}x{height} (model output)"
+        if kept.image_path is None or kept.mask_path is None or self.upsample is None:
+            predicted = kept.probabilities > threshold
+            picture = validation_picture(kept.image, kept.mask, predicted, f"{label}  {kept.name}  {model_dice}")
+            return picture, None
+        photo = read_image(kept.image_path)
+        size = Size(photo.shape[1], photo.shape[0])
+        truth = read_mask(kept.mask_path, expected_size=size)
+        predicted = self.upsample(kept.probabilities, size, threshold)
+        full = dice_score(predicted, truth)
+        caption = f"{label}  {kept.name}  {model_dice}, {full:.4f} at {size}"
+        return validation_picture(photo, truth, predicted, caption), full
 
 
-def _paint(base: torch.Tensor, where: torch.Tensor, colour: tuple[float, float, float]) -> torch.Tensor:
-    rgb = torch.tensor(colour, dtype=base.dtype).view(3, 1, 1)
-    return torch.where(where.unsqueeze(0), (1 - ALPHA) * base + ALPHA * rgb, base)
+def _rank(kept: _Kept) -> tuple[float, int]:
+    """Worst first: lowest Dice, then the earlier image."""
+    return kept.dice, kept.position
 
 
-def truth_overlay(image: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """The true mask in yellow over the dimmed photo. image (3,H,W) in [0,1], mask (H,W) 0/1."""
-    return _paint(image * DIM, mask > 0.5, TRUTH)
+def _add_jpeg(writer: SummaryWriter, tag: str, picture: np.ndarray, step: int) -> None:
+    """`picture` (RGB uint8) as a JPEG image summary.
 
-
-def error_overlay(image: torch.Tensor, mask: torch.Tensor, prediction: torch.Tensor) -> torch.Tensor:
-    """Hits green, misses red, false alarms blue over the dimmed photo; true background stays dim."""
-    truth, predicted = mask > 0.5, prediction > 0.5
-    out = image * DIM
-    out = _paint(out, truth & predicted, TRUE_POSITIVE)
-    out = _paint(out, truth & ~predicted, FALSE_NEGATIVE)
-    return _paint(out, ~truth & predicted, FALSE_POSITIVE)
-
-
-def preview_panel(image: torch.Tensor, mask: torch.Tensor, probability: torch.Tensor, threshold: float) -> torch.Tensor:
-    """One (3, H, 3W) image: photo | truth overlay | error overlay."""
-    image = image.float().clamp(0, 1)
-    prediction = (probability >= threshold).float()
-    return torch.cat([image, truth_overlay(image, mask), error_overlay(image, mask, prediction)], dim=2)
+    `add_image` would store a PNG, several times larger for a photo; full chroma resolution
+    (4:4:4) keeps the one-pixel coloured error lines of the 1:1 crop sharp.
+    """
+    ok, encoded = cv2.imencode(".jpg", cv2.cvtColor(picture, cv2.COLOR_RGB2BGR), [
+        cv2.IMWRITE_JPEG_QUALITY, JPEG_QUALITY,
+        cv2.IMWRITE_JPEG_SAMPLING_FACTOR, cv2.IMWRITE_JPEG_SAMPLING_FACTOR_444])
+    if not ok:
+        raise ValueError(f"{tag}: the picture could not be encoded as JPEG")
+    image = Summary.Image(height=picture.shape[0], width=picture.shape[1], colorspace=3,
+                          encoded_image_string=encoded.tobytes())
+    # The call `add_image` makes, with our encoding instead of its PNG.
+    writer._get_file_writer().add_summary(Summary(value=[Summary.Value(tag=tag, image=image)]), step)
