@@ -254,6 +254,9 @@ def _add_training_flags(p: argparse.ArgumentParser) -> None:
     g.add_argument("--epochs", type=positive_int, default=None, help=(
         "epochs to train (default: the preset's; with --max-steps or --max-time and no --epochs, the budget "
         "alone decides)"))
+    g.add_argument("--coarse-epochs", type=non_negative_int, default=None, metavar="N", help=(
+        "train the first N epochs at half the input size (4x faster steps), the rest at the input size "
+        "(progressive resizing; default: the preset's, 0 = off; skipped when --epochs leaves no epoch after them)"))
     g.add_argument("--max-steps", type=positive_int, default=None, metavar="N",
                    help="stop after N optimiser steps over the whole run, resumed parts included")
     g.add_argument("--max-time", type=duration, default=None, metavar="DURATION", help=(
@@ -301,7 +304,7 @@ def _add_prediction_flags(p: argparse.ArgumentParser) -> None:
 
 TRAINING_FIELDS = (
     "model", "input_size", "width", "epochs", "max_steps", "max_time", "batch_size", "lr", "optimizer", "scheduler",
-    "grad_clip",
+    "grad_clip", "coarse_epochs",
     "early_stopping_patience", "validation_size", "sample_size", "seed", "workers", "device", "amp",
     "data_dir", "output_dir", "log_dir", "run_name", "threshold", "mask_cleanup", "tta", "soft_targets")
 

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from carvana.errors import ConfigError
-from carvana.geometry import MODEL_NAMES, UNET1024, UNET_ORIGINAL, Size, model_geometry
+from carvana.geometry import MODEL_NAMES, UNET1024, UNET_ORIGINAL, Size, coarse_input_size, model_geometry
 
 OPTIMIZERS = ("sgd", "rmsprop", "adam")
 SCHEDULERS = ("plateau", "cosine", "none")
@@ -88,6 +88,11 @@ class Config:
     max_time: float | None = None  # seconds
     epochs_cap: bool = True
     grad_clip: float | None = None  # max gradient norm; None = no clipping
+    # Progressive resizing: the run's first `coarse_epochs` epochs train at half the input size
+    # (geometry.coarse_input_size), four times faster a step; the rest at the input size, from a new
+    # cosine cycle (carvana.train.classifier). Only when the run's epochs leave some after them (see
+    # `coarse_phase_epochs`); 0 = every epoch at the input size.
+    coarse_epochs: int = 0
     bce_weight: float = 1.0
     dice_weight: float = 1.0
     amp: str = "auto"  # auto: fp16/bf16 autocast on CUDA, bf16 on CPUs that have it, else off
@@ -133,6 +138,8 @@ class Config:
             if problem:
                 raise ConfigError(f"run name {self.run_name!r}: {problem}")
         model_geometry(self.model, self.input_size)  # raises a ConfigError naming valid sizes
+        if self.coarse_epochs:
+            coarse_input_size(self.model, self.input_size)  # a ConfigError for a net that cannot take it
 
     def _check_numbers(self) -> None:
         """Every number in range and finite: a config from a file or checkpoint gets the flags' checks."""
@@ -142,7 +149,7 @@ class Config:
                 raise ConfigError(f"{name.replace('_', ' ')} {getattr(self, name)!r}: must be a finite number")
         if self.grad_clip is not None and not _is_finite_number(self.grad_clip):
             raise ConfigError(f"grad clip {self.grad_clip!r}: must be a finite number")
-        for name in ("batch_size", "epochs", "seed", "workers"):
+        for name in ("batch_size", "epochs", "seed", "workers", "coarse_epochs"):
             if not _is_int(getattr(self, name)):
                 raise ConfigError(f"{name.replace('_', ' ')} {getattr(self, name)!r}: must be a whole number")
         if self.max_steps is not None and (not _is_int(self.max_steps) or self.max_steps < 1):
@@ -182,6 +189,17 @@ class Config:
             raise ConfigError(f"seed {self.seed}: must be in 0..{SEED_LIMIT - 1}")
         if self.workers < 0:
             raise ConfigError(f"workers {self.workers}: must be 0 (load in the main process) or more")
+        if self.coarse_epochs < 0:
+            raise ConfigError(f"coarse epochs {self.coarse_epochs}: must be 0 (none) or more")
+
+    @property
+    def coarse_phase_epochs(self) -> int:
+        """How many of the run's first epochs train at the coarse size: `coarse_epochs`, or 0 when the
+        run's epochs leave none after them (`--epochs 5` with a 30-epoch coarse phase trains all 5 at
+        the input size) or a budget alone decides its length (it could end before the full size)."""
+        if self.coarse_epochs and self.epochs_cap and self.epochs > self.coarse_epochs:
+            return self.coarse_epochs
+        return 0
 
     def replace(self, **changes: Any) -> "Config":
         """A copy with some fields changed (None values are ignored, so unset flags keep the preset)."""
@@ -225,13 +243,14 @@ PRESETS: dict[str, Config] = {
         preset="unet1024", model=UNET1024, input_size=Size(1024, 1024), optimizer="rmsprop",
         lr=2e-4, batch_size=2, epochs=50,
     ),
-    # Default without CUDA: a slim UNet1024 at a 3:2 size that trains on 24 cars within about ten
+    # Default without CUDA: a slim UNet1024 at a 3:2 size that trains on 24 cars in about eight
     # minutes on two cores. Each choice beyond the model was kept for what it gave on real cars the
-    # model never saw (docs/benchmarks.md): 384x256 over 192x128, soft targets, flip TTA, and keeping
-    # the largest car region (a floor band at the frame's bottom edge is otherwise taken for car).
+    # model never saw (docs/benchmarks.md): 384x256 over 192x128, its first 30 of 38 epochs at
+    # 192x128 (progressive resizing), soft targets, flip TTA, and keeping the largest car region (a
+    # floor band at the frame's bottom edge is otherwise taken for car).
     "cpu": Config(
         preset="cpu", model=UNET1024, input_size=Size(384, 256), width=0.25, optimizer="adam",
-        lr=2e-3, batch_size=8, epochs=20, scheduler="cosine", soft_targets=True, tta=True,
+        lr=2e-3, batch_size=8, epochs=38, coarse_epochs=30, scheduler="cosine", soft_targets=True, tta=True,
         mask_cleanup="largest",
     ),
 }

@@ -196,3 +196,20 @@ def aspect_difference(a: Size, b: Size) -> float:
     """How far apart two sizes' shapes are, as a fraction: 0 for the same aspect, 0.5 for 3:2 against 1:1."""
     wider, narrower = sorted((_aspect(a), _aspect(b)), reverse=True)
     return wider / narrower - 1
+
+
+# --------------------------------------------------------------------------- the coarse phase's input
+
+COARSE_SCALE = 0.5  # the coarse phase trains on inputs half as wide and half as high: a quarter of the pixels
+
+
+def coarse_input_size(model: str, input_size: Size) -> Size:
+    """The input size of a run's coarse phase (progressive resizing): `input_size` scaled by
+    COARSE_SCALE, each side rounded to the nearest one `model` can take (the larger on a tie).
+
+    Only for same-size nets (UNet1024), whose output follows any input; 384x256 -> 192x128.
+    """
+    if model != UNET1024:
+        raise ConfigError(f"coarse epochs: {model} is not a same-size net; the coarse phase needs {UNET1024}")
+    sides = _valid_sides(model, max(input_size) * UNET1024_DIVISOR)
+    return Size(*(min(sides, key=lambda valid: (abs(valid - side * COARSE_SCALE), -valid)) for side in input_size))

@@ -210,11 +210,11 @@ def _train_in(folders: RunFolders, config: Config, options: DataOptions, need_te
 
     `fit_input`: take the input size for the data's photos (their shape, the preset's pixel count).
     """
-    from carvana.data.datasets import make_train_loader, make_valid_loader, open_training_cache
     from carvana.data.layout import load_carvana_data
     from carvana.data.split import split_by_car
+    from carvana.geometry import coarse_input_size
     from carvana.train.checkpoint import BEST_NAME, LAST_NAME, ModelCheckpoint
-    from carvana.train.classifier import CarvanaClassifier, TrainingInterruptedError
+    from carvana.train.classifier import CarvanaClassifier, CoarsePhase, TrainingInterruptedError
     from carvana.train.early_stopping import EarlyStopping
     from carvana.predict.postprocess import probabilities_to_mask
     from carvana.train.tensorboard import TensorBoardLogger, TensorBoardVisualizer
@@ -269,15 +269,15 @@ def _train_in(folders: RunFolders, config: Config, options: DataOptions, need_te
         if config.early_stopping_patience:
             callbacks.append(EarlyStopping(monitor="val_dice", patience=config.early_stopping_patience, mode="max"))
 
-        cache, cache_note = open_training_cache(data, [*split.train, *split.valid], geometry, config)
-        if cache_note:
-            say(cache_note)
-        train_loader = make_train_loader(data, split.train, geometry, config, cache=cache)
-        valid_loader = make_valid_loader(data, split.valid, geometry, config, cache=cache)
+        coarse = None
+        if classifier.epoch < config.coarse_phase_epochs:
+            coarse_geometry = model_geometry(config.model, coarse_input_size(config.model, config.input_size))
+            coarse = CoarsePhase(*_loaders(data, split, coarse_geometry, config))
+        train_loader, valid_loader = _loaders(data, split, geometry, config)
         try:
             with explain_out_of_memory(config, "training"):
                 # The config's cap and budget decide the length (carvana.train.budget).
-                ended = classifier.train(train_loader, valid_loader, callbacks=callbacks).stop_reason
+                ended = classifier.train(train_loader, valid_loader, callbacks=callbacks, coarse=coarse).stop_reason
         except TrainingInterruptedError as e:
             raise TrainingInterrupted(e.resume_hint, exit_code=e.exit_code) from None
         say(f"Training {ended}")
@@ -290,6 +290,17 @@ def _train_in(folders: RunFolders, config: Config, options: DataOptions, need_te
     dice = score_validation(classifier, data, split.valid, config, run_name, checkpoint=chosen)
     return TrainingResult(config, classifier, chosen, source.data_dir, dice, len(split.valid),
                           len({layout_names.car_id(n) for n in split.valid}), training_ended=ended or "")
+
+
+def _loaders(data, split, geometry, config: Config) -> tuple[Any, Any]:
+    """(training, validation) loaders of the split at `geometry`, read from the decoded cache at its size."""
+    from carvana.data.datasets import make_train_loader, make_valid_loader, open_training_cache
+
+    cache, cache_note = open_training_cache(data, [*split.train, *split.valid], geometry, config)
+    if cache_note:
+        say(cache_note)
+    return (make_train_loader(data, split.train, geometry, config, cache=cache),
+            make_valid_loader(data, split.valid, geometry, config, cache=cache))
 
 
 def _input_for_photos(config: Config, photos: Size) -> tuple[Config, str]:
@@ -420,13 +431,27 @@ def _describe_run(config, data, split, classifier, geometry, source, input_note:
         f"{len(split.valid)} validation images ({cars(split.valid)} unseen cars), "
         f"photos {data.image_size}",
         f"Model: {config.model} (width {config.width:g}, {params / 1e6:.2f}M parameters), "
-        f"input {geometry.input_size} -> output {geometry.output_size}{input_note}",
+        f"input {geometry.input_size} -> output {geometry.output_size}{input_note}{_coarse_note(config)}",
         f"Training: {TrainingBudget.of(config).describe()}{resumed}, batch {config.batch_size}, "
         f"{config.optimizer} lr {lr:.3g}"
         f"{base_lr}, scheduler {config.scheduler}, device {classifier.device}, precision {classifier.precision_name}",
         f"Run: {config.run_name}  (logs: {config.log_dir / config.run_name}, "
         f"checkpoints: {config.output_dir / 'models' / config.run_name})",
     ])
+
+
+def _coarse_note(config: Config) -> str:
+    """The banner's words on the run's coarse phase (progressive resizing), or on why it has none."""
+    from carvana.geometry import coarse_input_size
+
+    if config.coarse_phase_epochs:
+        return (f"; epochs 1-{config.coarse_phase_epochs} at "
+                f"{coarse_input_size(config.model, config.input_size)} (coarse phase; --coarse-epochs 0 turns it off)")
+    if config.coarse_epochs and not config.epochs_cap:
+        return "; no coarse phase: a budget alone decides the run's length"
+    if config.coarse_epochs:
+        return f"; no coarse phase: --epochs {config.epochs} leaves no epoch after its {config.coarse_epochs}"
+    return ""
 
 
 def score_validation(classifier, data, valid_names: list[str], config: Config, run_name: str,

@@ -31,6 +31,8 @@ WEIGHT_FIELDS = ("model", "input_size", "width")
 SPLIT_FIELDS = ("validation_size", "sample_size", "seed")
 # A resumed run keeps its name and the preset its settings came from.
 IDENTITY_FIELDS = ("run_name", "preset")
+# Fields that set which epochs ran at which input size: fixed once the run has started.
+PHASE_FIELDS = ("coarse_epochs",)
 
 
 def models_dir(config: Config, run_name: str) -> Path:
@@ -219,6 +221,9 @@ def resumed_config(saved: Config, changes: dict[str, Any], checkpoint: Path) -> 
         if name in SPLIT_FIELDS:
             raise ConfigError(f"{flag} {_shown(value)}: {checkpoint} was split with {flag} {_shown(old)}; another "
                               "value would put validation cars into training (start a new run to change it)")
+        if name in PHASE_FIELDS:
+            raise ConfigError(f"{flag} {_shown(value)}: {checkpoint} was started with {flag} {_shown(old)}; its "
+                              "epochs already ran at their input sizes (start a new run to change it)")
         if name in IDENTITY_FIELDS:
             raise ConfigError(f"{flag} {_shown(value)}: {checkpoint} belongs to {name.replace('_', ' ')} "
                               f"{_shown(old)}; a resumed run keeps it (give single flags to change settings)")

@@ -12,7 +12,7 @@ from carvana.errors import ConfigError
 
 HEIGHT, WIDTH = 64, 96
 STRONG = Augmenter(shift=0.2, scale=0.3, rotate_degrees=30, hflip=0.5, brightness=0.1, contrast=0.1, hue_degrees=20, p=1.0)
-NOTHING = dict(shift=0, scale=0, rotate_degrees=0, hflip=0, brightness=0, contrast=0, hue_degrees=0)
+NOTHING = dict(shift=0, scale=0, zoom_out=0, rotate_degrees=0, hflip=0, brightness=0, contrast=0, hue_degrees=0)
 
 
 def square_pair(top: int = 6, left: int = 4, side: int = 24) -> tuple[np.ndarray, np.ndarray]:
@@ -66,11 +66,23 @@ def test_the_mask_stays_exactly_0_1(seed: int) -> None:
     assert out_image.flags.c_contiguous and out_mask.flags.c_contiguous
 
 
+def test_the_zoom_goes_out_to_a_smaller_car_and_in_no_further_than_scale() -> None:
+    # A car-sized block in the middle of the frame: zooming out (down to 0.7) shrinks its area to
+    # as little as 0.49x, zooming in (up to 1.1) grows it to at most 1.21x.
+    zoom_only = Augmenter(**{**NOTHING, "scale": 0.1, "zoom_out": 0.3}, p=1.0)
+    image = np.full((HEIGHT, WIDTH, 3), 50, np.uint8)
+    mask = np.zeros((HEIGHT, WIDTH), np.uint8)
+    mask[HEIGHT // 4: 3 * HEIGHT // 4, WIDTH // 4: 3 * WIDTH // 4] = 1
+    ratios = [zoom_only(image, mask, np.random.default_rng(seed))[1].sum() / mask.sum() for seed in range(40)]
+    assert 0.45 < min(ratios) < 0.6
+    assert 1.0 < max(ratios) < 1.3
+
+
 @pytest.mark.parametrize("seed", range(8))
 def test_a_frame_filled_by_the_car_stays_all_car_after_rotating_and_shrinking(seed: int) -> None:
     # The uncovered corners are filled by reflection in both the photo and the mask: no black
     # corners in the photo, no background corners in the mask.
-    geometry_only = Augmenter(**{**NOTHING, "scale": 0.3, "rotate_degrees": 30}, p=1.0)
+    geometry_only = Augmenter(**{**NOTHING, "scale": 0.3, "zoom_out": 0.3, "rotate_degrees": 30}, p=1.0)
     image = np.full((HEIGHT, WIDTH, 3), 200, np.uint8)
     mask = np.ones((HEIGHT, WIDTH), np.uint8)
     out_image, out_mask = geometry_only(image, mask, np.random.default_rng(seed))
@@ -146,7 +158,7 @@ def test_images_and_masks_of_different_sizes_are_refused() -> None:
 
 
 @pytest.mark.parametrize(
-    "kwargs", [{"p": 1.5}, {"hflip": -0.1}, {"shift": 1.0}, {"scale": -0.1}, {"rotate_degrees": 400}]
+    "kwargs", [{"p": 1.5}, {"hflip": -0.1}, {"shift": 1.0}, {"scale": -0.1}, {"zoom_out": 1.0}, {"rotate_degrees": 400}]
 )
 def test_impossible_settings_raise_config_errors(kwargs: dict) -> None:
     with pytest.raises(ConfigError, match=next(iter(kwargs))):

@@ -4,7 +4,7 @@ The studio photos vary in a few known ways: exposure, a slightly different frami
 a little, left/right. The augmentation mirrors exactly those and nothing else, with the field's
 standard transforms (same OpenCV underneath as the rest of the loader):
 
-    geometric, probability `p`:  A.Affine — shift, isotropic scale and rotation in one warp
+    geometric, probability `p`:  A.Affine — shift, isotropic zoom in or out and rotation in one warp
     flip, probability `hflip`:   A.HorizontalFlip
     colour, probability `p`:     A.RandomBrightnessContrast then A.HueSaturationValue (hue only)
 
@@ -53,14 +53,20 @@ class Augmenter:
 
     `p` is the probability of the geometric step (shift + scale + rotate together) and,
     independently, of the colour step (brightness + contrast + hue together); the flip has its
-    own probability `hflip`. Ranges are symmetric: shift in fractions of the side, scale as
-    1 ± scale (the same in x and y), angles in degrees, brightness in fractions of 255 added,
+    own probability `hflip`. Ranges are symmetric except the zoom: shift in fractions of the side,
+    zoom from 1 - zoom_out to 1 + scale (the same in x and y), angles in degrees, brightness in fractions of 255 added,
     contrast as a gain 1 ± contrast on the pixel values (Albumentations' RandomBrightnessContrast:
     x * (1 + c) + b * 255).
+
+    The zoom reaches further out than in: the studio frames most cars to fill the photo, but some
+    further away, with the turntable's edge and the floor beyond it in view; a net that never saw a
+    smaller car takes that floor for car. Zooming out to 0.7 shows it such frames
+    (docs/benchmarks.md, "What was tried").
     """
 
     shift: float = 0.0625
-    scale: float = 0.1
+    scale: float = 0.1  # zoom in up to 1 + scale
+    zoom_out: float = 0.3  # zoom out down to 1 - zoom_out
     rotate_degrees: float = 10.0
     hflip: float = 0.5
     brightness: float = 0.1
@@ -72,7 +78,7 @@ class Augmenter:
         for name in ("hflip", "p"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ConfigError(f"augmentation {name} {getattr(self, name)}: a probability must be in [0, 1]")
-        for name in ("shift", "scale", "brightness", "contrast"):
+        for name in ("shift", "scale", "zoom_out", "brightness", "contrast"):
             if not 0.0 <= getattr(self, name) < 1.0:
                 raise ConfigError(f"augmentation {name} {getattr(self, name)}: must be in [0, 1)")
         for name in ("rotate_degrees", "hue_degrees"):
@@ -106,7 +112,7 @@ def _pipeline(settings: Augmenter, soft_mask: bool) -> "albumentations.Compose":
         [
             A.Affine(
                 translate_percent={"x": (-shift, shift), "y": (-shift, shift)},
-                scale=(1.0 - scale, 1.0 + scale),
+                scale=(1.0 - settings.zoom_out, 1.0 + scale),
                 keep_ratio=True,
                 rotate=(-angle, angle),
                 interpolation=cv2.INTER_LINEAR,

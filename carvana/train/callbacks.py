@@ -62,6 +62,13 @@ class TrainState:
     epoch_steps: int = 0  # the steps epoch `epoch` took (fewer than a full pass when a budget ended it)
     stop_reason: str | None = None  # why training ended ("finished all 20 epochs", "stopped at the time budget ...")
 
+    @property
+    def coarse_epoch(self) -> bool:
+        """Epoch `epoch` trained in the run's coarse phase (`Config.coarse_phase_epochs`): its validation
+        Dice is at the coarse size and not compared with the full-size epochs' for the best checkpoint
+        or early stopping."""
+        return 0 < self.epoch <= self.config.coarse_phase_epochs
+
 
 @dataclass
 class PredictState:

@@ -239,7 +239,8 @@ class ModelCheckpoint(Callback):
             raise ConfigError(
                 f"checkpoint monitor {self.monitor!r}: not a metric (choose from {', '.join(state.metrics)})"
             )
-        improved = _better(state.metrics[self.monitor], state.best_score, self.mode)
+        # A coarse epoch's score is at the coarse size: best.pt comes from the full-size epochs.
+        improved = not state.coarse_epoch and _better(state.metrics[self.monitor], state.best_score, self.mode)
         if improved:
             state.best_score = float(state.metrics[self.monitor])
         payload = checkpoint_payload(state, self.run_record)

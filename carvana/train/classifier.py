@@ -25,6 +25,7 @@ from __future__ import annotations
 import math
 import random
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
 
@@ -37,7 +38,7 @@ from tqdm import tqdm
 from carvana.config import Config
 from carvana.data.datasets import crop_border, normalize_batch
 from carvana.errors import CheckpointError, TrainingDiverged
-from carvana.geometry import model_geometry
+from carvana.geometry import coarse_input_size, model_geometry
 from carvana.losses import BCEDiceLoss
 from carvana.metrics import dice_from_logits
 from carvana.process_lifetime import EXIT_INTERRUPTED, interrupt_exit_code, stopped_by
@@ -51,6 +52,18 @@ from carvana.train.device import resolve_precision, select_device, to_memory_for
 PLATEAU_FACTOR = 0.5
 PLATEAU_PATIENCE = 2
 PLATEAU_MIN_LR = 1e-7
+# After a coarse phase (progressive resizing) the cosine schedule starts a new cycle at this share
+# of the base LR: the weights are already trained, the larger inputs only refine them.
+FINE_LR_FACTOR = 0.5
+
+
+@dataclass(frozen=True)
+class CoarsePhase:
+    """The loaders of a run's coarse phase: its first `config.coarse_phase_epochs` epochs train and
+    validate on these (inputs at `geometry.coarse_input_size`) instead of the full-size ones."""
+
+    train_loader: Iterable
+    valid_loader: Iterable
 
 
 class TrainingInterruptedError(KeyboardInterrupt):
@@ -94,14 +107,36 @@ def build_optimizer(config: Config, parameters: Iterable[nn.Parameter]) -> torch
 
 
 def build_scheduler(config: Config, optimizer: torch.optim.Optimizer) -> Any:
-    """Stepped once per epoch: `plateau` on validation Dice, `cosine` down to 0 over `config.epochs`."""
+    """Stepped once per epoch: `plateau` on validation Dice, `cosine` down to 0 over `config.epochs`
+    (over the coarse phase first when the run has one; see `cosine_for_run`)."""
     if config.scheduler == "plateau":
         return torch.optim.lr_scheduler.ReduceLROnPlateau(
             optimizer, mode="max", factor=PLATEAU_FACTOR, patience=PLATEAU_PATIENCE, min_lr=PLATEAU_MIN_LR
         )
     if config.scheduler == "cosine":
-        return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=config.epochs)
+        return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=config.coarse_phase_epochs or config.epochs)
     return None
+
+
+def cosine_cycle(config: Config, planned: int, epoch: int) -> tuple[float, int, int]:
+    """(base LR, length, epochs done in it) of the cosine cycle a run planned to end at epoch `planned`
+    is in after `epoch` completed epochs.
+
+    Without a coarse phase: one cycle from `config.lr` to 0 over the run. With one (C epochs): a cycle
+    over the coarse phase (or over the run, if it is planned to end inside it), then a new cycle from
+    `config.lr * FINE_LR_FACTOR` to 0 over the epochs after it.
+    """
+    coarse = config.coarse_phase_epochs
+    if not coarse:
+        return config.lr, planned, epoch
+    if epoch < coarse:
+        return config.lr, min(coarse, planned), epoch
+    return config.lr * FINE_LR_FACTOR, max(planned - coarse, 1), epoch - coarse
+
+
+def cosine_for_run(optimizer: torch.optim.Optimizer, config: Config, planned: int, epoch: int) -> Any:
+    """The run's cosine schedule (`cosine_cycle`), positioned after `epoch` completed epochs."""
+    return cosine_at_epoch(optimizer, *cosine_cycle(config, planned, epoch))
 
 
 def cosine_at_epoch(optimizer: torch.optim.Optimizer, base_lr: float, epochs: int, epoch: int) -> Any:
@@ -238,12 +273,18 @@ class CarvanaClassifier:
         valid_loader: Iterable,
         epochs: int | None = None,
         callbacks: Sequence[Callback] = (),
+        coarse: CoarsePhase | None = None,
     ) -> TrainState:
         """Train until absolute epoch `epochs`, a budget is spent, or a callback stops it.
 
         `epochs` defaults to the config's cap (`config.epochs`, or none when `config.epochs_cap` is
         off and a budget alone ends the run). The returned state's `stop_reason` says why it ended.
+        `coarse`: the loaders of the run's coarse phase, used for its epochs that are still to train
+        (required while the run has some; see `Config.coarse_phase_epochs`).
         """
+        if coarse is None and self.epoch < self.config.coarse_phase_epochs:
+            raise ValueError(f"epoch {self.epoch + 1} is in the run's coarse phase "
+                             f"({self.config.coarse_phase_epochs} epochs): pass its loaders as `coarse`")
         budget = TrainingBudget.of(self.config, epochs)
         steps_per_epoch = _batches(train_loader)
         clock = TrainingClock(self.train_seconds)
@@ -262,14 +303,16 @@ class CarvanaClassifier:
             state.stop_reason = reason
             tqdm.write(f"nothing to train: the run is already at epoch {state.epoch} ({reason})")
             return state
-        if budget.limited:
-            self._follow_plan(state, state.epochs)
+        # The curve ends where the run is planned to: a budget's plan, else the config's epochs (a run
+        # cut by a budget and resumed without one goes on along the curve of its whole length).
+        self._follow_plan(state, state.epochs if budget.limited else self.config.epochs)
         callbacks = in_hook_order(callbacks)
         _call(callbacks, "on_train_begin", state)
         try:
             while reason is None:
-                self._run_epoch(state, state.epoch + 1, train_loader, valid_loader, callbacks,
-                                budget, steps_per_epoch, clock)
+                in_coarse = coarse is not None and state.epoch < self.config.coarse_phase_epochs
+                loaders = (coarse.train_loader, coarse.valid_loader) if in_coarse else (train_loader, valid_loader)
+                self._run_epoch(state, state.epoch + 1, *loaders, callbacks, budget, steps_per_epoch, clock)
                 if state.stop_training:
                     of = f" of {budget.epochs}" if budget.epochs is not None else ""
                     reason = f"stopped early after epoch {state.epoch}{of} (early stopping)"
@@ -299,8 +342,8 @@ class CarvanaClassifier:
     def _follow_plan(self, state: TrainState, planned: int) -> None:
         """Point a cosine schedule at the run's planned end (a budget's), positioned at `state.epoch`."""
         cosine = isinstance(self.scheduler, torch.optim.lr_scheduler.CosineAnnealingLR)
-        if cosine and self.scheduler.T_max != planned and planned > 0:
-            self.scheduler = state.scheduler = cosine_at_epoch(self.optimizer, self.config.lr, planned, state.epoch)
+        if cosine and planned > 0 and self.scheduler.T_max != cosine_cycle(self.config, planned, state.epoch)[1]:
+            self.scheduler = state.scheduler = cosine_for_run(self.optimizer, self.config, planned, state.epoch)
 
     def _run_epoch(
         self, state: TrainState, epoch: int, train_loader: Iterable, valid_loader: Iterable,
@@ -321,19 +364,22 @@ class CarvanaClassifier:
         state.train_seconds, state.epoch_steps = clock.seconds(), steps
         planned = budget.planned_epochs(epoch, state.global_step, state.train_seconds, steps_per_epoch)
         state.epochs = planned
+        cosine = isinstance(self.scheduler, torch.optim.lr_scheduler.CosineAnnealingLR)
         if isinstance(self.scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
             self.scheduler.step(valid["val_dice"])
-        elif (budget.limited and isinstance(self.scheduler, torch.optim.lr_scheduler.CosineAnnealingLR)
-              and self.scheduler.T_max != planned):
-            self.scheduler = state.scheduler = cosine_at_epoch(self.optimizer, self.config.lr, planned, epoch)
+        elif cosine and (epoch == self.config.coarse_phase_epochs
+                         or budget.limited and self.scheduler.T_max != cosine_cycle(self.config, planned, epoch)[1]):
+            # The coarse phase's last epoch starts the next cycle; a budget's plan moves the curve's end.
+            self.scheduler = state.scheduler = cosine_for_run(self.optimizer, self.config, planned, epoch)
         elif self.scheduler is not None:
             self.scheduler.step()
         state.metrics = {"train_loss": train_loss, "train_dice": train_dice, **valid, "lr": lr}
         state.history.append(dict(state.metrics))
         state.epoch, state.mid_epoch = epoch, False
         seconds = time.monotonic() - started
+        size = f" at {coarse_input_size(self.config.model, self.config.input_size)}" if state.coarse_epoch else ""
         tqdm.write(
-            f"epoch {epoch}/{state.epochs}  train loss {train_loss:.4f} dice {train_dice:.4f}  "
+            f"epoch {epoch}/{state.epochs}{size}  train loss {train_loss:.4f} dice {train_dice:.4f}  "
             f"val loss {valid['val_loss']:.4f} dice {valid['val_dice']:.4f}  lr {lr:.2e}  "
             f"{seconds:.1f}s ({steps / max(seconds, 1e-9):.2f} steps/s)"
         )
@@ -544,7 +590,7 @@ class CarvanaClassifier:
                 self.scheduler.base_lrs = [self.config.lr for _ in self.optimizer.param_groups]
         cosine = isinstance(self.scheduler, torch.optim.lr_scheduler.CosineAnnealingLR)
         if cosine and (not same_kind or not same_lr or saved.get("epochs") != self.config.epochs):
-            self.scheduler = cosine_at_epoch(self.optimizer, self.config.lr, self.config.epochs, self.epoch)
+            self.scheduler = cosine_for_run(self.optimizer, self.config, self.config.epochs, self.epoch)
 
     def _bars_disabled(self) -> bool | None:
         return None if self.progress is None else not self.progress

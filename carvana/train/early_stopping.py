@@ -15,7 +15,8 @@ class EarlyStopping(Callback):
     """Sets `state.stop_training` after `patience` epochs without an improvement over `min_delta`.
 
     Its counters are rebuilt from `state.history` when training begins, so a resumed run counts the
-    epochs without improvement from before the interruption too.
+    epochs without improvement from before the interruption too. The epochs of a coarse phase are
+    not counted: their scores are at the coarse size.
     """
 
     def __init__(self, monitor: str = "val_dice", patience: int = 5, min_delta: float = 0.0, mode: str = "max"):
@@ -35,7 +36,7 @@ class EarlyStopping(Callback):
 
     def on_train_begin(self, state: TrainState) -> None:
         self.best, self.wait, self.stopped_epoch = None, 0, None
-        for metrics in state.history:
+        for metrics in state.history[state.config.coarse_phase_epochs:]:
             if self.monitor in metrics:
                 self._update(metrics[self.monitor])
 
@@ -44,6 +45,8 @@ class EarlyStopping(Callback):
             raise ConfigError(
                 f"early stopping monitor {self.monitor!r}: not a metric (choose from {', '.join(state.metrics)})"
             )
+        if state.coarse_epoch:
+            return
         self._update(state.metrics[self.monitor])
         if self.wait >= self.patience:
             state.stop_training = True
