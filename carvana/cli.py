@@ -338,9 +338,11 @@ def config_from_args(args: argparse.Namespace, base: Config | None = None) -> Co
         base = preset(args.preset or _default_preset_name())
     changes = given_settings(args)
     changes.pop("preset", None)
-    if changes.get("model") and not changes.get("input_size") and changes["model"] != base.model:
-        # A different model than the preset's: take that model's own preset size as well.
-        changes["input_size"] = preset(changes["model"]).input_size
+    if changes.get("model") and changes["model"] != base.model:
+        # A different model than the preset's: take that model's own preset size and coarse phase as well.
+        for name in ("input_size", "coarse_epochs"):
+            if changes.get(name) is None:
+                changes[name] = getattr(preset(changes["model"]), name)
     return base.replace(**changes)
 
 

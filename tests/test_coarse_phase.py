@@ -139,3 +139,14 @@ def test_a_short_run_says_it_has_no_coarse_phase(tiny_data, tmp_path, capsys) ->
     assert code == 0, err
     assert "no coarse phase: --epochs 1 leaves no epoch after its 2" in out
     assert epochs_printed(out) == [1] and "at 64x64" not in out
+
+
+def test_another_model_than_the_presets_takes_that_models_coarse_phase_unless_given() -> None:
+    from carvana import cli
+
+    parse = cli.build_parser().parse_args
+    paper = cli.config_from_args(parse(["train", "--model", "unet_original"]), base=preset("cpu"))
+    assert (paper.model, paper.input_size, paper.coarse_phase_epochs) == (UNET_ORIGINAL, Size(572, 572), 0)
+    given = cli.config_from_args(parse(["train", "--model", "unet1024", "--coarse-epochs", "4"]),
+                                 base=preset("unet_original"))
+    assert given.coarse_epochs == 4
