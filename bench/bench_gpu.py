@@ -95,7 +95,7 @@ def end_to_end(images: int, batch: int, workers: int) -> dict[str, float]:
     from carvana.data.layout import load_carvana_data
     from carvana.fetch.sample_dataset import generate_sample_dataset
     from carvana.predict.predictions_saver import PredictionsSaver
-    from carvana.train.classifier import CarvanaClassifier
+    from carvana.predict.predictor import Predictor
 
     config = preset("unet1024").replace(batch_size=batch, workers=workers)
     with tempfile.TemporaryDirectory() as tmp:
@@ -105,15 +105,16 @@ def end_to_end(images: int, batch: int, workers: int) -> dict[str, float]:
         generated_s = time.perf_counter() - start
         data = load_carvana_data(data_dir, need_train=False)
         geometry = model_geometry(config.model, config.input_size)
-        classifier = CarvanaClassifier(config, progress=False)
+        torch.manual_seed(config.seed)  # random weights, drawn as a new run draws them
+        predictor = Predictor.for_config(config, build_model(config.model, config.width), progress=False)
         loader = make_test_loader(data, geometry, config, raw_pixels=True)
         # Warm-up pass on a few batches (cuDNN autotuning, worker start-up).
         warm = make_test_loader(data.test_image_paths()[: batch * 2], geometry, config, raw_pixels=True)
-        classifier.predict(warm, callbacks=[PredictionsSaver(Path(tmp) / "warm.csv.gz", data.image_size)])
+        predictor.predict(warm, callbacks=[PredictionsSaver(Path(tmp) / "warm.csv.gz", data.image_size)])
         torch.cuda.synchronize()
         start = time.perf_counter()
         saver = PredictionsSaver(Path(tmp) / "submit.csv.gz", data.image_size)
-        classifier.predict(loader, callbacks=[saver])
+        predictor.predict(loader, callbacks=[saver])
         seconds = time.perf_counter() - start
         n = len(data.test_names)
         # The two CPU stages alone, to see which one bounds the end-to-end figure.
@@ -137,7 +138,7 @@ def end_to_end(images: int, batch: int, workers: int) -> dict[str, float]:
             writer_rows_per_s[where] = max(1, n // batch) * batch / (time.perf_counter() - start)
     return {"images": n, "seconds": seconds, "images_per_s": n / seconds, "generate_s": generated_s,
             "loader_images_per_s": n / loader_s, "writer_rows_per_s": writer_rows_per_s["cpu"],
-            "writer_on_gpu_rows_per_s": writer_rows_per_s["gpu"], "precision": classifier.precision_name}
+            "writer_on_gpu_rows_per_s": writer_rows_per_s["gpu"], "precision": predictor.precision_name}
 
 
 def main(images: int, batch: int, workers: int, compare_variants: bool = True) -> dict:

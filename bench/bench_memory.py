@@ -44,17 +44,16 @@ def child(rows: int) -> dict:
     import torch
 
     from bench.fixtures import PHOTO_SIZE, probability_maps
-    from carvana.config import preset
     from carvana.geometry import Size
+    from carvana.predict.hooks import PredictState
     from carvana.predict.predictions_saver import PredictionsSaver
-    from carvana.train.callbacks import PredictState
 
     templates = torch.from_numpy(probability_maps(Size(*MAP_SIZE), BATCH))
     rng = np.random.default_rng(0)
     with tempfile.TemporaryDirectory(prefix="bench-memory-") as tmp:
         path = Path(tmp) / "submit.csv.gz"
         saver = PredictionsSaver(path, PHOTO_SIZE)
-        state = PredictState(config=preset("cpu"), model=torch.nn.Identity(), geometry=None, total=rows)  # type: ignore[arg-type]
+        state = PredictState(model=torch.nn.Identity(), total=rows)
         # The writer, its threads and the gzip stream exist before the baseline is taken.
         saver.on_predict_begin(state)
         start_kb = _status_kb("VmRSS")

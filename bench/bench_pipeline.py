@@ -1,7 +1,7 @@
 """Pipeline efficiency: end-to-end predict images/s ÷ model-only images/s (cpu preset, real photos).
 
 End to end: the test loader (JPEG decode + resize + normalise, in its DataLoader workers) ->
-`CarvanaClassifier.predict` -> `PredictionsSaver` writing a gzip submission to a temp folder,
+`Predictor.predict` -> `PredictionsSaver` writing a gzip submission to a temp folder,
 timed until the file is complete. Model only: `predict_probabilities` on the same batches,
 already in memory. Target: ratio >= 0.9.
 
@@ -25,9 +25,11 @@ from bench.fixtures import PHOTO_SIZE, probability_maps, real_photos  # noqa: E4
 from carvana.config import preset  # noqa: E402
 from carvana.data.datasets import make_test_loader  # noqa: E402
 from carvana.data.layout import CarvanaData  # noqa: E402
+from carvana.geometry import model_geometry  # noqa: E402
+from carvana.models import build_model  # noqa: E402
 from carvana.predict.predictions_saver import PredictionsSaver  # noqa: E402
+from carvana.predict.predictor import Predictor  # noqa: E402
 from carvana.predict.submission_writer import SubmissionWriter, default_workers  # noqa: E402
-from carvana.train.classifier import CarvanaClassifier  # noqa: E402
 
 TARGET_RATIO = 0.9
 
@@ -45,8 +47,9 @@ def _best_rate(run, images: int, repeat: int) -> float:
 def main(quick: bool = False) -> dict:
     loops, repeat = (1, 2) if quick else (3, 3)
     config = preset("cpu")
-    classifier = CarvanaClassifier(config, progress=False)  # random weights: the speed is the same
-    geometry = classifier.geometry
+    torch.manual_seed(config.seed)  # random weights (the speed is the same), drawn as a new run draws them
+    predictor = Predictor.for_config(config, build_model(config.model, config.width), progress=False)
+    geometry = model_geometry(config.model, config.input_size)
     photos = real_photos()
     names = [p.name for p in photos] * loops
     data = CarvanaData(data_dir=photos[0].parent, image_size=PHOTO_SIZE, test_dir=photos[0].parent, test_names=names)
@@ -62,14 +65,14 @@ def main(quick: bool = False) -> dict:
 
         def end_to_end(batches) -> None:
             saver = PredictionsSaver(submission, PHOTO_SIZE, threshold=config.threshold)
-            classifier.predict(batches, callbacks=[saver], tta=False)
+            predictor.predict(batches, callbacks=[saver], tta=False)
             assert saver.rows_written == count
 
         in_memory = [(images, list(batch_names)) for images, batch_names in loader(0)]
 
         def model_only() -> None:
             for images, _ in in_memory:
-                classifier.predict_probabilities(images)
+                predictor.predict_probabilities(images)
         rates["model only (tensors in memory)"] = _best_rate(model_only, count, repeat)
         loaders = {workers: loader(workers) for workers in (0, 1, 2)}
         main_workers = config.workers
@@ -105,8 +108,8 @@ def main(quick: bool = False) -> dict:
     preset_rate = rates[f"end to end ({main_workers} loader workers, preset)"]
     best_label = max((k for k in rates if k.startswith("end to end")), key=rates.__getitem__)
     figures = {
-        "images": count, "device": str(classifier.device), "precision": classifier.precision_name,
-        "channels_last": classifier.channels_last, "torch_threads": threads, "loader_workers": main_workers,
+        "images": count, "device": str(predictor.device), "precision": predictor.precision_name,
+        "channels_last": predictor.channels_last, "torch_threads": threads, "loader_workers": main_workers,
         "writer_workers": default_workers(), "target_ratio": TARGET_RATIO,
         "ratio": preset_rate / model_rate, "best_end_to_end": best_label,
         "best_ratio": rates[best_label] / model_rate,
@@ -121,8 +124,8 @@ def main(quick: bool = False) -> dict:
     figures["cpu_ms_per_image"] = cpu_ms
     figures["ceiling_ratio"] = min(1.0, cores * 1e3 / cpu_ms / model_rate)
     print_table(
-        f"Predict pipeline, cpu preset ({geometry.input_size}, batch {config.batch_size}, {classifier.precision_name}"
-        f"{', channels_last' if classifier.channels_last else ''}, {threads} torch threads) on {count} real photos "
+        f"Predict pipeline, cpu preset ({geometry.input_size}, batch {config.batch_size}, {predictor.precision_name}"
+        f"{', channels_last' if predictor.channels_last else ''}, {threads} torch threads) on {count} real photos "
         f"-> submission; ratio = end to end / model only (target >= {TARGET_RATIO:g})",
         ["measurement", "images/s", "ratio"], [[k, v, v / model_rate] for k, v in rates.items()],
     )

@@ -233,12 +233,12 @@ class Config:
 
 
 PRESETS: dict[str, Config] = {
-    # The paper's network as the seed trained it: 572 in, 388 out, SGD with high momentum.
+    # The paper's network: 572 in, 388 out, SGD with high momentum as in the paper.
     "unet_original": Config(
         preset="unet_original", model=UNET_ORIGINAL, input_size=Size(572, 572), optimizer="sgd",
         lr=0.01, momentum=0.99, batch_size=3, epochs=50,
     ),
-    # The seed's 0.995 setup: UNet1024 at 1024x1024 with RMSprop 2e-4.
+    # UNet1024 as the Kaggle competitors who shared it trained it: 1024x1024, RMSprop 2e-4.
     "unet1024": Config(
         preset="unet1024", model=UNET1024, input_size=Size(1024, 1024), optimizer="rmsprop",
         lr=2e-4, batch_size=2, epochs=50,

@@ -12,19 +12,9 @@ threshold the prediction is read with.
 """
 from __future__ import annotations
 
-from typing import NamedTuple
-
 import torch
 import torch.nn.functional as F
 from torch import nn
-
-
-class LossTerms(NamedTuple):
-    """The loss and its parts, for logging (all float32 scalars)."""
-
-    total: torch.Tensor
-    bce: torch.Tensor
-    dice: torch.Tensor  # mean soft Dice (a score: 1 is perfect)
 
 
 def flatten_per_image(logits: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -55,15 +45,11 @@ class BCEDiceLoss(nn.Module):
         self.dice_weight = dice_weight
         self.smooth = smooth
 
-    def terms(self, logits: torch.Tensor, target: torch.Tensor) -> LossTerms:
+    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         logits, target = flatten_per_image(logits.float(), target.float())
         bce = F.binary_cross_entropy_with_logits(logits, target)
         dice = soft_dice_per_image(torch.sigmoid(logits), target, self.smooth).mean()
-        total = self.bce_weight * bce + self.dice_weight * (1.0 - dice)
-        return LossTerms(total=total, bce=bce, dice=dice)
-
-    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        return self.terms(logits, target).total
+        return self.bce_weight * bce + self.dice_weight * (1.0 - dice)
 
     def extra_repr(self) -> str:
         return f"bce_weight={self.bce_weight}, dice_weight={self.dice_weight}, smooth={self.smooth}"

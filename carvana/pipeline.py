@@ -12,7 +12,7 @@ import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from carvana.atomic import atomic_path
 from carvana.config import Config
@@ -22,6 +22,9 @@ from carvana.geometry import Size, model_geometry
 from carvana.runs import (RunFolders, RunRecord, finished_message, open_existing_run, reserve_new_run,
                           resolve_resume, resumed_config)
 from carvana.train.budget import TrainingBudget
+
+if TYPE_CHECKING:
+    from carvana.predict.predictor import Predictor
 
 SUBMISSION_NAME = "submit.csv.gz"
 
@@ -173,7 +176,7 @@ def run_training(config: Config, options: DataOptions, resume: str | None = None
     with its input size fitted to the photos' shape unless `changes` names `input_size` (see
     `carvana.geometry.input_size_for_photos`); a resumed run keeps the input size it was saved with.
     """
-    from carvana.train.checkpoint import load_checkpoint
+    from carvana.checkpoint_file import load_checkpoint
 
     checkpoint: dict[str, Any] | None = None
     resume_path: Path | None = None
@@ -287,7 +290,7 @@ def _train_in(folders: RunFolders, config: Config, options: DataOptions, need_te
     if not chosen.exists() and resume_path is not None:
         chosen = resume_path
     classifier.load_weights(chosen)
-    dice = score_validation(classifier, data, split.valid, config, run_name, checkpoint=chosen)
+    dice = score_validation(classifier.predictor, data, split.valid, config, run_name, checkpoint=chosen)
     return TrainingResult(config, classifier, chosen, source.data_dir, dice, len(split.valid),
                           len({layout_names.car_id(n) for n in split.valid}), training_ended=ended or "")
 
@@ -454,7 +457,7 @@ def _coarse_note(config: Config) -> str:
     return ""
 
 
-def score_validation(classifier, data, valid_names: list[str], config: Config, run_name: str,
+def score_validation(predictor: Predictor, data, valid_names: list[str], config: Config, run_name: str,
                      checkpoint: Path | None = None) -> float:
     """Predict the validation cars through the submission path at full resolution and score them.
 
@@ -475,14 +478,14 @@ def score_validation(classifier, data, valid_names: list[str], config: Config, r
     _write_truth_csv(data, valid_names, truth)
     geometry = model_geometry(config.model, config.input_size)
     loader = make_test_loader([data.train_dir / n for n in valid_names], geometry, config,
-                              raw_pixels=classifier.device.type == "cuda")
+                              raw_pixels=predictor.device.type == "cuda")
     thresholds = thresholds_to_try(config.threshold, config.tune_threshold)
     search = ValidationSearch(predictions, {name: row.rle_mask for name, row in read_truth(truth).items()},
                               data.image_size, thresholds, preferred=config.threshold, cleanup=config.mask_cleanup)
     say(f"Scoring the best checkpoint on {len(valid_names)} validation images at {data.image_size} "
         f"({len(thresholds)} threshold{'s' if len(thresholds) > 1 else ''}) ...")
     with explain_out_of_memory(config, "scoring the validation cars"):
-        classifier.predict(loader, tta=config.tta, callbacks=[search])
+        predictor.predict(loader, tta=config.tta, callbacks=[search])
     cars = len({layout_names.car_id(n) for n in valid_names})
     say(f"  {search.result.threshold_line(cars)}")
     say(f"  {search.result.cleanup_line(cars)}")
@@ -513,7 +516,7 @@ def _write_truth_csv(data, names: list[str], path: Path) -> None:
 # --------------------------------------------------------------------------- prediction
 
 
-def predict_test_set(classifier, config: Config, data_dir: Path, submission: Path,
+def predict_test_set(predictor: Predictor, config: Config, data_dir: Path, submission: Path,
                      trained_photos: Size | None = None, threshold_note: str = "") -> int:
     """Stream the test set's predictions into `submission` (atomically); return the row count.
 
@@ -530,7 +533,7 @@ def predict_test_set(classifier, config: Config, data_dir: Path, submission: Pat
     if trained_photos is not None:
         _warn_of_another_shape(data.image_size, trained_photos, config.input_size, data_dir)
     geometry = model_geometry(config.model, config.input_size)
-    loader = make_test_loader(data, geometry, config, raw_pixels=classifier.device.type == "cuda")
+    loader = make_test_loader(data, geometry, config, raw_pixels=predictor.device.type == "cuda")
     settings = [f"threshold {config.threshold:g}" + (f": {threshold_note}" if threshold_note else "")]
     if config.mask_cleanup != "none":
         settings.append(f"mask cleanup {config.mask_cleanup}")
@@ -539,16 +542,16 @@ def predict_test_set(classifier, config: Config, data_dir: Path, submission: Pat
     say(f"Predicting {len(data.test_names)} test images into {submission} ({'; '.join(settings)}) ...")
     saver = PredictionsSaver(submission, data.image_size, threshold=config.threshold, cleanup=config.mask_cleanup)
     with explain_out_of_memory(config, "predicting the test set"):
-        classifier.predict(loader, tta=config.tta, callbacks=[saver])
+        predictor.predict(loader, tta=config.tta, callbacks=[saver])
     validate_file(submission, data.data_dir / layout_names.SAMPLE_SUBMISSION_CSV, image_size=data.image_size)
     return len(data.test_names)
 
 
 def run_prediction(checkpoint: Path | None, overrides: dict[str, Any], submission: Path | None = None) -> Path:
     """`predict`: load a checkpoint, predict the test set, validate the file."""
+    from carvana.checkpoint_file import load_checkpoint
+    from carvana.predict.predictor import Predictor
     from carvana.predict.submission_writer import is_gzip_name
-    from carvana.train.checkpoint import load_checkpoint
-    from carvana.train.classifier import CarvanaClassifier
 
     if submission is not None:
         is_gzip_name(submission)  # a name its content could not agree with is refused before any work
@@ -557,11 +560,10 @@ def run_prediction(checkpoint: Path | None, overrides: dict[str, Any], submissio
     saved = load_checkpoint(checkpoint)
     config = saved_config(saved, checkpoint, keep_run_name=False).replace(**overrides)
     config, threshold_note = prediction_config(config, saved, given_threshold=overrides.get("threshold"))
-    classifier = CarvanaClassifier(config)
-    classifier.load_weights(checkpoint)
+    predictor = Predictor.from_checkpoint(config, checkpoint, payload=saved)
     data_dir = _prediction_data_dir(config.data_dir)
     submission = submission or config.output_dir / SUBMISSION_NAME
-    rows = predict_test_set(classifier, config, data_dir, submission, trained_photos=_trained_photos(saved),
+    rows = predict_test_set(predictor, config, data_dir, submission, trained_photos=_trained_photos(saved),
                             threshold_note=threshold_note)
     say(f"Submission: {submission} ({rows} rows, valid). Upload with:  python main.py submit {submission} -m \"...\"")
     return submission
@@ -626,11 +628,12 @@ def run_all(config: Config, options: DataOptions, resume: str | None = None,
     """`python main.py`: the whole job, ending with a summary of where everything was written."""
     start = time.monotonic()
     result = run_training(config, options, resume, need_test=True, changes=changes)
-    from carvana.train.checkpoint import load_checkpoint
+    from carvana.checkpoint_file import load_checkpoint
 
     config, threshold_note = prediction_config(result.config, load_checkpoint(result.checkpoint), None)
     submission = config.output_dir / SUBMISSION_NAME
-    rows = predict_test_set(result.classifier, config, result.data_dir, submission, threshold_note=threshold_note)
+    rows = predict_test_set(result.classifier.predictor, config, result.data_dir, submission,
+                            threshold_note=threshold_note)
     minutes, seconds = divmod(int(time.monotonic() - start), 60)
     say("\n".join([
         "",

@@ -11,11 +11,11 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from carvana.checkpoint_file import load_checkpoint
 from carvana.config import PRESETS
 from carvana.data import kaggle_layout as kl
 from carvana.geometry import (PIXEL_ALLOWANCE, UNET1024, UNET_ORIGINAL, Size, aspect_difference,
                               input_size_for_photos, model_geometry)
-from carvana.train.checkpoint import load_checkpoint
 from cli_helpers import run_cli
 from data_factory import make_tiny_carvana
 

@@ -9,11 +9,11 @@ import pytest
 import torch
 from training_helpers import image_events, loaders, scalar_events, tiny_config
 
+from carvana.checkpoint_file import CHECKSUM_KEY, load_checkpoint, load_model_weights, weights_checksum
 from carvana.errors import CheckpointError
 from carvana.models import build_model
 from carvana.train.callbacks import Callback, TrainState
-from carvana.train.checkpoint import (CHECKSUM_KEY, ModelCheckpoint, load_checkpoint, load_model_weights,
-                                      weights_checksum)
+from carvana.train.checkpoint import ModelCheckpoint
 from carvana.train.classifier import CarvanaClassifier
 from carvana.train.early_stopping import EarlyStopping
 from carvana.train.tensorboard import TensorBoardLogger, TensorBoardVisualizer
@@ -107,9 +107,10 @@ def test_checkpoints_load_weights_only_and_give_the_same_outputs(tmp_path):
     assert raw["config"] == config.to_dict() and raw["run_name"] == "tiny"
     assert raw["history"][0]["val_dice"] == pytest.approx(raw["metrics"]["val_dice"])
     other = CarvanaClassifier(config.replace(seed=1), progress=False)
-    assert not torch.allclose(other.predict_probabilities(images), classifier.predict_probabilities(images))
+    predict, predict_other = classifier.predictor.predict_probabilities, other.predictor.predict_probabilities
+    assert not torch.allclose(predict_other(images), predict(images))
     other.load_weights(tmp_path / "models" / "last.pt")
-    assert torch.equal(other.predict_probabilities(images), classifier.predict_probabilities(images))
+    assert torch.equal(predict_other(images), predict(images))
 
 
 def test_a_corrupt_or_truncated_checkpoint_is_a_checkpoint_error_naming_the_file(tmp_path):

@@ -1,4 +1,4 @@
-"""CarvanaClassifier: it learns, validates per image, predicts through the hooks, picks devices."""
+"""CarvanaClassifier: it learns, validates per image, picks devices and precisions."""
 from __future__ import annotations
 
 import re
@@ -8,12 +8,12 @@ import torch
 from training_helpers import SIDE, ellipse_dataset, loaders, tiny_config
 from torch.utils.data import DataLoader
 
+from carvana.device import cpu_has_native_bf16, resolve_precision, select_device
 from carvana.errors import ConfigError
 from carvana.geometry import Size, model_geometry
 from carvana.metrics import dice_from_logits, dice_per_image
-from carvana.train.callbacks import Callback, PredictState
+from carvana.train.callbacks import Callback
 from carvana.train.classifier import CarvanaClassifier, build_optimizer, build_scheduler
-from carvana.train.device import cpu_has_native_bf16, resolve_precision, select_device
 
 
 def test_overfits_a_tiny_set_of_ellipses_to_a_dice_above_095(capsys):
@@ -95,60 +95,6 @@ def test_the_validation_batch_of_the_valid_convolution_unet_crops_the_mirror_bor
     assert torch.allclose(batch_images, images[:, :, 92:-92, 92:-92])
 
 
-class RecordingPredictions(Callback):
-    def __init__(self) -> None:
-        self.events: list[str] = []
-        self.names: list[str] = []
-        self.batches: list[torch.Tensor] = []
-        self.done: list[int] = []
-
-    def on_predict_begin(self, state: PredictState) -> None:
-        self.events.append("begin")
-        self.total = state.total
-
-    def on_predict_batch_end(self, state: PredictState) -> None:
-        self.events.append("batch")
-        self.names += state.names
-        self.batches.append(state.probabilities)
-        self.done.append(state.done)
-
-    def on_predict_end(self, state: PredictState) -> None:
-        self.events.append("end")
-
-
-def test_predict_hands_each_batch_of_names_and_probabilities_to_the_callbacks():
-    classifier = CarvanaClassifier(tiny_config(), progress=False)
-    images, _ = ellipse_dataset(count=5).tensors
-    names = [f"car{i}_01.jpg" for i in range(5)]
-    loader = DataLoader(list(zip(images, names)), batch_size=2)
-    recorder = RecordingPredictions()
-
-    state = classifier.predict(loader, callbacks=[recorder], tta=False)
-
-    assert recorder.events == ["begin", "batch", "batch", "batch", "end"]
-    assert recorder.names == names and recorder.done == [2, 4, 5] and recorder.total == 5 == state.done
-    for batch in recorder.batches:
-        assert batch.dtype == torch.float32 and batch.device.type == "cpu"
-        assert batch.shape[1:] == (SIDE, SIDE)
-        assert 0.0 <= batch.min() and batch.max() <= 1.0
-    assert [b.shape[0] for b in recorder.batches] == [2, 2, 1]
-
-
-def test_flip_tta_is_the_mean_of_the_image_and_its_unflipped_mirror_prediction():
-    classifier = CarvanaClassifier(tiny_config(), progress=False)
-    images, _ = ellipse_dataset(count=3).tensors
-    model = classifier.model.eval()
-
-    with torch.no_grad():
-        plain = torch.sigmoid(model(images))[:, 0]
-        mirrored = torch.sigmoid(model(images.flip(-1))).flip(-1)[:, 0]
-    tta = classifier.predict_probabilities(images, tta=True)
-
-    assert torch.allclose(tta, (plain + mirrored) / 2, atol=1e-6)
-    assert not torch.allclose(tta, plain, atol=1e-4)  # the flip really was a second, different pass
-    assert torch.allclose(classifier.predict_probabilities(images, tta=False), plain, atol=1e-6)
-
-
 def test_optimisers_and_schedulers_follow_the_config():
     model = torch.nn.Conv2d(3, 1, 1)
     sgd = build_optimizer(tiny_config(optimizer="sgd", lr=0.01, momentum=0.99), model.parameters())
@@ -200,4 +146,4 @@ def test_training_under_bf16_autocast_on_the_cpu_gives_finite_float32_metrics():
     state = classifier.train(train, valid, epochs=1)
 
     assert all(torch.isfinite(torch.tensor(v)) for v in state.metrics.values())
-    assert classifier.predict_probabilities(valid.dataset.tensors[0][:2]).dtype == torch.float32
+    assert classifier.predictor.predict_probabilities(valid.dataset.tensors[0][:2]).dtype == torch.float32

@@ -112,8 +112,8 @@ def test_settings_from_a_file_get_the_same_checks_as_flags(field, value):
 
 
 def test_a_checkpoint_whose_saved_settings_cannot_work_is_refused_naming_it(tmp_path, capsys):
+    from carvana.checkpoint_file import save_checkpoint
     from carvana.train.classifier import CarvanaClassifier
-    from carvana.train.checkpoint import save_checkpoint
 
     config = preset("cpu").replace(input_size=Size(64, 64), width=0.125, device="cpu")
     classifier = CarvanaClassifier(config, progress=False)

@@ -131,10 +131,11 @@ def test_loss_is_bce_plus_one_minus_mean_per_image_soft_dice():
     bce = torch.nn.functional.binary_cross_entropy(probs, target)
     dice = [(2 * (p * t).sum() + 1) / (p.sum() + t.sum() + 1) for p, t in zip(probs, target)]
     expected_dice = (dice[0] + dice[1]) / 2
-    terms = BCEDiceLoss(bce_weight=0.5, dice_weight=2.0).terms(logits, target)
-    assert terms.bce.item() == pytest.approx(bce.item(), rel=1e-5)
-    assert terms.dice.item() == pytest.approx(expected_dice.item(), rel=1e-5)
-    assert terms.total.item() == pytest.approx(0.5 * bce.item() + 2.0 * (1 - expected_dice.item()), rel=1e-5)
+    loss = BCEDiceLoss(bce_weight=0.5, dice_weight=2.0)(logits, target)
+    assert loss.item() == pytest.approx(0.5 * bce.item() + 2.0 * (1 - expected_dice.item()), rel=1e-5)
+    bce_only, dice_only = BCEDiceLoss(1.0, 0.0)(logits, target), BCEDiceLoss(0.0, 1.0)(logits, target)
+    assert bce_only.item() == pytest.approx(bce.item(), rel=1e-5)
+    assert dice_only.item() == pytest.approx(1 - expected_dice.item(), rel=1e-5)
 
 
 def test_loss_accepts_masks_with_or_without_the_channel_axis():

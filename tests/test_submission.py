@@ -11,14 +11,13 @@ import pytest
 import torch
 
 from carvana import rle
-from carvana.config import Config
 from carvana.errors import CarvanaError
-from carvana.geometry import UNET1024, Size, model_geometry
+from carvana.geometry import Size
 from carvana.predict import submission_writer
+from carvana.predict.hooks import PredictState
 from carvana.predict.postprocess import probabilities_to_mask, probabilities_to_rle
 from carvana.predict.predictions_saver import PredictionsSaver
 from carvana.predict.submission_writer import SubmissionWriter
-from carvana.train.callbacks import PredictState
 
 PHOTO = Size(1918, 1280)
 MODEL = Size(384, 256)
@@ -55,8 +54,7 @@ def read_rows(path: Path) -> list[list[str]]:
 
 
 def predict_state(total: int) -> PredictState:
-    return PredictState(config=Config(), model=torch.nn.Identity(),
-                        geometry=model_geometry(UNET1024, MODEL), total=total)
+    return PredictState(model=torch.nn.Identity(), total=total)
 
 
 def files_in(directory: Path) -> list[str]:

@@ -9,36 +9,7 @@
     workers.py   how loader workers and the cache's pool start
     datasets.py  torch datasets and DataLoaders
 
-The names below are imported on first use, so `import carvana.data.kaggle_layout` (the fetcher)
-does not pull in torch, OpenCV and pandas.
+Import from the modules themselves (`from carvana.data.layout import load_carvana_data`): this
+package imports none of them, so `import carvana.data.kaggle_layout` does not pull in torch,
+OpenCV and pandas.
 """
-from __future__ import annotations
-
-import importlib
-from typing import Any
-
-_EXPORTS = {
-    "CarvanaData": "layout",
-    "load_carvana_data": "layout",
-    "is_carvana_data_dir": "layout",
-    "StrayFilesWarning": "layout",
-    "read_image": "images",
-    "read_mask": "images",
-    "Split": "split",
-    "split_by_car": "split",
-    "Augmenter": "augment",
-    "CarvanaTrainDataset": "datasets",
-    "CarvanaTestDataset": "datasets",
-    "denormalize": "datasets",
-    "make_train_loader": "datasets",
-    "make_valid_loader": "datasets",
-    "make_test_loader": "datasets",
-}
-
-__all__ = sorted(_EXPORTS)
-
-
-def __getattr__(name: str) -> Any:
-    if name not in _EXPORTS:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    return getattr(importlib.import_module(f"{__name__}.{_EXPORTS[name]}"), name)

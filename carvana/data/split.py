@@ -1,7 +1,7 @@
 """Train/validation split by car.
 
 Each Carvana car is photographed from 16 angles on a turntable; two views of one car share the
-paint, the wheels and the background. Splitting photo by photo (as the seed did) puts views of the
+paint, the wheels and the background. Splitting photo by photo (as well-known public repos do) puts views of the
 same car on both sides, and the validation score then measures memory, not generalisation. Here
 all views of a car go to one side.
 """

@@ -18,14 +18,14 @@ from pathlib import Path
 import torch
 
 from carvana.geometry import Size
+from carvana.predict.hooks import PredictCallback, PredictState
 from carvana.predict.postprocess import probability_batch_to_runs
 from carvana.predict.submission_writer import SubmissionWriter
-from carvana.train.callbacks import Callback, PredictState
 
 log = logging.getLogger(__name__)
 
 
-class PredictionsSaver(Callback):
+class PredictionsSaver(PredictCallback):
     """Stream predictions into an `img,rle_mask` submission at `path` (gzip for .gz, plain for .csv), atomically.
 
     `original_size` is the photos' size the masks are up-sampled to (1918x1280 for Carvana),

@@ -80,7 +80,7 @@ class ThresholdRecord:
 
 def save_threshold(checkpoint: Path, record: ThresholdRecord) -> None:
     """Add `record` to the checkpoint file (rewritten atomically, its weights and checksum unchanged)."""
-    from carvana.train.checkpoint import update_checkpoint
+    from carvana.checkpoint_file import update_checkpoint
 
     update_checkpoint(checkpoint, {RECORD_KEY: record.to_dict()})
 

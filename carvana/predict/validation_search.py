@@ -27,11 +27,11 @@ from carvana import rle
 from carvana.config import MASK_CLEANUPS
 from carvana.geometry import Size
 from carvana.predict.cleanup import clean_probabilities
+from carvana.predict.hooks import PredictCallback, PredictState
 from carvana.predict.postprocess import probabilities_to_runs
 from carvana.predict.score import dice_from_runs
 from carvana.predict.submission_writer import SubmissionWriter, default_workers
 from carvana.predict.threshold import MARGIN, choose_threshold, validation_cars
-from carvana.train.callbacks import Callback, PredictState
 
 MAX_PENDING_BATCHES = 2  # batches whose maps wait for the worker threads while the model goes on
 
@@ -96,7 +96,7 @@ class SearchResult:
                 f"(in use: {self.cleanup})")
 
 
-class ValidationSearch(Callback):
+class ValidationSearch(PredictCallback):
     """Score the validation predictions at each of `thresholds` and each mask clean-up, and write the
     predictions at the chosen threshold to `path` (an `img,rle_mask` file, atomically).
 

@@ -1,22 +1,19 @@
-"""The callback interface: named hooks that receive an explicit state object.
+"""The training callback interface: named hooks that receive an explicit state object.
 
-`CarvanaClassifier.train` calls the training hooks with a `TrainState`; `predict` calls the
-prediction hooks with a `PredictState`. A callback overrides only the hooks it needs.
-
-Hooks run in the callbacks' `order`, lowest first, whatever order the list has (ties keep the
-list's order): checkpoints (PERSIST) save an epoch before anything that observes it (OBSERVE:
-TensorBoard) can fail, so a logger that breaks (a full log disk) never costs that epoch's last.pt.
+`CarvanaClassifier.train` calls these hooks with a `TrainState`; a callback overrides only the
+hooks it needs. They run in the callbacks' `order` (see `carvana.hooks`): checkpoints first.
+The prediction hooks are `carvana.predict.hooks`.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 import torch
 
 from carvana.config import Config
-from carvana.geometry import Geometry
+from carvana.hooks import CONTROL
 
 
 @dataclass
@@ -70,24 +67,8 @@ class TrainState:
         return 0 < self.epoch <= self.config.coarse_phase_epochs
 
 
-@dataclass
-class PredictState:
-    config: Config
-    model: torch.nn.Module
-    geometry: Geometry
-    total: int  # images to predict
-    done: int = 0  # images predicted so far, the current batch included
-    names: list[str] = field(default_factory=list)  # current batch: file names (e.g. 0004d4463b50_01.jpg)
-    probabilities: torch.Tensor | None = None  # current batch: (B, H, W) float32 in [0, 1] on the model's device
-
-
-PERSIST = 0  # writes what a run resumes from (checkpoints)
-CONTROL = 50  # steers training (early stopping); the default
-OBSERVE = 100  # only looks (logging)
-
-
 class Callback:
-    """Base class: every hook does nothing. `order`: when its hooks run, see the module docstring."""
+    """Base class of training callbacks: every hook does nothing. `order`: when its hooks run (`carvana.hooks`)."""
 
     order: int = CONTROL
 
@@ -105,20 +86,3 @@ class Callback:
 
     def on_train_interrupted(self, state: TrainState) -> None:
         """Training stopped early by Ctrl-C or a diverged loss; `state.epoch` is the last complete epoch."""
-
-    def on_predict_begin(self, state: PredictState) -> None:
-        pass
-
-    def on_predict_batch_end(self, state: PredictState) -> None:
-        pass
-
-    def on_predict_end(self, state: PredictState) -> None:
-        pass
-
-    def on_predict_interrupted(self, state: PredictState) -> None:
-        """Prediction stopped early (Ctrl-C or an error); `on_predict_end` will not be called."""
-
-
-def in_hook_order(callbacks: Iterable[Any]) -> list[Any]:
-    """`callbacks` sorted by `order` (stable); a duck-typed callback without one counts as CONTROL."""
-    return sorted(callbacks, key=lambda callback: getattr(callback, "order", CONTROL))

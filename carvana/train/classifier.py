@@ -1,8 +1,10 @@
-"""`CarvanaClassifier`: the training loop, validation and prediction, with named callback hooks.
+"""`CarvanaClassifier`: the training loop, validation and resume, with named callback hooks.
 
 The classifier owns the model and everything that changes while it learns (optimiser, LR scheduler,
 fp16 loss scaler, epoch and step counters, best score, metrics history); callbacks observe and
 persist that state (TensorBoard, checkpoints, early stopping) without the loop knowing about them.
+Its `predictor` (carvana.predict.predictor) holds the model on its device, in its precision and
+memory format: validation runs the forward pass through it, and prediction is the predictor's.
 
 Epochs are counted absolutely: `train(..., epochs=12)` on a classifier resumed at epoch 8 runs
 epochs 9..12. Each epoch's randomness (shuffle order, augmentation) is seeded from (seed, epoch),
@@ -35,18 +37,20 @@ from torch import nn
 from torch.utils.data import SequentialSampler
 from tqdm import tqdm
 
+from carvana.checkpoint_file import load_checkpoint, load_model_weights
 from carvana.config import Config
-from carvana.data.datasets import crop_border, normalize_batch
+from carvana.data.datasets import crop_border
+from carvana.device import Precision
 from carvana.errors import CheckpointError, TrainingDiverged
 from carvana.geometry import coarse_input_size, model_geometry
+from carvana.hooks import call_cleanup_hook, call_hook, in_hook_order
 from carvana.losses import BCEDiceLoss
 from carvana.metrics import dice_from_logits
+from carvana.predict.predictor import Predictor
 from carvana.process_lifetime import EXIT_INTERRUPTED, interrupt_exit_code, stopped_by
 from carvana.runs import default_run_name
 from carvana.train.budget import TrainingBudget, TrainingClock
-from carvana.train.callbacks import Callback, PredictState, TrainState, ValidationBatch, in_hook_order
-from carvana.train.checkpoint import load_checkpoint, load_model_weights
-from carvana.train.device import resolve_precision, select_device, to_memory_format, use_channels_last
+from carvana.train.callbacks import Callback, TrainState, ValidationBatch
 
 # ReduceLROnPlateau on validation Dice: halve the LR after 2 epochs without a new best.
 PLATEAU_FACTOR = 0.5
@@ -95,9 +99,9 @@ class TrainingInterruptedError(KeyboardInterrupt):
 
 
 def build_optimizer(config: Config, parameters: Iterable[nn.Parameter]) -> torch.optim.Optimizer:
-    """SGD with momentum (the paper's U-Net), RMSprop (the seed's UNet1024), or Adam.
+    """SGD with momentum (the paper's U-Net), RMSprop (UNet1024 as shared on Kaggle), or Adam.
 
-    `config.momentum` applies to SGD only; RMSprop keeps PyTorch's defaults, as the seed did.
+    `config.momentum` applies to SGD only; RMSprop keeps PyTorch's defaults.
     """
     if config.optimizer == "sgd":
         return torch.optim.SGD(parameters, lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay)
@@ -177,23 +181,6 @@ def seed_epoch(seed: int, epoch: int, loader: Any) -> None:
             part.set_epoch(epoch)
 
 
-def _call(callbacks: Sequence[Callback], hook: str, state: Any) -> None:
-    for callback in callbacks:
-        getattr(callback, hook)(state)
-
-
-def _call_all(callbacks: Sequence[Callback], hook: str, state: Any) -> None:
-    """Call `hook` of every callback even when one fails (each one's clean-up must run); then raise the first error."""
-    first: BaseException | None = None
-    for callback in callbacks:
-        try:
-            getattr(callback, hook)(state)
-        except BaseException as error:  # noqa: BLE001 - re-raised below, after the others' clean-up
-            first = first or error
-    if first is not None:
-        raise first
-
-
 def _files_in_order(loader: Any) -> tuple[list[Path], list[Path]] | None:
     """The photo and mask files of a loader's items in the order it yields them; None when it cannot say.
 
@@ -215,15 +202,8 @@ def _batches(loader: Any) -> int | None:
         return None
 
 
-def _count(loader: Any) -> int:
-    try:
-        return len(loader.dataset)
-    except (AttributeError, TypeError):
-        return 0
-
-
 class CarvanaClassifier:
-    """A U-Net with its optimiser, scheduler and counters; trains, validates, predicts and resumes."""
+    """A U-Net with its optimiser, scheduler and counters; trains, validates and resumes."""
 
     def __init__(
         self,
@@ -235,17 +215,14 @@ class CarvanaClassifier:
         """`model` defaults to `build_model(config.model, config.width)` (seeded by `config.seed`);
         `device` to `config.device`; `progress`: tqdm bars (None = only on a terminal)."""
         self.config = config
-        self.device = device if isinstance(device, torch.device) else select_device(device or config.device)
         self.geometry = model_geometry(config.model, config.input_size)
-        self.precision = resolve_precision(config.amp, self.device)
-        self.channels_last = use_channels_last(config.channels_last, self.device)
         if model is None:
             from carvana.models import build_model
 
             torch.manual_seed(config.seed)  # the same seed gives the same initial weights
             model = build_model(config.model, config.width)
-        memory_format = torch.channels_last if self.channels_last else torch.preserve_format
-        self.model = model.to(self.device, memory_format=memory_format)
+        self.predictor = Predictor.for_config(config, model, device, progress)
+        self.model = self.predictor.model
         self.loss_fn = BCEDiceLoss(config.bce_weight, config.dice_weight)
         self.optimizer = build_optimizer(config, self.model.parameters())
         self.scheduler = build_scheduler(config, self.optimizer)
@@ -260,6 +237,18 @@ class CarvanaClassifier:
         self.train_seconds = 0.0  # time spent training the run, every process that trained it included
         self.epoch_steps = 0  # the steps the last completed epoch took
         self.resumed_from: Path | None = None
+
+    @property
+    def device(self) -> torch.device:
+        return self.predictor.device
+
+    @property
+    def precision(self) -> Precision:
+        return self.predictor.precision
+
+    @property
+    def channels_last(self) -> bool:
+        return self.predictor.channels_last
 
     @property
     def precision_name(self) -> str:
@@ -307,7 +296,7 @@ class CarvanaClassifier:
         # cut by a budget and resumed without one goes on along the curve of its whole length).
         self._follow_plan(state, state.epochs if budget.limited else self.config.epochs)
         callbacks = in_hook_order(callbacks)
-        _call(callbacks, "on_train_begin", state)
+        call_hook(callbacks, "on_train_begin", state)
         try:
             while reason is None:
                 in_coarse = coarse is not None and state.epoch < self.config.coarse_phase_epochs
@@ -322,16 +311,16 @@ class CarvanaClassifier:
                                             steps_per_epoch)
             state.stop_reason = reason
         except KeyboardInterrupt as interrupt:  # Ctrl-C, or SIGTERM raised as `Terminated`
-            _call_all(callbacks, "on_train_interrupted", state)
+            call_cleanup_hook(callbacks, "on_train_interrupted", state)
             raise TrainingInterruptedError(
                 state.epoch + 1, state.epochs, state.last_checkpoint, state.last_checkpoint_epoch, cause=interrupt
             ) from None
         except BaseException:
-            _call_all(callbacks, "on_train_interrupted", state)
+            call_cleanup_hook(callbacks, "on_train_interrupted", state)
             raise
         finally:
             self._keep_progress(state)
-        _call(callbacks, "on_train_end", state)
+        call_hook(callbacks, "on_train_end", state)
         return state
 
     def _keep_progress(self, state: TrainState) -> None:
@@ -355,7 +344,7 @@ class CarvanaClassifier:
 
         def validation_batch_end(batch: ValidationBatch) -> None:
             state.validation_batch = batch
-            _call(callbacks, "on_validation_batch_end", state)
+            call_hook(callbacks, "on_validation_batch_end", state)
 
         try:
             valid = self._evaluate(valid_loader, desc=f"valid {epoch}/{state.epochs}", on_batch=validation_batch_end)
@@ -383,7 +372,7 @@ class CarvanaClassifier:
             f"val loss {valid['val_loss']:.4f} dice {valid['val_dice']:.4f}  lr {lr:.2e}  "
             f"{seconds:.1f}s ({steps / max(seconds, 1e-9):.2f} steps/s)"
         )
-        _call(callbacks, "on_epoch_end", state)
+        call_hook(callbacks, "on_epoch_end", state)
 
     def _train_one_epoch(self, state: TrainState, epoch: int, loader: Iterable, budget: TrainingBudget,
                          clock: TrainingClock) -> tuple[float, float, int]:
@@ -396,10 +385,9 @@ class CarvanaClassifier:
         with tqdm(loader, desc=f"epoch {epoch}/{state.epochs}", leave=False, unit="batch",
                   disable=self._bars_disabled()) as bar:
             for step, (images, masks) in enumerate(bar, start=1):
-                images = to_memory_format(images.to(self.device, non_blocking=True), self.channels_last)
+                images = self.predictor.inputs(images)
                 masks = masks.to(self.device, non_blocking=True)
-                with self.precision.autocast():
-                    logits = self.model(images)
+                logits = self.predictor.logits(images)
                 loss = self.loss_fn(logits, masks)  # float32 whatever the autocast dtype
                 loss_value = float(loss.detach())
                 if not math.isfinite(loss_value):
@@ -456,10 +444,9 @@ class CarvanaClassifier:
         seen = 0
         files = _files_in_order(loader) if on_batch is not None else None
         for images, masks in tqdm(loader, desc=desc, leave=False, unit="batch", disable=self._bars_disabled()):
-            images = to_memory_format(images.to(self.device, non_blocking=True), self.channels_last)
+            images = self.predictor.inputs(images)
             masks = masks.to(self.device, non_blocking=True)
-            with self.precision.autocast():
-                logits = self.model(images)
+            logits = self.predictor.logits(images)
             batch = images.shape[0]
             loss_sum += float(self.loss_fn(logits, masks)) * batch
             dice = dice_from_logits(logits, masks, self.config.threshold)
@@ -477,55 +464,6 @@ class CarvanaClassifier:
             raise ValueError("the validation loader gave no batches")
         return {"val_loss": loss_sum / seen, "val_dice": dice_sum / seen}
 
-    # ------------------------------------------------------------------ prediction
-
-    @torch.no_grad()
-    def predict_probabilities(self, images: torch.Tensor, tta: bool | None = None) -> torch.Tensor:
-        """(B, H, W) float32 probabilities on the CPU at the model's output size.
-
-        With `tta` (default `config.tta`) the mean of the image's and its mirror image's
-        probabilities, the latter flipped back.
-        """
-        return self._predict_on_device(images, tta).cpu()
-
-    @torch.no_grad()
-    def _predict_on_device(self, images: torch.Tensor, tta: bool | None) -> torch.Tensor:
-        tta = self.config.tta if tta is None else tta
-        self.model.eval()
-        images = images.to(self.device, non_blocking=True)
-        if images.dtype == torch.uint8:  # raw pixels from a loader made with raw_pixels=True
-            images = normalize_batch(images)
-        images = to_memory_format(images, self.channels_last)
-        probabilities = self._forward_probabilities(images)
-        if tta:
-            flipped = self._forward_probabilities(images.flip(-1)).flip(-1)
-            probabilities = (probabilities + flipped) / 2
-        return probabilities
-
-    def _forward_probabilities(self, images: torch.Tensor) -> torch.Tensor:
-        with self.precision.autocast():
-            logits = self.model(images)
-        return torch.sigmoid(logits.float())[:, 0]
-
-    def predict(self, test_loader: Iterable, callbacks: Sequence[Callback] = (), tta: bool | None = None) -> PredictState:
-        """Predict batches of `(images, file_names)`, handing each batch to the callbacks' hooks."""
-        state = PredictState(config=self.config, model=self.model, geometry=self.geometry, total=_count(test_loader))
-        callbacks = in_hook_order(callbacks)
-        _call(callbacks, "on_predict_begin", state)
-        try:
-            for images, names in tqdm(test_loader, desc="predict", unit="batch", disable=self._bars_disabled()):
-                # Left on the model's device: the savers post-process it there (a GPU) or on the CPU.
-                state.probabilities = self._predict_on_device(images, tta)
-                state.names = [str(name) for name in names]
-                state.done += len(state.names)
-                _call(callbacks, "on_predict_batch_end", state)
-        except BaseException:
-            # Ctrl-C, a bad image, a full disk: let the savers drop their partial files.
-            _call_all(callbacks, "on_predict_interrupted", state)
-            raise
-        _call(callbacks, "on_predict_end", state)
-        return state
-
     # ------------------------------------------------------------------ checkpoints
 
     def load_weights(self, path: str | Path) -> dict[str, Any]:
@@ -533,8 +471,6 @@ class CarvanaClassifier:
         payload = load_checkpoint(path, expected_model=self.config.model)
         load_model_weights(self.model, payload, path)
         return payload
-
-    load_checkpoint = load_weights
 
     def resume_from(self, path: str | Path) -> dict[str, Any]:
         """Continue a run: weights, optimiser, scheduler, loss scaler, counters, best score, history.

@@ -1,8 +1,8 @@
 """TensorBoard callbacks: scalars per epoch, and validation photos drawn as error overlays.
 
 Both callbacks of a run write through ONE `SummaryWriter` in `log_dir/run_name/`, opened when
-training begins and closed when it ends or is interrupted (the seed re-opened a writer per call,
-which scatters a run over many event files). Steps are epochs. A resumed run opens the writer with
+training begins and closed when it ends or is interrupted (a writer opened per call would
+scatter a run over many event files). Steps are epochs. A resumed run opens the writer with
 `purge_step` = the first epoch it will redo, so TensorBoard drops anything an interrupted run
 logged after its last checkpoint and the curves continue without doubled points.
 
@@ -30,8 +30,9 @@ from carvana.data.datasets import denormalize
 from carvana.data.images import read_image, read_mask
 from carvana.data.kaggle_layout import car_id
 from carvana.geometry import Size
+from carvana.hooks import OBSERVE
 from carvana.metrics import dice_score
-from carvana.train.callbacks import OBSERVE, Callback, TrainState, ValidationBatch
+from carvana.train.callbacks import Callback, TrainState, ValidationBatch
 from carvana.train.overlays import validation_picture
 
 # state.metrics key -> TensorBoard tag; train and val curves of one quantity share a section.

@@ -1,0 +1,164 @@
+"""Checkpoint files: what one must hold, how it is written and how it is read back safely.
+
+A checkpoint holds only tensors and primitives (the config as `Config.to_dict()`), so it loads with
+`torch.load(weights_only=True)`: opening a checkpoint never runs code from the file. What a
+training run puts in one, and when, is `carvana.train.checkpoint`; prediction reads the same files.
+
+Every file also holds a SHA-256 of its weights (names, shapes, dtypes and bytes of `model_state`),
+checked when it is loaded: torch's zip reader does not check the archive's CRCs, so bytes changed
+inside a tensor (a bad disk, a broken copy) would otherwise load silently and predict garbage.
+Files written before the checksum existed load without the check.
+"""
+from __future__ import annotations
+
+import errno
+import hashlib
+import os
+import pickle
+import zipfile
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from carvana.atomic import atomic_path
+from carvana.errors import CarvanaError, CheckpointError
+
+FORMAT_VERSION = 1
+REQUIRED_KEYS = ("format", "model_name", "width", "model_state", "epoch", "global_step", "config")
+CHECKSUM_KEY = "model_state_sha256"
+
+
+def weights_checksum(model_state: Mapping[str, torch.Tensor]) -> str:
+    """SHA-256 over the tensors of a state dict: each one's name, shape and dtype, then its bytes.
+
+    Names in sorted order and each tensor made contiguous first, so the value does not depend on
+    the dict's order, the device or the memory format (channels-last weights hash like NCHW ones).
+    """
+    digest = hashlib.sha256()
+    for name in sorted(model_state):
+        tensor = model_state[name].detach().cpu().contiguous()
+        digest.update(f"{name}|{tuple(tensor.shape)}|{tensor.dtype}\n".encode())
+        digest.update(tensor.reshape(-1).view(torch.uint8).numpy().data)
+    return digest.hexdigest()
+
+
+def save_checkpoint(path: Path, payload: dict[str, Any]) -> None:
+    """Write `payload` and the checksum of its weights to `path` atomically.
+
+    A crash leaves the previous file, never half of one. torch.save reports a full disk as a
+    RuntimeError of its zip writer that never mentions space ("file write failed", "unexpected
+    pos"), so a failed save looks at the free space and says so when the file cannot fit.
+    """
+    payload = {**payload, CHECKSUM_KEY: weights_checksum(payload["model_state"])}
+    with atomic_path(path) as tmp:
+        try:
+            torch.save(payload, tmp)
+        except RuntimeError as error:
+            raise _save_failure(path, tmp, payload, error) from None
+
+
+def update_checkpoint(path: Path, entries: Mapping[str, Any]) -> None:
+    """Add or replace top-level `entries` (primitives only) of the checkpoint at `path`, atomically.
+
+    For facts learnt about a checkpoint's weights after it was written (the threshold chosen on the
+    validation cars); the weights, and so their checksum, are unchanged.
+    """
+    payload = load_checkpoint(path)
+    payload.pop(CHECKSUM_KEY, None)
+    save_checkpoint(path, {**payload, **entries})
+
+
+def _save_failure(path: Path, tmp: Path, payload: Mapping[str, Any], error: RuntimeError) -> CarvanaError:
+    needed = _tensor_bytes(payload)
+    try:
+        stats = os.statvfs(tmp.parent)
+        # The partial temporary file is removed next; its space counts as free.
+        free = stats.f_bavail * stats.f_frsize + (tmp.stat().st_size if tmp.exists() else 0)
+    except OSError:
+        free = None
+    if free is not None and free < needed:
+        return CarvanaError(
+            f"{path}: could not be written ({os.strerror(errno.ENOSPC)}: {_megabytes(free)} free in "
+            f"{path.parent}, the checkpoint needs about {_megabytes(needed)}); free some space or choose "
+            "another --output-dir; nothing was replaced"
+        )
+    reason = next((line.strip() for line in str(error).splitlines() if line.strip()), type(error).__name__)
+    return CarvanaError(f"{path}: could not be written ({reason[:160]}); nothing was replaced")
+
+
+def _tensor_bytes(value: Any) -> int:
+    """The bytes of every tensor in a nested payload: about the size of its file."""
+    if isinstance(value, torch.Tensor):
+        return value.numel() * value.element_size()
+    if isinstance(value, Mapping):
+        return sum(_tensor_bytes(v) for v in value.values())
+    if isinstance(value, (list, tuple)):
+        return sum(_tensor_bytes(v) for v in value)
+    return 0
+
+
+def _megabytes(count: int) -> str:
+    return f"{count / 1e6:.1f} MB"
+
+
+def load_checkpoint(path: str | Path, expected_model: str | None = None) -> dict[str, Any]:
+    """Read a checkpoint (tensors and primitives only) onto the CPU.
+
+    Raises CheckpointError naming the file when it is missing, unreadable, corrupt, not one of ours,
+    or (with `expected_model`) a checkpoint of another model.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: no such checkpoint file")
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except (RuntimeError, EOFError, OSError, ValueError, pickle.UnpicklingError, zipfile.BadZipFile) as e:
+        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise CheckpointError(f"{path}: not a readable checkpoint (corrupt or truncated: {reason[:160]})") from None
+    if not isinstance(payload, dict) or any(key not in payload for key in REQUIRED_KEYS):
+        raise CheckpointError(f"{path}: not a carvana checkpoint (expected keys {', '.join(REQUIRED_KEYS)})")
+    if payload["format"] != FORMAT_VERSION:
+        raise CheckpointError(f"{path}: checkpoint format {payload['format']}, this version reads {FORMAT_VERSION}")
+    if CHECKSUM_KEY in payload and payload[CHECKSUM_KEY] != weights_checksum(payload["model_state"]):
+        raise CheckpointError(
+            f"{path}: checksum mismatch: the file is corrupt (bytes changed since it was written); use another "
+            "checkpoint (e.g. best.pt/last.pt)"
+        )
+    if expected_model is not None:
+        check_model(payload, path, expected_model)
+    return payload
+
+
+def check_model(payload: Mapping[str, Any], path: str | Path, expected_model: str) -> None:
+    """CheckpointError naming `path` unless the checkpoint `payload` holds weights of `expected_model`."""
+    if payload["model_name"] != expected_model:
+        raise CheckpointError(f"{path}: a checkpoint of {payload['model_name']}, not of {expected_model}")
+
+
+def load_model_weights(model: nn.Module, payload: dict[str, Any], path: str | Path) -> None:
+    """Copy the checkpoint's weights into `model`; CheckpointError (naming `path`) if they don't fit."""
+    state = payload["model_state"]
+    own = model.state_dict()
+    missing = [k for k in own if k not in state]
+    unexpected = [k for k in state if k not in own]
+    wrong_shape = [k for k in own if k in state and tuple(own[k].shape) != tuple(state[k].shape)]
+    if missing or unexpected or wrong_shape:
+        problems = []
+        if missing:
+            problems.append(f"{len(missing)} missing tensors (e.g. {missing[0]})")
+        if unexpected:
+            problems.append(f"{len(unexpected)} unexpected tensors (e.g. {unexpected[0]})")
+        if wrong_shape:
+            k = wrong_shape[0]
+            problems.append(
+                f"{len(wrong_shape)} tensors of another shape (e.g. {k}: "
+                f"{tuple(state[k].shape)} in the file, {tuple(own[k].shape)} in the model)"
+            )
+        raise CheckpointError(
+            f"{path}: weights of {payload['model_name']} width {payload['width']} do not fit this model: "
+            + "; ".join(problems)
+        )
+    model.load_state_dict(state)
