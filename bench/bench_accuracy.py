@@ -50,7 +50,9 @@ from carvana import rle  # noqa: E402
 from carvana.config import preset  # noqa: E402
 from carvana.data import kaggle_layout as kl  # noqa: E402
 from carvana.data.images import read_mask, resize_mask  # noqa: E402
-from carvana.geometry import Size, input_size_for_photos, model_geometry  # noqa: E402
+from carvana.geometry import Size  # noqa: E402
+from carvana.models.input_sizes import input_size_for_photos  # noqa: E402
+from carvana.models.specs import model_geometry  # noqa: E402
 from carvana.predict.postprocess import probabilities_to_mask  # noqa: E402
 from carvana.predict.score import score_submission  # noqa: E402
 

@@ -25,9 +25,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.common import print_table, record  # noqa: E402
 from carvana.config import preset  # noqa: E402
-from carvana.geometry import Size, model_geometry  # noqa: E402
+from carvana.geometry import Size  # noqa: E402
 from carvana.losses import BCEDiceLoss  # noqa: E402
 from carvana.models import build_model  # noqa: E402
+from carvana.models.specs import model_geometry  # noqa: E402
 
 SIZE = Size(1024, 1024)
 H100_BF16_DENSE_PEAK = 989e12  # NVIDIA's H100 SXM dense bf16 tensor-core figure, FLOP/s

@@ -42,7 +42,8 @@ from carvana.data.augment import Augmenter  # noqa: E402
 from carvana.data.cache import open_decoded_cache  # noqa: E402
 from carvana.data.datasets import CarvanaTrainDataset, make_train_loader  # noqa: E402
 from carvana.data.layout import CarvanaData, load_carvana_data  # noqa: E402
-from carvana.geometry import Geometry, model_geometry  # noqa: E402
+from carvana.geometry import Geometry  # noqa: E402
+from carvana.models.specs import model_geometry  # noqa: E402
 
 TARGET_SPEEDUP = 2.0
 PRESETS = ("cpu", "unet1024", "unet_original")

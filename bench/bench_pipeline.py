@@ -25,8 +25,8 @@ from bench.fixtures import PHOTO_SIZE, probability_maps, real_photos  # noqa: E4
 from carvana.config import preset  # noqa: E402
 from carvana.data.datasets import make_test_loader  # noqa: E402
 from carvana.data.layout import CarvanaData  # noqa: E402
-from carvana.geometry import model_geometry  # noqa: E402
 from carvana.models import build_model  # noqa: E402
+from carvana.models.specs import model_geometry  # noqa: E402
 from carvana.predict.predictions_saver import PredictionsSaver  # noqa: E402
 from carvana.predict.predictor import Predictor  # noqa: E402
 from carvana.predict.submission_writer import SubmissionWriter, default_workers  # noqa: E402

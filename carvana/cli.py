@@ -15,7 +15,8 @@ from carvana.config import (AMP_MODES, MASK_CLEANUPS, OPTIMIZERS, PRESETS, SCHED
                             run_name_problem)
 from carvana.durations import parse_duration
 from carvana.errors import CarvanaError, ConfigError
-from carvana.geometry import MODEL_NAMES, Size
+from carvana.geometry import Size
+from carvana.models.specs import MODEL_NAMES
 from carvana.process_lifetime import Terminated, interrupt_exit_code, sigterm_as_interrupt
 
 

@@ -13,7 +13,9 @@ from pathlib import Path
 from typing import Any
 
 from carvana.errors import ConfigError
-from carvana.geometry import MODEL_NAMES, UNET1024, UNET_ORIGINAL, Size, coarse_input_size, model_geometry
+from carvana.geometry import Size
+from carvana.models.input_sizes import coarse_input_size
+from carvana.models.specs import MODEL_SPECS, UNET1024, UNET_ORIGINAL, model_spec
 
 OPTIMIZERS = ("sgd", "rmsprop", "adam")
 SCHEDULERS = ("plateau", "cosine", "none")
@@ -89,7 +91,7 @@ class Config:
     epochs_cap: bool = True
     grad_clip: float | None = None  # max gradient norm; None = no clipping
     # Progressive resizing: the run's first `coarse_epochs` epochs train at half the input size
-    # (geometry.coarse_input_size), four times faster a step; the rest at the input size, from a new
+    # (carvana.models.input_sizes), four times faster a step; the rest at the input size, from a new
     # cosine cycle (carvana.train.classifier). Only when the run's epochs leave some after them (see
     # `coarse_phase_epochs`); 0 = every epoch at the input size.
     coarse_epochs: int = 0
@@ -122,8 +124,7 @@ class Config:
     run_name: str | None = None
 
     def __post_init__(self) -> None:
-        if self.model not in MODEL_NAMES:
-            raise ConfigError(f"model {self.model!r}: unknown (choose from {', '.join(MODEL_NAMES)})")
+        spec = model_spec(self.model)  # a ConfigError listing the models for an unknown name
         if self.optimizer not in OPTIMIZERS:
             raise ConfigError(f"optimizer {self.optimizer!r}: choose from {', '.join(OPTIMIZERS)}")
         if self.scheduler not in SCHEDULERS:
@@ -137,7 +138,7 @@ class Config:
             problem = run_name_problem(self.run_name) if isinstance(self.run_name, str) else "not a string"
             if problem:
                 raise ConfigError(f"run name {self.run_name!r}: {problem}")
-        model_geometry(self.model, self.input_size)  # raises a ConfigError naming valid sizes
+        spec.geometry(self.input_size)  # raises a ConfigError naming valid sizes
         if self.coarse_epochs:
             coarse_input_size(self.model, self.input_size)  # a ConfigError for a net that cannot take it
 
@@ -235,12 +236,12 @@ class Config:
 PRESETS: dict[str, Config] = {
     # The paper's network: 572 in, 388 out, SGD with high momentum as in the paper.
     "unet_original": Config(
-        preset="unet_original", model=UNET_ORIGINAL, input_size=Size(572, 572), optimizer="sgd",
-        lr=0.01, momentum=0.99, batch_size=3, epochs=50,
+        preset="unet_original", model=UNET_ORIGINAL, input_size=MODEL_SPECS[UNET_ORIGINAL].default_input,
+        optimizer="sgd", lr=0.01, momentum=0.99, batch_size=3, epochs=50,
     ),
     # UNet1024 as the Kaggle competitors who shared it trained it: 1024x1024, RMSprop 2e-4.
     "unet1024": Config(
-        preset="unet1024", model=UNET1024, input_size=Size(1024, 1024), optimizer="rmsprop",
+        preset="unet1024", model=UNET1024, input_size=MODEL_SPECS[UNET1024].default_input, optimizer="rmsprop",
         lr=2e-4, batch_size=2, epochs=50,
     ),
     # Default without CUDA: a slim UNet1024 at a 3:2 size that trains on 24 cars in about eight

@@ -18,7 +18,8 @@ from carvana.atomic import atomic_path
 from carvana.config import Config
 from carvana.data import kaggle_layout as layout_names
 from carvana.errors import CarvanaError, CheckpointError, ConfigError, DataError
-from carvana.geometry import Size, model_geometry
+from carvana.geometry import Size
+from carvana.models.specs import model_geometry
 from carvana.runs import (RunFolders, RunRecord, finished_message, open_existing_run, reserve_new_run,
                           resolve_resume, resumed_config)
 from carvana.train.budget import TrainingBudget
@@ -174,7 +175,7 @@ def run_training(config: Config, options: DataOptions, resume: str | None = None
     dir and split; `changes` are the settings given explicitly (e.g. the command line's flags), each
     applied and printed, or refused where it cannot apply to a resumed run. A new run uses `config`,
     with its input size fitted to the photos' shape unless `changes` names `input_size` (see
-    `carvana.geometry.input_size_for_photos`); a resumed run keeps the input size it was saved with.
+    `carvana.models.input_sizes.input_size_for_photos`); a resumed run keeps the input size it was saved with.
     """
     from carvana.checkpoint_file import load_checkpoint
 
@@ -215,7 +216,7 @@ def _train_in(folders: RunFolders, config: Config, options: DataOptions, need_te
     """
     from carvana.data.layout import load_carvana_data
     from carvana.data.split import split_by_car
-    from carvana.geometry import coarse_input_size
+    from carvana.models.input_sizes import coarse_input_size
     from carvana.train.checkpoint import BEST_NAME, LAST_NAME, ModelCheckpoint
     from carvana.train.classifier import CarvanaClassifier, CoarsePhase, TrainingInterruptedError
     from carvana.train.early_stopping import EarlyStopping
@@ -309,7 +310,7 @@ def _loaders(data, split, geometry, config: Config) -> tuple[Any, Any]:
 def _input_for_photos(config: Config, photos: Size) -> tuple[Config, str]:
     """`config` with the input size its model should take for `photos`, and the banner's note on it
     (empty when the preset's own size fits them)."""
-    from carvana.geometry import input_size_for_photos
+    from carvana.models.input_sizes import input_size_for_photos
 
     fitted = input_size_for_photos(config.model, config.input_size, photos,
                                    drawn_for=Size(*layout_names.ORIGINAL_SIZE))
@@ -445,7 +446,7 @@ def _describe_run(config, data, split, classifier, geometry, source, input_note:
 
 def _coarse_note(config: Config) -> str:
     """The banner's words on the run's coarse phase (progressive resizing), or on why it has none."""
-    from carvana.geometry import coarse_input_size
+    from carvana.models.input_sizes import coarse_input_size
 
     if config.coarse_phase_epochs:
         return (f"; epochs 1-{config.coarse_phase_epochs} at "

@@ -14,8 +14,9 @@ from hypothesis import strategies as st
 from carvana.checkpoint_file import load_checkpoint
 from carvana.config import PRESETS
 from carvana.data import kaggle_layout as kl
-from carvana.geometry import (PIXEL_ALLOWANCE, UNET1024, UNET_ORIGINAL, Size, aspect_difference,
-                              input_size_for_photos, model_geometry)
+from carvana.geometry import Size, aspect_difference
+from carvana.models.input_sizes import PIXEL_ALLOWANCE, input_size_for_photos
+from carvana.models.specs import UNET1024, UNET_ORIGINAL, model_geometry
 from cli_helpers import run_cli
 from data_factory import make_tiny_carvana
 

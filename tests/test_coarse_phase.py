@@ -14,7 +14,9 @@ from torch.utils.data import DataLoader
 from carvana.checkpoint_file import load_checkpoint
 from carvana.config import Config, preset
 from carvana.errors import ConfigError
-from carvana.geometry import UNET1024, UNET_ORIGINAL, Size, coarse_input_size
+from carvana.geometry import Size
+from carvana.models.input_sizes import coarse_input_size
+from carvana.models.specs import UNET1024, UNET_ORIGINAL
 from carvana.train.checkpoint import ModelCheckpoint
 from carvana.train.classifier import FINE_LR_FACTOR, CarvanaClassifier, CoarsePhase
 from carvana.train.early_stopping import EarlyStopping

@@ -1,11 +1,15 @@
 """Presets and flags."""
 from __future__ import annotations
 
+import argparse
+
 import pytest
 
+from carvana import cli
 from carvana.config import PRESETS, Config, preset
 from carvana.errors import ConfigError
 from carvana.geometry import Size
+from carvana.models.specs import MODEL_NAMES, MODEL_SPECS, model_spec
 
 
 def test_presets_are_the_documented_setups():
@@ -46,3 +50,25 @@ def test_impossible_settings_are_refused(changes, problem):
 def test_unknown_preset():
     with pytest.raises(ConfigError, match="choose from"):
         preset("gpu9000")
+
+
+def _model_choices(parser: argparse.ArgumentParser) -> list[tuple[str, ...]]:
+    """The choices of every --model flag in `parser` and its subcommands."""
+    found = []
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for subparser in action.choices.values():
+                found += _model_choices(subparser)
+        elif "--model" in action.option_strings:
+            found.append(tuple(action.choices))
+    return found
+
+
+def test_every_preset_model_has_a_spec_and_the_cli_offers_exactly_the_specs():
+    for config in PRESETS.values():
+        assert model_spec(config.model).name == config.model
+    assert MODEL_NAMES == tuple(MODEL_SPECS)
+    choices = _model_choices(cli.build_parser())
+    assert choices and all(offered == MODEL_NAMES for offered in choices)
+    with pytest.raises(ConfigError, match=r"model 'resnet': unknown \(choose from unet_original, unet1024\)"):
+        preset("cpu").replace(model="resnet")

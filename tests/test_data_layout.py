@@ -15,7 +15,8 @@ from carvana.data.datasets import CarvanaTestDataset, CarvanaTrainDataset
 from carvana.data.images import image_size, jpeg_size, load_image, read_image, read_mask
 from carvana.data.layout import StrayFilesWarning, is_carvana_data_dir, load_carvana_data
 from carvana.errors import DataError
-from carvana.geometry import Size, model_geometry
+from carvana.geometry import Size
+from carvana.models.specs import model_geometry
 from data_factory import make_tiny_carvana, write_gif_mask, write_jpeg
 from conftest import REAL_TEST_PHOTOS, needs_real_photos
 

@@ -26,7 +26,8 @@ from carvana.data.datasets import (
 from carvana.data.images import resize_mask
 from carvana.data.layout import load_carvana_data
 from carvana.errors import DataError
-from carvana.geometry import Size, model_geometry
+from carvana.geometry import Size
+from carvana.models.specs import model_geometry
 from data_factory import make_tiny_carvana, write_gif_mask, write_jpeg
 
 # The paper's net at a small non-square size: 284x236 in, 100x52 out, 92 px border.
@@ -236,7 +237,7 @@ def edge_band(mask: np.ndarray) -> np.ndarray:
 def test_raw_pixel_batches_normalise_on_the_device_to_the_same_tensors(tmp_path):
     """The GPU path ships uint8 and normalises later; it must give exactly the CPU path's input."""
     from carvana.data.datasets import CarvanaTestDataset, normalize_batch
-    from carvana.geometry import model_geometry
+    from carvana.models.specs import model_geometry
     from data_factory import make_tiny_carvana
 
     data_dir = make_tiny_carvana(tmp_path, cars=1)

@@ -6,9 +6,9 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from carvana.errors import ConfigError
-from carvana.geometry import (
-    Size,
-    model_geometry,
+from carvana.geometry import Size
+from carvana.models.specs import model_geometry
+from carvana.models.valid_convolutions import (
     original_input_side_for_output,
     original_output_side,
     original_valid_input_sides,

@@ -6,9 +6,12 @@ import torch
 from torch import nn
 
 from carvana.errors import ConfigError
-from carvana.geometry import UNET1024, UNET_ORIGINAL, Size, model_geometry, original_valid_input_sides
+from carvana.geometry import Size
 from carvana.losses import BCEDiceLoss
-from carvana.models import MODEL_BUILDERS, UNet1024, UNetOriginal, build_model
+from carvana.models import MODEL_SPECS, build_model
+from carvana.models.specs import UNET1024, UNET_ORIGINAL, model_geometry
+from carvana.models.unet1024 import UNet1024
+from carvana.models.unet_original import UNetOriginal
 from carvana.models.parts import ConvBnRelu, UpCropConcat, UpResizeConcat, center_crop, scale_channels
 
 SLIM = 0.125  # a few channels per layer: the shapes of the real nets at a fraction of the cost
@@ -157,7 +160,7 @@ def test_scaled_channel_counts_are_multiples_of_four_and_at_least_four(channels,
 
 
 def test_registry_names_match_geometry_and_unknown_names_list_the_choices():
-    assert set(MODEL_BUILDERS) == {UNET_ORIGINAL, UNET1024}
+    assert set(MODEL_SPECS) == {UNET_ORIGINAL, UNET1024}
     assert isinstance(build_model(UNET_ORIGINAL, width=SLIM), UNetOriginal)
     assert isinstance(build_model(UNET1024, width=SLIM), UNet1024)
     with pytest.raises(ConfigError, match="unet_original, unet1024"):

@@ -31,7 +31,8 @@ from carvana.data.datasets import CarvanaTrainDataset
 from carvana.data.images import header_size, image_size, load_image, read_image, read_mask
 from carvana.data.layout import load_carvana_data
 from carvana.errors import DataError
-from carvana.geometry import Size, model_geometry
+from carvana.geometry import Size
+from carvana.models.specs import model_geometry
 from cli_helpers import run_cli
 from data_factory import make_tiny_carvana
 

@@ -11,9 +11,9 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from carvana.geometry import UNET1024, Geometry, Size, model_geometry
 from carvana.models.base import SegmentationNet
 from carvana.models.parts import ConvBnRelu, EncoderStage, Head, UpResizeConcat, he_normal_init, scale_channels
+from carvana.models.specs import UNET1024
 
 ENCODER_CHANNELS = (24, 64, 128, 256, 512, 768)
 ENCODER_CONVS = 2
@@ -53,9 +53,6 @@ class UNet1024(SegmentationNet):
         )
         self.head = Head(decoder_out[-1], out_channels)
         self.apply(he_normal_init)
-
-    def geometry(self, input_size: Size) -> Geometry:
-        return model_geometry(self.name, input_size)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         self.check_input(x)

@@ -1,8 +1,9 @@
 """The U-Net of Ronneberger, Fischer and Brox (2015), as drawn in its Figure 1.
 
 Valid (unpadded) 3x3 convolutions, so every map is smaller than the one before it and the output
-(388x388 for a 572x572 input) is the centre of the input; `carvana.geometry` holds that arithmetic
-and explains how whole images are covered (resize to the output size, mirror-pad the border).
+(388x388 for a 572x572 input) is the centre of the input; `carvana.models.valid_convolutions` holds
+that arithmetic and explains how whole images are covered (resize to the output size, mirror-pad the
+border).
 BatchNorm follows every convolution, which the 2015 paper predates but which lets it train at
 ordinary learning rates.
 """
@@ -11,9 +12,11 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from carvana.geometry import ORIGINAL_DEPTH, UNET_ORIGINAL, Geometry, Size, model_geometry
+from carvana.geometry import Geometry, Size
 from carvana.models.base import SegmentationNet
 from carvana.models.parts import ConvStack, Down, Head, UpCropConcat, he_normal_init
+from carvana.models.specs import UNET_ORIGINAL
+from carvana.models.valid_convolutions import ORIGINAL_DEPTH, original_geometry
 
 
 class UNetOriginal(SegmentationNet):
@@ -45,7 +48,8 @@ class UNetOriginal(SegmentationNet):
         self.apply(he_normal_init)
 
     def geometry(self, input_size: Size) -> Geometry:
-        return model_geometry(self.name, input_size, depth=self.depth)
+        """The spec's valid-convolution geometry, at this net's own depth."""
+        return original_geometry(self.name, input_size, self.depth)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         self.check_input(x)

@@ -42,10 +42,11 @@ from carvana.config import Config
 from carvana.data.datasets import crop_border
 from carvana.device import Precision
 from carvana.errors import CheckpointError, TrainingDiverged
-from carvana.geometry import coarse_input_size, model_geometry
 from carvana.hooks import call_cleanup_hook, call_hook, in_hook_order
 from carvana.losses import BCEDiceLoss
 from carvana.metrics import dice_from_logits
+from carvana.models.input_sizes import coarse_input_size
+from carvana.models.specs import model_geometry
 from carvana.predict.predictor import Predictor
 from carvana.process_lifetime import EXIT_INTERRUPTED, interrupt_exit_code, stopped_by
 from carvana.runs import default_run_name
@@ -64,7 +65,7 @@ FINE_LR_FACTOR = 0.5
 @dataclass(frozen=True)
 class CoarsePhase:
     """The loaders of a run's coarse phase: its first `config.coarse_phase_epochs` epochs train and
-    validate on these (inputs at `geometry.coarse_input_size`) instead of the full-size ones."""
+    validate on these (inputs at `coarse_input_size`) instead of the full-size ones."""
 
     train_loader: Iterable
     valid_loader: Iterable

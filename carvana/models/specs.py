@@ -1,0 +1,106 @@
+"""The table of models: one `ModelSpec` per net, the one place a model's name is looked up.
+
+Config validation, the CLI's `--model` choices, `build_model` and every geometry question
+(`model_geometry`, and the input-size choices in `carvana.models.input_sizes`) read `MODEL_SPECS`.
+Importing this module does not import torch: each spec's builder imports its net when called.
+
+UNetOriginal's geometry is the valid-convolution arithmetic of `carvana.models.valid_convolutions`.
+UNet1024 uses padded convolutions and six 2x2 pools: output size = input size, and each side
+must be divisible by 64.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import partial
+from typing import TYPE_CHECKING, Callable
+
+from carvana.errors import ConfigError
+from carvana.geometry import Geometry, Size
+from carvana.models.valid_convolutions import original_geometry, original_valid_sides
+
+if TYPE_CHECKING:
+    from carvana.models.base import SegmentationNet
+
+UNET_ORIGINAL = "unet_original"
+UNET1024 = "unet1024"
+
+PAPER_BASE_CHANNELS = 64  # UNetOriginal's first-level channels in the paper, scaled by `width`
+UNET1024_DIVISOR = 64  # 2 ** 6 max-pools
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """Everything the pipeline knows about one model, keyed by its `name`.
+
+    same_size: whether the net keeps its input's size (padded convolutions, no border);
+    default_input: the input size of the model's own preset;
+    geometry: input size -> Geometry, a ConfigError naming valid sizes for a size the net can't take;
+    valid_sides: most pixels -> the input sides the net can take, smallest first, that leave room
+        for its smallest side as the other side within that many pixels;
+    builder: width -> a freshly initialised net (imports torch and the net's module when called).
+    """
+
+    name: str
+    same_size: bool
+    default_input: Size
+    geometry: Callable[[Size], Geometry]
+    valid_sides: Callable[[float], list[int]]
+    builder: Callable[[float], "SegmentationNet"]
+
+
+def _build_unet_original(width: float) -> "SegmentationNet":
+    """The paper's U-Net with `width` times its 64 first-level channels."""
+    from carvana.models.parts import scale_channels
+    from carvana.models.unet_original import UNetOriginal
+
+    return UNetOriginal(base_channels=scale_channels(PAPER_BASE_CHANNELS, width))
+
+
+def _unet1024_geometry(input_size: Size) -> Geometry:
+    """Output = input for UNet1024; a ConfigError for a side not divisible by UNET1024_DIVISOR."""
+    for side in input_size:
+        if side <= 0 or side % UNET1024_DIVISOR:
+            raise ConfigError(
+                f"input size {input_size}: {UNET1024} needs sides divisible by {UNET1024_DIVISOR} "
+                f"({side} is not; e.g. 1024x1024, 1536x1024, 384x256)"
+            )
+    return Geometry(UNET1024, input_size, input_size, 0)
+
+
+def _unet1024_valid_sides(most_pixels: float) -> list[int]:
+    """The multiples of UNET1024_DIVISOR that leave room for the smallest one within `most_pixels`."""
+    return list(range(UNET1024_DIVISOR, int(most_pixels // UNET1024_DIVISOR) + 1, UNET1024_DIVISOR))
+
+
+def _build_unet1024(width: float) -> "SegmentationNet":
+    """UNet1024 with every channel count scaled by `width`."""
+    from carvana.models.unet1024 import UNet1024
+
+    return UNet1024(width=width)
+
+
+MODEL_SPECS: dict[str, ModelSpec] = {
+    UNET_ORIGINAL: ModelSpec(
+        name=UNET_ORIGINAL, same_size=False, default_input=Size(572, 572),
+        geometry=partial(original_geometry, UNET_ORIGINAL), valid_sides=original_valid_sides,
+        builder=_build_unet_original,
+    ),
+    UNET1024: ModelSpec(
+        name=UNET1024, same_size=True, default_input=Size(1024, 1024),
+        geometry=_unet1024_geometry, valid_sides=_unet1024_valid_sides, builder=_build_unet1024,
+    ),
+}
+MODEL_NAMES = tuple(MODEL_SPECS)
+
+
+def model_spec(name: str) -> ModelSpec:
+    """The spec of the model called `name`; a ConfigError listing the choices for an unknown name."""
+    try:
+        return MODEL_SPECS[name]
+    except (KeyError, TypeError):
+        raise ConfigError(f"model {name!r}: unknown (choose from {', '.join(MODEL_NAMES)})") from None
+
+
+def model_geometry(model: str, input_size: Size) -> Geometry:
+    """Geometry of `model` at `input_size`; raises ConfigError with valid sizes when it can't work."""
+    return model_spec(model).geometry(input_size)
