@@ -13,7 +13,7 @@ by car. Each variant is a Kaggle-layout data dir of its own in a temporary folde
 Both are trained through the real command line (`main.py run --preset cpu` in a subprocess, so the
 figures are what a user gets); the run's own validation split is its own business, the held-out
 cars are the truth. The submission is scored per image at full resolution
-(`carvana.predict.score.score_submission`), giving the mean and the worst five.
+(`carvana.submission.score.score_submission`), giving the mean and the worst five.
 
 Also measured: the *resolution ceiling* — the held-out true masks shrunk to the model's output
 size and up-sampled back the way submissions are (`probabilities_to_mask`, bilinear then > 0.5),
@@ -46,15 +46,15 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.common import REPO_ROOT, print_table, record  # noqa: E402
 from bench.fixtures import write_palette_gif  # noqa: E402
-from carvana import rle  # noqa: E402
-from carvana.config import preset  # noqa: E402
-from carvana.data import kaggle_layout as kl  # noqa: E402
+from carvana.kaggle import rle  # noqa: E402
+from carvana.run.config import preset  # noqa: E402
+from carvana.kaggle import files as kl  # noqa: E402
 from carvana.data.images import read_mask, resize_mask  # noqa: E402
-from carvana.geometry import Size  # noqa: E402
+from carvana.core.geometry import Size  # noqa: E402
 from carvana.models.input_sizes import input_size_for_photos  # noqa: E402
 from carvana.models.specs import model_geometry  # noqa: E402
 from carvana.predict.postprocess import probabilities_to_mask  # noqa: E402
-from carvana.predict.score import score_submission  # noqa: E402
+from carvana.submission.score import score_submission  # noqa: E402
 
 REAL512 = REPO_ROOT.parent / "shared" / "fixtures" / "carvana-real512"
 KAGGLE_SIZE = Size(*kl.ORIGINAL_SIZE)

@@ -44,9 +44,9 @@ def child(rows: int) -> dict:
     import torch
 
     from bench.fixtures import PHOTO_SIZE, probability_maps
-    from carvana.geometry import Size
+    from carvana.core.geometry import Size
     from carvana.predict.hooks import PredictState
-    from carvana.predict.predictions_saver import PredictionsSaver
+    from carvana.submission.predictions_saver import PredictionsSaver
 
     templates = torch.from_numpy(probability_maps(Size(*MAP_SIZE), BATCH))
     rng = np.random.default_rng(0)

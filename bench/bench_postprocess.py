@@ -24,8 +24,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bench.bench_rle import seed_rle_encode  # noqa: E402
 from bench.common import print_table, record  # noqa: E402
 from bench.fixtures import PHOTO_SIZE, probability_maps  # noqa: E402
-from carvana.geometry import Size  # noqa: E402
-from carvana.predict.submission_writer import DEFAULT_COMPRESSLEVEL, SubmissionWriter, default_workers, encode_row  # noqa: E402
+from carvana.core.geometry import Size  # noqa: E402
+from carvana.submission.writer import DEFAULT_COMPRESSLEVEL, SubmissionWriter, default_workers, encode_row  # noqa: E402
 
 TARGET_ROWS_PER_S_PER_CORE = 150.0
 MODEL_SIZES = (Size(384, 256), Size(1024, 1024))

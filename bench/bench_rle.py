@@ -9,7 +9,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.common import best_of, car_like_mask, print_table, record  # noqa: E402
-from carvana import rle  # noqa: E402
+from carvana.kaggle import rle  # noqa: E402
 
 
 def seed_rle_encode(mask: np.ndarray) -> str:

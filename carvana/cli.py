@@ -11,13 +11,13 @@ import sys
 from pathlib import Path
 from typing import Any, Callable, NoReturn, Sequence
 
-from carvana.config import (AMP_MODES, MASK_CLEANUPS, OPTIMIZERS, PRESETS, SCHEDULERS, SEED_LIMIT, Config, preset,
+from carvana.run.config import (AMP_MODES, MASK_CLEANUPS, OPTIMIZERS, PRESETS, SCHEDULERS, SEED_LIMIT, Config, preset,
                             run_name_problem)
-from carvana.durations import parse_duration
-from carvana.errors import CarvanaError, ConfigError
-from carvana.geometry import Size
+from carvana.core.durations import parse_duration
+from carvana.core.errors import CarvanaError, ConfigError
+from carvana.core.geometry import Size
 from carvana.models.specs import MODEL_NAMES
-from carvana.process_lifetime import Terminated, interrupt_exit_code, sigterm_as_interrupt
+from carvana.core.process_lifetime import Terminated, interrupt_exit_code, sigterm_as_interrupt
 
 
 DESCRIPTION = """\
@@ -124,7 +124,7 @@ def share(text: str) -> float:
 
 
 def duration(text: str) -> float:
-    """Seconds from `90s`, `10m`, `1.5h`, `1h30m` (a unit is required: see carvana.durations)."""
+    """Seconds from `90s`, `10m`, `1.5h`, `1h30m` (a unit is required: see carvana.core.durations)."""
     try:
         return parse_duration(text)
     except ValueError as e:

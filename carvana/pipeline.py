@@ -14,13 +14,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from carvana.atomic import atomic_path
-from carvana.config import Config
-from carvana.data import kaggle_layout as layout_names
-from carvana.errors import CarvanaError, CheckpointError, ConfigError, DataError
-from carvana.geometry import Size
+from carvana.core.atomic import atomic_path
+from carvana.run.config import Config
+from carvana.kaggle import files as layout_names
+from carvana.core.errors import CarvanaError, CheckpointError, ConfigError, DataError
+from carvana.core.geometry import Size
 from carvana.models.specs import model_geometry
-from carvana.runs import (RunFolders, RunRecord, finished_message, open_existing_run, reserve_new_run,
+from carvana.run.identity import (RunFolders, RunRecord, finished_message, open_existing_run, reserve_new_run,
                           resolve_resume, resumed_config)
 from carvana.train.budget import TrainingBudget
 
@@ -90,7 +90,7 @@ def sample_data_dir(data_dir: Path) -> Path:
 def get_data(data_dir: Path, options: DataOptions, announce: bool = True) -> DataSource:
     """Find, download or generate the data, following `--dataset`."""
     from carvana.data.layout import is_carvana_data_dir
-    from carvana.fetch.kaggle_api import kaggle_credentials_usable
+    from carvana.kaggle.api import kaggle_credentials_usable
 
     data_dir = Path(data_dir)
     choice = options.dataset
@@ -116,7 +116,7 @@ def get_data(data_dir: Path, options: DataOptions, announce: bool = True) -> Dat
                     "  (For the real data: put kaggle.json in ~/.kaggle/ or set KAGGLE_USERNAME/KAGGLE_KEY; "
                     "see README, 'Kaggle credentials'.)".format(data_dir))
     if choice == "kaggle":
-        from carvana.fetch.kaggle_fetcher import fetch_kaggle
+        from carvana.kaggle.download import fetch_kaggle
 
         if announce:
             say(f"Downloading Carvana from Kaggle into {data_dir} (resumable; complete files are skipped) ...")
@@ -139,7 +139,7 @@ def _has_part_of_the_layout(data_dir: Path) -> bool:
 
 def _download_in_progress(data_dir: Path) -> bool:
     """A Kaggle fetch started here and has not written the completion marker: never trust it as data."""
-    from carvana.fetch.kaggle_fetcher import DONE_DIR, DOWNLOAD_DIR
+    from carvana.kaggle.download import DONE_DIR, DOWNLOAD_DIR
 
     started = (data_dir / DOWNLOAD_DIR).exists() or (data_dir / DONE_DIR).exists()
     return started and layout_names.read_complete_marker(data_dir) is None
@@ -148,7 +148,7 @@ def _download_in_progress(data_dir: Path) -> bool:
 def _ensure_sample(sample_dir: Path, options: DataOptions, announce: bool) -> Path:
     """The built-in sample in `sample_dir`: the complete one there if it has the wanted settings, else
     a new one. Another process generating it at the same time is waited for, and its result reused."""
-    from carvana.fetch.sample_dataset import ensure_sample_dataset, sample_is_complete
+    from carvana.sample.dataset import ensure_sample_dataset, sample_is_complete
 
     if sample_is_complete(sample_dir, options.sample_cars, options.sample_image_size):
         return sample_dir
@@ -177,7 +177,7 @@ def run_training(config: Config, options: DataOptions, resume: str | None = None
     with its input size fitted to the photos' shape unless `changes` names `input_size` (see
     `carvana.models.input_sizes.input_size_for_photos`); a resumed run keeps the input size it was saved with.
     """
-    from carvana.checkpoint_file import load_checkpoint
+    from carvana.run.checkpoint import load_checkpoint
 
     checkpoint: dict[str, Any] | None = None
     resume_path: Path | None = None
@@ -217,7 +217,7 @@ def _train_in(folders: RunFolders, config: Config, options: DataOptions, need_te
     from carvana.data.layout import load_carvana_data
     from carvana.data.split import split_by_car
     from carvana.models.input_sizes import coarse_input_size
-    from carvana.train.checkpoint import BEST_NAME, LAST_NAME, ModelCheckpoint
+    from carvana.train.model_checkpoint import BEST_NAME, LAST_NAME, ModelCheckpoint
     from carvana.train.classifier import CarvanaClassifier, CoarsePhase, TrainingInterruptedError
     from carvana.train.early_stopping import EarlyStopping
     from carvana.predict.postprocess import probabilities_to_mask
@@ -469,9 +469,9 @@ def score_validation(predictor: Predictor, data, valid_names: list[str], config:
     came from, and the predictions file and the Dice returned are those at it.
     """
     from carvana.data.datasets import make_test_loader
-    from carvana.predict.score import read_truth, score_submission
+    from carvana.submission.score import read_truth, score_submission
     from carvana.predict.threshold import ThresholdRecord, save_threshold, thresholds_to_try
-    from carvana.predict.validation_search import ValidationSearch
+    from carvana.submission.validation_search import ValidationSearch
 
     out_dir = config.output_dir / "validation" / run_name
     truth = out_dir / "valid_truth.csv"
@@ -500,7 +500,7 @@ def score_validation(predictor: Predictor, data, valid_names: list[str], config:
 
 def _write_truth_csv(data, names: list[str], path: Path) -> None:
     """The true masks of `names` as a train_masks.csv-style file (from the CSV, else from the GIFs)."""
-    from carvana import rle
+    from carvana.kaggle import rle
     from carvana.data.images import read_mask
 
     known = data.train_rle if data.train_rle is not None else {}
@@ -528,7 +528,7 @@ def predict_test_set(predictor: Predictor, config: Config, data_dir: Path, submi
     """
     from carvana.data.datasets import make_test_loader
     from carvana.data.layout import load_carvana_data
-    from carvana.predict.predictions_saver import PredictionsSaver
+    from carvana.submission.predictions_saver import PredictionsSaver
 
     data = load_carvana_data(data_dir, need_train=False)
     if trained_photos is not None:
@@ -550,9 +550,9 @@ def predict_test_set(predictor: Predictor, config: Config, data_dir: Path, submi
 
 def run_prediction(checkpoint: Path | None, overrides: dict[str, Any], submission: Path | None = None) -> Path:
     """`predict`: load a checkpoint, predict the test set, validate the file."""
-    from carvana.checkpoint_file import load_checkpoint
+    from carvana.run.checkpoint import load_checkpoint
     from carvana.predict.predictor import Predictor
-    from carvana.predict.submission_writer import is_gzip_name
+    from carvana.submission.writer import is_gzip_name
 
     if submission is not None:
         is_gzip_name(submission)  # a name its content could not agree with is refused before any work
@@ -593,7 +593,7 @@ def _trained_photos(payload: dict[str, Any]) -> Size | None:
 
 
 def _warn_of_another_shape(test_photos: Size, trained_photos: Size, input_size: Size, data_dir: Path) -> None:
-    from carvana.geometry import aspect_difference
+    from carvana.core.geometry import aspect_difference
 
     if aspect_difference(test_photos, trained_photos) > ASPECT_WARNING:
         say(f"warning: {data_dir}: the test photos are {test_photos}, another shape than the {trained_photos} "
@@ -629,7 +629,7 @@ def run_all(config: Config, options: DataOptions, resume: str | None = None,
     """`python main.py`: the whole job, ending with a summary of where everything was written."""
     start = time.monotonic()
     result = run_training(config, options, resume, need_test=True, changes=changes)
-    from carvana.checkpoint_file import load_checkpoint
+    from carvana.run.checkpoint import load_checkpoint
 
     config, threshold_note = prediction_config(result.config, load_checkpoint(result.checkpoint), None)
     submission = config.output_dir / SUBMISSION_NAME
@@ -661,7 +661,7 @@ def validate_file(path: Path, sample_submission: Path | None = None, image_size:
     `image_size`, the size is read from that data dir's test photos, or from the folder of the
     given sample submission when it holds test photos, else it is Kaggle's 1918x1280.
     """
-    from carvana.predict.validate import validate_submission
+    from carvana.submission.validate import validate_submission
 
     if sample_submission is None:
         data_dir = _prediction_data_dir(Path(data_dir) if data_dir is not None else Config.data_dir)
@@ -686,7 +686,7 @@ def _image_size_of(data_dir: Path) -> Size:
 
 
 def score_file(path: Path, truth: Path, image_size: Size) -> float:
-    from carvana.predict.score import score_submission
+    from carvana.submission.score import score_submission
 
     report = score_submission(Path(path), Path(truth), image_size)
     say(f"{path}: mean Dice {report.mean_dice:.5f} over {report.n_images} images of {truth}")
@@ -696,7 +696,7 @@ def score_file(path: Path, truth: Path, image_size: Size) -> float:
 def submit_file(path: Path, message: str, data_dir: Path | None = None, validate: bool = True,
                 timeout: float = 600.0) -> None:
     """`submit`: validate against the data found as `validate` finds it (unless told not to), then upload."""
-    from carvana.predict.kaggle_submit import submit_to_kaggle
+    from carvana.kaggle.submit import submit_to_kaggle
 
     if validate:
         try:

@@ -3,7 +3,7 @@
 How the client gets here: with KAGGLE_API_ENVIRONMENT=LOCALHOST the client calls
 `http://localhost/api/v1/<Service>/<Method>`; HTTP_PROXY pointing at this server (and no NO_PROXY)
 makes every such request, and the downloads and uploads it is redirected to, arrive here in absolute
-form. `FakeKaggle.client_env()` lists exactly those variables. `carvana.fetch.kaggle_api` re-reads
+form. `FakeKaggle.client_env()` lists exactly those variables. `carvana.kaggle.api` re-reads
 them each time it opens an API, so the fixture works in-process whatever the order in which test
 files imported kaggle; the same variables work for a subprocess (`subprocess_env()`).
 
@@ -44,8 +44,8 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
 
-from carvana.data.kaggle_layout import COMPETITION, ORIGINAL_SIZE, mask_name  # noqa: E402
-from carvana.rle import encode  # noqa: E402
+from carvana.kaggle.files import COMPETITION, ORIGINAL_SIZE, mask_name  # noqa: E402
+from carvana.kaggle.rle import encode  # noqa: E402
 
 API_PREFIX = "/api/v1/"
 LAST_MODIFIED = formatdate(1_500_000_000, usegmt=True)  # Kaggle serves RFC 1123 dates in GMT

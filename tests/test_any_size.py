@@ -11,10 +11,10 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from carvana.checkpoint_file import load_checkpoint
-from carvana.config import PRESETS
-from carvana.data import kaggle_layout as kl
-from carvana.geometry import Size, aspect_difference
+from carvana.run.checkpoint import load_checkpoint
+from carvana.run.config import PRESETS
+from carvana.kaggle import files as kl
+from carvana.core.geometry import Size, aspect_difference
 from carvana.models.input_sizes import PIXEL_ALLOWANCE, input_size_for_photos
 from carvana.models.specs import UNET1024, UNET_ORIGINAL, model_geometry
 from cli_helpers import run_cli

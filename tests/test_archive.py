@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from carvana.errors import DataError
-from carvana.fetch import archive as archive_module
-from carvana.fetch.archive import extract_zip
+from carvana.core.errors import DataError
+from carvana.kaggle import archive as archive_module
+from carvana.kaggle.archive import extract_zip
 
 
 def write_zip(path: Path, members: dict[str, bytes], compression: int = zipfile.ZIP_DEFLATED) -> Path:

@@ -7,8 +7,8 @@ import sys
 
 import pytest
 
-from carvana.atomic import atomic_path, atomic_write_text
-from carvana.errors import CarvanaError
+from carvana.core.atomic import atomic_path, atomic_write_text
+from carvana.core.errors import CarvanaError
 
 
 def a_finished_process_id() -> int:

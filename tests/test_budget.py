@@ -9,11 +9,11 @@ import pytest
 import torch
 from training_helpers import loaders, tiny_config
 
-from carvana.checkpoint_file import load_checkpoint
-from carvana.config import Config, preset
-from carvana.durations import format_duration, parse_duration
-from carvana.errors import ConfigError
-from carvana.train.checkpoint import ModelCheckpoint
+from carvana.run.checkpoint import load_checkpoint
+from carvana.run.config import Config, preset
+from carvana.core.durations import format_duration, parse_duration
+from carvana.core.errors import ConfigError
+from carvana.train.model_checkpoint import ModelCheckpoint
 from carvana.train.classifier import CarvanaClassifier
 from cli_helpers import epochs_printed, run_cli
 from data_factory import make_tiny_carvana

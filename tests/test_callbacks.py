@@ -9,11 +9,11 @@ import pytest
 import torch
 from training_helpers import image_events, loaders, scalar_events, tiny_config
 
-from carvana.checkpoint_file import CHECKSUM_KEY, load_checkpoint, load_model_weights, weights_checksum
-from carvana.errors import CheckpointError
+from carvana.run.checkpoint import CHECKSUM_KEY, load_checkpoint, load_model_weights, weights_checksum
+from carvana.core.errors import CheckpointError
 from carvana.models import build_model
 from carvana.train.callbacks import Callback, TrainState
-from carvana.train.checkpoint import ModelCheckpoint
+from carvana.train.model_checkpoint import ModelCheckpoint
 from carvana.train.classifier import CarvanaClassifier
 from carvana.train.early_stopping import EarlyStopping
 from carvana.train.tensorboard import TensorBoardLogger, TensorBoardVisualizer
@@ -153,7 +153,7 @@ def _saved_checkpoint(tmp_path: Path, **config_changes) -> Path:
 
 
 def test_a_checkpoint_of_another_model_or_width_is_refused_with_the_reason(tmp_path):
-    from carvana.geometry import Size
+    from carvana.core.geometry import Size
 
     original = _saved_checkpoint(tmp_path / "a", model="unet_original", input_size=Size(188, 188), width=0.0625)
     with pytest.raises(CheckpointError, match=rf"{original}: a checkpoint of unet_original, not of unet1024"):

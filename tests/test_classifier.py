@@ -8,10 +8,10 @@ import torch
 from training_helpers import SIDE, ellipse_dataset, loaders, tiny_config
 from torch.utils.data import DataLoader
 
-from carvana.device import cpu_has_native_bf16, resolve_precision, select_device
-from carvana.errors import ConfigError
-from carvana.geometry import Size
-from carvana.metrics import dice_from_logits, dice_per_image
+from carvana.core.device import cpu_has_native_bf16, resolve_precision, select_device
+from carvana.core.errors import ConfigError
+from carvana.core.geometry import Size
+from carvana.train.metrics import dice_from_logits, dice_per_image
 from carvana.models.specs import model_geometry
 from carvana.train.callbacks import Callback
 from carvana.train.classifier import CarvanaClassifier, build_optimizer, build_scheduler

@@ -11,13 +11,13 @@ import pytest
 from training_helpers import ellipse_dataset, tiny_config
 from torch.utils.data import DataLoader
 
-from carvana.checkpoint_file import load_checkpoint
-from carvana.config import Config, preset
-from carvana.errors import ConfigError
-from carvana.geometry import Size
+from carvana.run.checkpoint import load_checkpoint
+from carvana.run.config import Config, preset
+from carvana.core.errors import ConfigError
+from carvana.core.geometry import Size
 from carvana.models.input_sizes import coarse_input_size
 from carvana.models.specs import UNET1024, UNET_ORIGINAL
-from carvana.train.checkpoint import ModelCheckpoint
+from carvana.train.model_checkpoint import ModelCheckpoint
 from carvana.train.classifier import FINE_LR_FACTOR, CarvanaClassifier, CoarsePhase
 from carvana.train.early_stopping import EarlyStopping
 from cli_helpers import epochs_printed, run_cli

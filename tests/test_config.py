@@ -6,9 +6,9 @@ import argparse
 import pytest
 
 from carvana import cli
-from carvana.config import PRESETS, Config, preset
-from carvana.errors import ConfigError
-from carvana.geometry import Size
+from carvana.run.config import PRESETS, Config, preset
+from carvana.core.errors import ConfigError
+from carvana.core.geometry import Size
 from carvana.models.specs import MODEL_NAMES, MODEL_SPECS, model_spec
 
 

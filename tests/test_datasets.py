@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from carvana.config import Config
+from carvana.run.config import Config
 from carvana.data.augment import Augmenter
 from carvana.data.datasets import (
     IMAGENET_MEAN,
@@ -25,8 +25,8 @@ from carvana.data.datasets import (
 )
 from carvana.data.images import resize_mask
 from carvana.data.layout import load_carvana_data
-from carvana.errors import DataError
-from carvana.geometry import Size
+from carvana.core.errors import DataError
+from carvana.core.geometry import Size
 from carvana.models.specs import model_geometry
 from data_factory import make_tiny_carvana, write_gif_mask, write_jpeg
 

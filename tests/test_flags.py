@@ -12,9 +12,9 @@ import pytest
 import torch
 
 from carvana import cli
-from carvana.config import Config, preset
-from carvana.errors import ConfigError
-from carvana.geometry import Size
+from carvana.run.config import Config, preset
+from carvana.core.errors import ConfigError
+from carvana.core.geometry import Size
 from cli_helpers import run_cli
 from conftest import REPO_ROOT
 
@@ -112,7 +112,7 @@ def test_settings_from_a_file_get_the_same_checks_as_flags(field, value):
 
 
 def test_a_checkpoint_whose_saved_settings_cannot_work_is_refused_naming_it(tmp_path, capsys):
-    from carvana.checkpoint_file import save_checkpoint
+    from carvana.run.checkpoint import save_checkpoint
     from carvana.train.classifier import CarvanaClassifier
 
     config = preset("cpu").replace(input_size=Size(64, 64), width=0.125, device="cpu")

@@ -5,8 +5,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from carvana.errors import ConfigError
-from carvana.geometry import Size
+from carvana.core.errors import ConfigError
+from carvana.core.geometry import Size
 from carvana.models.specs import model_geometry
 from carvana.models.valid_convolutions import (
     original_input_side_for_output,

@@ -67,3 +67,36 @@ def test_importing_every_prediction_module_loads_nothing_of_the_training_stage()
                           timeout=300)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "[]"
+
+
+# The pipeline's stages, lowest first; a module imports only from its own folder and lower stages.
+# Training and prediction share a rank: they sit side by side and neither imports the other.
+STAGES = {"core": 0, "kaggle": 1, "sample": 2, "data": 3, "models": 4, "run": 5, "predict": 6, "train": 6,
+          "submission": 7}
+TOP = 8  # carvana/cli.py, carvana/pipeline.py: the commands, which put the stages together
+
+
+def stage_of(module: str) -> tuple[str, int]:
+    """(folder, rank) of a module of the package: its folder under carvana/, or a top-level module."""
+    folder = module.split(".")[1]
+    return (folder, STAGES[folder]) if folder in STAGES else ("", TOP)
+
+
+def test_every_folder_under_the_package_is_a_stage_of_the_pipeline():
+    folders = {path.name for path in PACKAGE.iterdir() if path.is_dir() and path.name != "__pycache__"}
+    assert folders == set(STAGES)
+
+
+def test_no_stage_imports_a_higher_one_or_its_sibling():
+    offending = []
+    for path in sorted(PACKAGE.rglob("*.py")):
+        module_path = path.relative_to(PACKAGE.parent)
+        package = ".".join(module_path.parent.parts)
+        folder, rank = stage_of(".".join(module_path.with_suffix("").parts))
+        for line, module in imported_modules(path.read_text(), package):
+            if not module.startswith("carvana.") or module.count(".") < 1:
+                continue
+            other, other_rank = stage_of(module)
+            if other_rank > rank or (other_rank == rank and other != folder):
+                offending.append(f"{module_path}:{line} ({folder or 'top'}) imports {module} ({other or 'top'})")
+    assert not offending, "\n".join(offending)

@@ -13,11 +13,11 @@ from pathlib import Path
 
 import pytest
 
-from carvana.data.kaggle_layout import COMPETITION, RULES_URL, read_complete_marker
-from carvana.errors import DataError, KaggleError
-from carvana.fetch import kaggle_fetcher
-from carvana.fetch.kaggle_api import kaggle_credentials_configured, open_kaggle_api
-from carvana.fetch.kaggle_fetcher import fetch_kaggle
+from carvana.kaggle.files import COMPETITION, RULES_URL, read_complete_marker
+from carvana.core.errors import DataError, KaggleError
+from carvana.kaggle import download as kaggle_fetcher
+from carvana.kaggle.api import kaggle_credentials_configured, open_kaggle_api
+from carvana.kaggle.download import fetch_kaggle
 from fake_kaggle import FakeKaggle, carvana_archives, fake_kaggle, full_size_photo, zip_bytes  # noqa: F401
 
 BASE_FILES = ["train.zip", "train_masks.zip", "train_masks.csv.zip", "metadata.csv.zip"]
@@ -164,7 +164,7 @@ def test_a_download_cut_mid_file_is_resumed_with_a_range_request(kaggle_with_dat
 CHILD_FETCH = """
 import sys
 from pathlib import Path
-from carvana.fetch.kaggle_fetcher import fetch_kaggle
+from carvana.kaggle.download import fetch_kaggle
 try:
     fetch_kaggle(Path(sys.argv[1]), include_test=False, progress=True)
 except KeyboardInterrupt:
@@ -300,9 +300,9 @@ CHILD_EVERYTHING = """
 import logging, sys
 from pathlib import Path
 logging.basicConfig(level=logging.DEBUG)  # even debug logs of kaggle, requests and urllib3
-from carvana.errors import CarvanaError
-from carvana.fetch.kaggle_fetcher import fetch_kaggle
-from carvana.predict.kaggle_submit import submit_to_kaggle
+from carvana.core.errors import CarvanaError
+from carvana.kaggle.download import fetch_kaggle
+from carvana.kaggle.submit import submit_to_kaggle
 try:
     report = fetch_kaggle(Path(sys.argv[1]), include_test=False, progress=True)
     print("fetched", report.downloaded)

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from carvana.data.kaggle_layout import COMPETITION, RULES_URL
-from carvana.errors import KaggleError, SubmissionError
-from carvana.predict.kaggle_submit import SubmissionResult, submit_to_kaggle
+from carvana.kaggle.files import COMPETITION, RULES_URL
+from carvana.core.errors import KaggleError, SubmissionError
+from carvana.kaggle.submit import SubmissionResult, submit_to_kaggle
 from fake_kaggle import fake_kaggle  # noqa: F401 (fixture)
 
 

@@ -8,8 +8,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
-from carvana.losses import BCEDiceLoss, soft_dice_per_image
-from carvana.metrics import dice_from_logits, dice_per_image, dice_score, mean_dice
+from carvana.train.losses import BCEDiceLoss, soft_dice_per_image
+from carvana.train.metrics import dice_from_logits, dice_per_image, dice_score, mean_dice
 
 masks = arrays(dtype=bool, shape=st.tuples(st.integers(1, 12), st.integers(1, 12)))
 

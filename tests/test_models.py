@@ -5,9 +5,9 @@ import pytest
 import torch
 from torch import nn
 
-from carvana.errors import ConfigError
-from carvana.geometry import Size
-from carvana.losses import BCEDiceLoss
+from carvana.core.errors import ConfigError
+from carvana.core.geometry import Size
+from carvana.train.losses import BCEDiceLoss
 from carvana.models import MODEL_SPECS, build_model
 from carvana.models.specs import UNET1024, UNET_ORIGINAL, model_geometry
 from carvana.models.unet1024 import UNet1024

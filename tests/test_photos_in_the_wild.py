@@ -25,13 +25,14 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from carvana import cli, rle
-from carvana.data import kaggle_layout as kl
+from carvana import cli
+from carvana.kaggle import rle
+from carvana.kaggle import files as kl
 from carvana.data.datasets import CarvanaTrainDataset
 from carvana.data.images import header_size, image_size, load_image, read_image, read_mask
 from carvana.data.layout import load_carvana_data
-from carvana.errors import DataError
-from carvana.geometry import Size
+from carvana.core.errors import DataError
+from carvana.core.geometry import Size
 from carvana.models.specs import model_geometry
 from cli_helpers import run_cli
 from data_factory import make_tiny_carvana

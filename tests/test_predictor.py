@@ -8,11 +8,11 @@ import torch
 from torch.utils.data import DataLoader
 from training_helpers import SIDE, ellipse_dataset, tiny_config
 
-from carvana.checkpoint_file import load_checkpoint, save_checkpoint
-from carvana.config import Config
+from carvana.run.checkpoint import load_checkpoint, save_checkpoint
+from carvana.run.config import Config
 from carvana.data.datasets import normalize
-from carvana.errors import CheckpointError
-from carvana.geometry import Size
+from carvana.core.errors import CheckpointError
+from carvana.core.geometry import Size
 from carvana.models import build_model
 from carvana.predict.hooks import PredictCallback, PredictState
 from carvana.predict.predictor import Predictor

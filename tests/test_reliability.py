@@ -24,9 +24,9 @@ import pytest
 import torch
 
 from carvana import cli
-from carvana.geometry import Size
+from carvana.core.geometry import Size
 from carvana.pipeline import DataOptions, get_data
-from carvana.predict.validate import validate_submission
+from carvana.submission.validate import validate_submission
 from cli_helpers import epochs_printed, one_line_error, run_cli, start_main, wait_for
 from data_factory import make_tiny_carvana
 from training_helpers import scalar_events
@@ -369,7 +369,7 @@ def test_auto_never_takes_an_unfinished_kaggle_download_for_data(tmp_path, monke
     data_dir = make_tiny_carvana(tmp_path, cars=1, views=2, complete_marker=False)
     (data_dir / ".download" / "test.zip").mkdir(parents=True)  # the fetch stopped while downloading test.zip
     fetched = []
-    monkeypatch.setattr("carvana.fetch.kaggle_fetcher.fetch_kaggle",
+    monkeypatch.setattr("carvana.kaggle.download.fetch_kaggle",
                         lambda folder, **kwargs: fetched.append(folder) or FakeReport())
     monkeypatch.setenv("KAGGLE_USERNAME", "someone")
     monkeypatch.setenv("KAGGLE_KEY", "0" * 32)
@@ -379,7 +379,7 @@ def test_auto_never_takes_an_unfinished_kaggle_download_for_data(tmp_path, monke
     monkeypatch.delenv("KAGGLE_USERNAME")
     monkeypatch.delenv("KAGGLE_KEY")
     generated = []
-    monkeypatch.setattr("carvana.fetch.sample_dataset.generate_sample_dataset",
+    monkeypatch.setattr("carvana.sample.dataset.generate_sample_dataset",
                         lambda folder, **kwargs: generated.append(folder) or FakeReport())
     capsys.readouterr()
     assert get_data(data_dir, DataOptions(dataset="auto")).origin == "built-in sample"

@@ -19,7 +19,7 @@ import torch
 from PIL import Image
 
 from carvana import cli
-from carvana.data import kaggle_layout as kl
+from carvana.kaggle import files as kl
 from cli_helpers import run_cli
 from data_factory import make_tiny_carvana, write_gif_mask
 

@@ -7,7 +7,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
-from carvana import rle
+from carvana.kaggle import rle
 
 shapes = st.tuples(st.integers(1, 24), st.integers(1, 24))
 

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from carvana.data import kaggle_layout as kl
+from carvana.kaggle import files as kl
 from cli_helpers import epochs_printed, one_line_error, run_cli, start_main, wait_for
 from data_factory import make_tiny_carvana
 

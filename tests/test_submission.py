@@ -10,14 +10,14 @@ import numpy as np
 import pytest
 import torch
 
-from carvana import rle
-from carvana.errors import CarvanaError
-from carvana.geometry import Size
-from carvana.predict import submission_writer
+from carvana.kaggle import rle
+from carvana.core.errors import CarvanaError
+from carvana.core.geometry import Size
+from carvana.submission import writer as submission_writer
 from carvana.predict.hooks import PredictState
 from carvana.predict.postprocess import probabilities_to_mask, probabilities_to_rle
-from carvana.predict.predictions_saver import PredictionsSaver
-from carvana.predict.submission_writer import SubmissionWriter
+from carvana.submission.predictions_saver import PredictionsSaver
+from carvana.submission.writer import SubmissionWriter
 
 PHOTO = Size(1918, 1280)
 MODEL = Size(384, 256)

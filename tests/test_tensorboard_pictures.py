@@ -15,12 +15,13 @@ import pytest
 from data_factory import make_tiny_carvana
 from training_helpers import image_summaries, scalar_events, text_summaries
 
-from carvana import cli, rle
-from carvana.checkpoint_file import load_checkpoint
+from carvana import cli
+from carvana.kaggle import rle
+from carvana.run.checkpoint import load_checkpoint
 from carvana.data.images import read_image
-from carvana.data.rle_csv import read_rle_rows
-from carvana.geometry import Size
-from carvana.metrics import dice_score
+from carvana.kaggle.rle_csv import read_rle_rows
+from carvana.core.geometry import Size
+from carvana.train.metrics import dice_score
 from carvana.train.overlays import CAPTION_HEIGHT, CROP_SIDE, READABLE_WIDTH
 
 pytestmark = pytest.mark.slow

@@ -18,8 +18,8 @@ import pytest
 import torch
 
 from carvana import cli
-from carvana.checkpoint_file import load_checkpoint, save_checkpoint
-from carvana.geometry import Size
+from carvana.run.checkpoint import load_checkpoint, save_checkpoint
+from carvana.core.geometry import Size
 from carvana.predict.cleanup import clean_probabilities, fill_holes, fill_level, keep_largest_component
 from carvana.predict.postprocess import probabilities_to_mask
 from carvana.predict.threshold import MARGIN, choose_threshold, save_threshold, ThresholdRecord

@@ -10,12 +10,12 @@ from hypothesis import given
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
-from carvana import rle
-from carvana.errors import DataError, SubmissionError
-from carvana.geometry import Size
-from carvana.predict.score import dice_from_runs, intersection_from_runs, score_submission
-from carvana.predict.submission_writer import write_submission_rows
-from carvana.predict.validate import validate_submission
+from carvana.kaggle import rle
+from carvana.core.errors import DataError, SubmissionError
+from carvana.core.geometry import Size
+from carvana.submission.score import dice_from_runs, intersection_from_runs, score_submission
+from carvana.submission.writer import write_submission_rows
+from carvana.submission.validate import validate_submission
 
 IMAGE = Size(8, 4)  # 32 pixels: small enough to reason about by hand
 IDS = ["aaa_01.jpg", "aaa_02.jpg", "bbb_01.jpg"]

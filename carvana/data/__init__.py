@@ -10,6 +10,6 @@
     datasets.py  torch datasets and DataLoaders
 
 Import from the modules themselves (`from carvana.data.layout import load_carvana_data`): this
-package imports none of them, so `import carvana.data.kaggle_layout` does not pull in torch,
+package imports none of them, so `import carvana.kaggle.files` does not pull in torch,
 OpenCV and pandas.
 """

@@ -38,7 +38,7 @@ from typing import TYPE_CHECKING
 import cv2
 import numpy as np
 
-from carvana.errors import ConfigError
+from carvana.core.errors import ConfigError
 
 if TYPE_CHECKING:
     import albumentations

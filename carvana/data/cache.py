@@ -15,7 +15,7 @@ read. Loader workers open it with `np.load(mmap_mode="r")`: the pages are the op
 page cache, shared by every worker, not one copy per process.
 
 Building: a pool of the configured loader workers decodes the rows (one OpenCV thread each, as in
-a loader worker) into a temporary file renamed onto the final name when complete (carvana.atomic),
+a loader worker) into a temporary file renamed onto the final name when complete (carvana.core.atomic),
 under a lock on the key's folder, so two runs at once build it once and never read half of one. A
 broken photo or mask is the same one-line DataError naming it as without the cache, raised while
 building. The cache is skipped, with a note, when it would be larger than `LIMIT_BYTES` or take
@@ -37,12 +37,12 @@ from typing import NamedTuple
 
 import numpy as np
 
-from carvana.atomic import atomic_path
+from carvana.core.atomic import atomic_path
 from carvana.data.images import load_image, mask_area_fractions, read_mask
 from carvana.data.workers import worker_context, worker_init
-from carvana.errors import DataError
-from carvana.geometry import Size
-from carvana.locks import FolderLock
+from carvana.core.errors import DataError
+from carvana.core.geometry import Size
+from carvana.core.locks import FolderLock
 
 FORMAT_VERSION = 1  # bump when what a row holds changes: old caches then get a new key and are rebuilt
 CHANNELS = 4  # R, G, B, the mask's area share

@@ -30,8 +30,8 @@ import cv2
 import numpy as np
 from PIL import Image
 
-from carvana.errors import DataError
-from carvana.geometry import Size
+from carvana.core.errors import DataError
+from carvana.core.geometry import Size
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
 

@@ -15,13 +15,13 @@ from pathlib import Path
 
 import pandas as pd
 
-from carvana.data import kaggle_layout as kl
+from carvana.kaggle import files as kl
 from carvana.data.checks import check_masks_csv, check_one_size
 from carvana.data.images import is_image_name, kind_of_entry
-from carvana.data.rle_csv import read_ids, read_unique_rows
-from carvana.errors import DataError
-from carvana.geometry import Size
-from carvana.rle import RLEError, parse_runs
+from carvana.kaggle.rle_csv import read_ids, read_unique_rows
+from carvana.core.errors import DataError
+from carvana.core.geometry import Size
+from carvana.kaggle.rle import RLEError, parse_runs
 
 # Files that file managers and zip tools leave behind; never data.
 _JUNK_NAMES = frozenset(("thumbs.db", "desktop.ini", "__macosx"))
@@ -262,7 +262,7 @@ def _require_csv(path: Path, what: str) -> None:
 def _read_masks_csv(path: Path, size: Size) -> dict[str, str]:
     """train_masks.csv as {name: RLE}, every RLE checked for photos of `size` (the line is named if not).
 
-    Read by `carvana.data.rle_csv`, the reader of every `img,rle_mask` file, and streamed.
+    Read by `carvana.kaggle.rle_csv`, the reader of every `img,rle_mask` file, and streamed.
     """
     _require_csv(path, "the training masks as RLE, img,rle_mask")
     fail = lambda problem: DataError(path, problem)  # noqa: E731
@@ -278,7 +278,7 @@ def _read_masks_csv(path: Path, size: Size) -> dict[str, str]:
 
 def _read_sample_submission(path: Path, test_dir: Path, test_files: set[str]) -> list[str]:
     """The test ids in Kaggle's order, read exactly as the final validator of a submission reads them
-    (`carvana.data.rle_csv`): a sample submission accepted here never fails validation later."""
+    (`carvana.kaggle.rle_csv`): a sample submission accepted here never fails validation later."""
     _require_csv(path, "the test ids, img,rle_mask")
     names = read_ids(path, lambda problem: DataError(path, problem), "has no rows (expected one per test photo)")
     missing = [n for n in names if n not in test_files]

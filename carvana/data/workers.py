@@ -10,7 +10,7 @@ import multiprocessing
 import multiprocessing.context
 
 from carvana.data.images import set_worker_threads
-from carvana.process_lifetime import end_with_main_process
+from carvana.core.process_lifetime import end_with_main_process
 
 # What every worker runs: the datasets module imports torch, OpenCV and the cache once, in the server.
 _FORKSERVER_PRELOAD = ["carvana.data.datasets"]
@@ -19,7 +19,7 @@ _FORKSERVER_PRELOAD = ["carvana.data.datasets"]
 def worker_init(worker_id: int | None = None) -> None:
     """Worker start: end with the main process; one thread each for OpenCV and torch.
 
-    A worker must not outlive a main process killed outright (see carvana.process_lifetime);
+    A worker must not outlive a main process killed outright (see carvana.core.process_lifetime);
     `set_worker_threads` says why one thread. `worker_id` is the DataLoader's (unused).
     """
     end_with_main_process()

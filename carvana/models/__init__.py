@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from carvana.errors import ConfigError
+from carvana.core.errors import ConfigError
 from carvana.models.specs import MODEL_NAMES, MODEL_SPECS, ModelSpec, model_spec
 
 if TYPE_CHECKING:

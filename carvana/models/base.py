@@ -6,7 +6,7 @@ from typing import ClassVar
 import torch
 from torch import nn
 
-from carvana.geometry import Geometry, Size
+from carvana.core.geometry import Geometry, Size
 from carvana.models.specs import model_spec
 
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import math
 
-from carvana.errors import ConfigError
-from carvana.geometry import Size, aspect, aspect_difference
+from carvana.core.errors import ConfigError
+from carvana.core.geometry import Size, aspect, aspect_difference
 from carvana.models.specs import MODEL_SPECS, model_spec
 
 # A size chosen for the photos may have at most this many times the preset's input pixels: the preset's

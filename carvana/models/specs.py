@@ -14,8 +14,8 @@ from dataclasses import dataclass
 from functools import partial
 from typing import TYPE_CHECKING, Callable
 
-from carvana.errors import ConfigError
-from carvana.geometry import Geometry, Size
+from carvana.core.errors import ConfigError
+from carvana.core.geometry import Geometry, Size
 from carvana.models.valid_convolutions import original_geometry, original_valid_sides
 
 if TYPE_CHECKING:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from carvana.geometry import Geometry, Size
+from carvana.core.geometry import Geometry, Size
 from carvana.models.base import SegmentationNet
 from carvana.models.parts import ConvStack, Down, Head, UpCropConcat, he_normal_init
 from carvana.models.specs import UNET_ORIGINAL

@@ -11,8 +11,8 @@ for pixel with the resized image (and with the mask resized to the same size).
 """
 from __future__ import annotations
 
-from carvana.errors import ConfigError
-from carvana.geometry import Geometry, Size
+from carvana.core.errors import ConfigError
+from carvana.core.geometry import Geometry, Size
 
 ORIGINAL_DEPTH = 4  # max-pools in the paper's U-Net
 ORIGINAL_BORDER = 92  # (input - output) / 2 for depth 4 with two valid 3x3 convs per level

@@ -1,7 +1,7 @@
 """The prediction callback interface: the hooks `Predictor.predict` calls, and the state they receive.
 
 A prediction callback overrides only the hooks it needs; they run in the callbacks' `order`
-(see `carvana.hooks`).
+(see `carvana.core.hooks`).
 """
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from carvana.hooks import CONTROL
+from carvana.core.hooks import CONTROL
 
 
 @dataclass

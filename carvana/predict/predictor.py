@@ -16,11 +16,11 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from carvana.checkpoint_file import check_model, load_checkpoint, load_model_weights
-from carvana.config import Config
+from carvana.run.checkpoint import check_model, load_checkpoint, load_model_weights
+from carvana.run.config import Config
 from carvana.data.datasets import normalize_batch
-from carvana.device import Precision, resolve_precision, select_device, to_memory_format, use_channels_last
-from carvana.hooks import call_cleanup_hook, call_hook, in_hook_order
+from carvana.core.device import Precision, resolve_precision, select_device, to_memory_format, use_channels_last
+from carvana.core.hooks import call_cleanup_hook, call_hook, in_hook_order
 from carvana.predict.hooks import PredictCallback, PredictState
 
 

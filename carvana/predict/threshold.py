@@ -2,7 +2,7 @@
 
 A model trained with BCE + Dice is not calibrated so that 0.5 is its best cut: its best threshold
 depends on the run, so it is measured on cars the model never saw, at full resolution through the
-submission path (carvana.predict.validation_search). 0.5 is kept unless another threshold of the
+submission path (carvana.submission.validation_search). 0.5 is kept unless another threshold of the
 grid is better by more than `MARGIN`: a few validation cars would otherwise pick thresholds by noise.
 
 The threshold a checkpoint's weights were scored with is a fact of that file (other weights would
@@ -80,7 +80,7 @@ class ThresholdRecord:
 
 def save_threshold(checkpoint: Path, record: ThresholdRecord) -> None:
     """Add `record` to the checkpoint file (rewritten atomically, its weights and checksum unchanged)."""
-    from carvana.checkpoint_file import update_checkpoint
+    from carvana.run.checkpoint import update_checkpoint
 
     update_checkpoint(checkpoint, {RECORD_KEY: record.to_dict()})
 

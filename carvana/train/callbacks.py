@@ -1,7 +1,7 @@
 """The training callback interface: named hooks that receive an explicit state object.
 
 `CarvanaClassifier.train` calls these hooks with a `TrainState`; a callback overrides only the
-hooks it needs. They run in the callbacks' `order` (see `carvana.hooks`): checkpoints first.
+hooks it needs. They run in the callbacks' `order` (see `carvana.core.hooks`): checkpoints first.
 The prediction hooks are `carvana.predict.hooks`.
 """
 from __future__ import annotations
@@ -12,8 +12,8 @@ from typing import Any
 
 import torch
 
-from carvana.config import Config
-from carvana.hooks import CONTROL
+from carvana.run.config import Config
+from carvana.core.hooks import CONTROL
 
 
 @dataclass
@@ -68,7 +68,7 @@ class TrainState:
 
 
 class Callback:
-    """Base class of training callbacks: every hook does nothing. `order`: when its hooks run (`carvana.hooks`)."""
+    """Base class of training callbacks: every hook does nothing. `order`: when its hooks run (`carvana.core.hooks`)."""
 
     order: int = CONTROL
 

@@ -37,19 +37,19 @@ from torch import nn
 from torch.utils.data import SequentialSampler
 from tqdm import tqdm
 
-from carvana.checkpoint_file import load_checkpoint, load_model_weights
-from carvana.config import Config
+from carvana.run.checkpoint import load_checkpoint, load_model_weights
+from carvana.run.config import Config
 from carvana.data.datasets import crop_border
-from carvana.device import Precision
-from carvana.errors import CheckpointError, TrainingDiverged
-from carvana.hooks import call_cleanup_hook, call_hook, in_hook_order
-from carvana.losses import BCEDiceLoss
-from carvana.metrics import dice_from_logits
+from carvana.core.device import Precision
+from carvana.core.errors import CheckpointError, TrainingDiverged
+from carvana.core.hooks import call_cleanup_hook, call_hook, in_hook_order
+from carvana.train.losses import BCEDiceLoss
+from carvana.train.metrics import dice_from_logits
 from carvana.models.input_sizes import coarse_input_size
 from carvana.models.specs import model_geometry
 from carvana.predict.predictor import Predictor
-from carvana.process_lifetime import EXIT_INTERRUPTED, interrupt_exit_code, stopped_by
-from carvana.runs import default_run_name
+from carvana.core.process_lifetime import EXIT_INTERRUPTED, interrupt_exit_code, stopped_by
+from carvana.run.identity import default_run_name
 from carvana.train.budget import TrainingBudget, TrainingClock
 from carvana.train.callbacks import Callback, TrainState, ValidationBatch
 

@@ -5,7 +5,7 @@ import math
 
 from tqdm import tqdm
 
-from carvana.errors import ConfigError
+from carvana.core.errors import ConfigError
 from carvana.train.callbacks import Callback, TrainState
 
 MODES = ("max", "min")

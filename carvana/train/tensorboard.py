@@ -28,10 +28,10 @@ from tqdm import tqdm
 
 from carvana.data.datasets import denormalize
 from carvana.data.images import read_image, read_mask
-from carvana.data.kaggle_layout import car_id
-from carvana.geometry import Size
-from carvana.hooks import OBSERVE
-from carvana.metrics import dice_score
+from carvana.kaggle.files import car_id
+from carvana.core.geometry import Size
+from carvana.core.hooks import OBSERVE
+from carvana.train.metrics import dice_score
 from carvana.train.callbacks import Callback, TrainState, ValidationBatch
 from carvana.train.overlays import validation_picture
 

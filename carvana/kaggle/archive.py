@@ -22,7 +22,7 @@ from typing import BinaryIO
 
 from tqdm import tqdm
 
-from carvana.errors import DataError
+from carvana.core.errors import DataError
 
 STAGING_PREFIX = ".extract-"
 # Photos and GIF masks barely compress; even the RLE CSVs stay far below this. A member this many

@@ -11,7 +11,7 @@ The set is written into a temporary folder inside `data_dir`, moved into place, 
 marked complete (`.carvana-complete.json`, source "sample"). An interrupted run leaves no
 marker, so it is never taken for a complete set. The same seed gives byte-identical files.
 
-Generation holds a lock on `data_dir` (see `carvana.locks`): a second process that wants the
+Generation holds a lock on `data_dir` (see `carvana.core.locks`): a second process that wants the
 sample in the same folder waits, then finds it complete and reuses it (`ensure_sample_dataset`).
 The staging folder carries its process id; only those of processes that no longer run are removed.
 """
@@ -35,14 +35,15 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
-from carvana import rle
-from carvana.data import kaggle_layout as layout
-from carvana.errors import CarvanaError, ConfigError
-from carvana.fetch import sample_car, sample_scene
-from carvana.fetch.sample_car import CarDesign
-from carvana.geometry import Size
-from carvana.locks import FolderLock
-from carvana.process_lifetime import end_with_main_process, process_runs
+from carvana.kaggle import rle
+from carvana.kaggle import files as layout
+from carvana.core.errors import CarvanaError, ConfigError
+from carvana.sample import car as sample_car
+from carvana.sample import scene as sample_scene
+from carvana.sample.car import CarDesign
+from carvana.core.geometry import Size
+from carvana.core.locks import FolderLock
+from carvana.core.process_lifetime import end_with_main_process, process_runs
 
 DEFAULT_TRAIN_CARS = 24
 DEFAULT_TEST_CARS = 6

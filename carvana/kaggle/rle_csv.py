@@ -16,7 +16,7 @@ A submission has 100,064 rows of 10-30 kB each, so rows are streamed, never load
 Problems with the file as a whole raise the caller's error type at once; a row that is not a
 valid `img,rle_mask` pair is yielded with its problem, so a validator can count such rows and
 carry on. Files the tool writes stay canonical (`img,rle_mask`, LF, no quotes); see
-`carvana.predict.submission_writer`.
+`carvana.submission.writer`.
 """
 from __future__ import annotations
 
@@ -27,8 +27,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator
 
-from carvana.data.kaggle_layout import SUBMISSION_HEADER
-from carvana.errors import CarvanaError, SubmissionError
+from carvana.kaggle.files import SUBMISSION_HEADER
+from carvana.core.errors import CarvanaError, SubmissionError
 
 GZIP_MAGIC = b"\x1f\x8b"
 UTF16_MARKS = (b"\xff\xfe", b"\xfe\xff")  # the byte-order marks of UTF-16 (Excel's "Unicode text")

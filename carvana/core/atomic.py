@@ -17,8 +17,8 @@ import tempfile
 from pathlib import Path
 from typing import Iterator
 
-from carvana.errors import CarvanaError
-from carvana.process_lifetime import process_runs
+from carvana.core.errors import CarvanaError
+from carvana.core.process_lifetime import process_runs
 
 TEMP_PREFIX = ".tmp-"
 

@@ -12,7 +12,7 @@ pool overlaps with inference without pickling ~1 MB of probabilities per image t
 The file is gzip-compressed when its name ends in `.gz` and plain text when it ends in `.csv`
 (Kaggle reads a file by its name); any other name is refused before anything is written.
 
-The file is written under a temporary name beside `path` (carvana.atomic) and renamed onto `path`
+The file is written under a temporary name beside `path` (carvana.core.atomic) and renamed onto `path`
 only by `close()`: an exception, Ctrl-C or `abort()` removes the temporary file and leaves a
 previous complete `path` untouched, so there is never a truncated submission under the real name.
 """
@@ -31,13 +31,13 @@ from typing import BinaryIO, Iterable, Sequence
 
 import numpy as np
 
-from carvana.atomic import atomic_path
-from carvana.data.kaggle_layout import SUBMISSION_HEADER
-from carvana.errors import CarvanaError, ConfigError
-from carvana.geometry import Size
+from carvana.core.atomic import atomic_path
+from carvana.kaggle.files import SUBMISSION_HEADER
+from carvana.core.errors import CarvanaError, ConfigError
+from carvana.core.geometry import Size
 from carvana.predict.cleanup import clean_probabilities
 from carvana.predict.postprocess import probabilities_to_rle
-from carvana.rle import runs_to_string
+from carvana.kaggle.rle import runs_to_string
 
 # zlib level 4 (measured on Carvana-like rows): ~2.75x smaller than plain text at ~0.2 ms per row;
 # level 6 gains another 9% of size for 3.5x the time, level 1 loses 16% of size for little speed.
@@ -115,7 +115,7 @@ def format_row(name: str, runs: np.ndarray) -> bytes:
 
 
 class _Aborted(Exception):
-    """Thrown into carvana.atomic's context to make it remove the temporary file."""
+    """Thrown into carvana.core.atomic's context to make it remove the temporary file."""
 
 
 _END = object()  # the last item of the pending queue
@@ -281,7 +281,7 @@ class SubmissionWriter:
                 self._failure = e
 
     def _discard_temp(self) -> None:
-        """Close the files quietly and let carvana.atomic remove the temporary file."""
+        """Close the files quietly and let carvana.core.atomic remove the temporary file."""
         if self._finished:
             return
         self._finished = True

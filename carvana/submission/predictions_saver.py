@@ -17,10 +17,10 @@ from pathlib import Path
 
 import torch
 
-from carvana.geometry import Size
+from carvana.core.geometry import Size
 from carvana.predict.hooks import PredictCallback, PredictState
 from carvana.predict.postprocess import probability_batch_to_runs
-from carvana.predict.submission_writer import SubmissionWriter
+from carvana.submission.writer import SubmissionWriter
 
 log = logging.getLogger(__name__)
 

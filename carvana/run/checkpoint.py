@@ -2,7 +2,7 @@
 
 A checkpoint holds only tensors and primitives (the config as `Config.to_dict()`), so it loads with
 `torch.load(weights_only=True)`: opening a checkpoint never runs code from the file. What a
-training run puts in one, and when, is `carvana.train.checkpoint`; prediction reads the same files.
+training run puts in one, and when, is `carvana.train.model_checkpoint`; prediction reads the same files.
 
 Every file also holds a SHA-256 of its weights (names, shapes, dtypes and bytes of `model_state`),
 checked when it is loaded: torch's zip reader does not check the archive's CRCs, so bytes changed
@@ -23,8 +23,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from carvana.atomic import atomic_path
-from carvana.errors import CarvanaError, CheckpointError
+from carvana.core.atomic import atomic_path
+from carvana.core.errors import CarvanaError, CheckpointError
 
 FORMAT_VERSION = 1
 REQUIRED_KEYS = ("format", "model_name", "width", "model_state", "epoch", "global_step", "config")

@@ -8,7 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import NamedTuple
 
-from carvana.errors import ConfigError
+from carvana.core.errors import ConfigError
 
 
 class Size(NamedTuple):

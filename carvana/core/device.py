@@ -14,7 +14,7 @@ from typing import ContextManager
 
 import torch
 
-from carvana.errors import ConfigError
+from carvana.core.errors import ConfigError
 
 # CPU feature flags (as Linux names them in /proc/cpuinfo) that give native bf16 matrix maths.
 # Without them bf16 is emulated and slower than plain fp32, so `auto` stays in fp32.

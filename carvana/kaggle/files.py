@@ -15,7 +15,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from carvana.atomic import atomic_write_text
+from carvana.core.atomic import atomic_write_text
 
 COMPETITION = "carvana-image-masking-challenge"
 RULES_URL = f"https://www.kaggle.com/c/{COMPETITION}/rules"

@@ -12,8 +12,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from carvana.errors import ConfigError
-from carvana.geometry import Size
+from carvana.core.errors import ConfigError
+from carvana.core.geometry import Size
 from carvana.models.input_sizes import coarse_input_size
 from carvana.models.specs import MODEL_SPECS, UNET1024, UNET_ORIGINAL, model_spec
 

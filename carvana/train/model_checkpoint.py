@@ -3,7 +3,7 @@
 Every file is a complete resume point: model, optimiser, scheduler and loss-scaler state, the epoch
 and step counters, the best score and the metrics history. `last.pt` always holds the end of an
 epoch, never weights from the middle of one, so resuming redoes an interrupted epoch exactly. How a
-file is written, checked and read back is `carvana.checkpoint_file`.
+file is written, checked and read back is `carvana.run.checkpoint`.
 """
 from __future__ import annotations
 
@@ -12,10 +12,10 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from carvana.atomic import atomic_path
-from carvana.checkpoint_file import FORMAT_VERSION, save_checkpoint
-from carvana.errors import ConfigError
-from carvana.hooks import PERSIST
+from carvana.core.atomic import atomic_path
+from carvana.run.checkpoint import FORMAT_VERSION, save_checkpoint
+from carvana.core.errors import ConfigError
+from carvana.core.hooks import PERSIST
 from carvana.train.callbacks import Callback, TrainState
 
 LAST_NAME = "last.pt"
@@ -26,7 +26,7 @@ MODES = ("max", "min")
 def checkpoint_payload(state: TrainState, run_record: dict[str, Any] | None = None) -> dict[str, Any]:
     """Everything needed to resume `state`, as tensors and primitives only.
 
-    `run_record`: what the run was trained on (data dir, split; see `carvana.runs.RunRecord`), so
+    `run_record`: what the run was trained on (data dir, split; see `carvana.run.identity.RunRecord`), so
     that a resume continues on the same data and split, or says that they changed.
     """
     return {

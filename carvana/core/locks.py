@@ -16,7 +16,7 @@ import os
 from pathlib import Path
 from types import TracebackType
 
-from carvana.errors import CarvanaError
+from carvana.core.errors import CarvanaError
 
 
 class FolderLock:

@@ -24,8 +24,8 @@ from typing import TYPE_CHECKING
 
 from tqdm import tqdm
 
-from carvana.atomic import atomic_write_text
-from carvana.data.kaggle_layout import (
+from carvana.core.atomic import atomic_write_text
+from carvana.kaggle.files import (
     COMPETITION,
     COMPLETE_MARKER,
     MASKS_CSV,
@@ -38,9 +38,9 @@ from carvana.data.kaggle_layout import (
     TRAIN_HQ_DIR,
     write_complete_marker,
 )
-from carvana.errors import DataError, KaggleError
-from carvana.fetch.archive import ArchiveRejected, extract_zip
-from carvana.fetch.kaggle_api import kaggle_errors, open_kaggle_api, quiet_console
+from carvana.core.errors import DataError, KaggleError
+from carvana.kaggle.archive import ArchiveRejected, extract_zip
+from carvana.kaggle.api import kaggle_errors, open_kaggle_api, quiet_console
 
 if TYPE_CHECKING:
     from kaggle.api.kaggle_api_extended import KaggleApi
