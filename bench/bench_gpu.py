@@ -108,9 +108,9 @@ def end_to_end(images: int, batch: int, workers: int) -> dict[str, float]:
         geometry = model_geometry(config.model, config.input_size)
         torch.manual_seed(config.seed)  # random weights, drawn as a new run draws them
         predictor = Predictor.for_config(config, build_model(config.model, config.width), progress=False)
-        loader = make_test_loader(data, geometry, config, raw_pixels=True)
+        loader = make_test_loader(data, geometry, config)
         # Warm-up pass on a few batches (cuDNN autotuning, worker start-up).
-        warm = make_test_loader(data.test_image_paths()[: batch * 2], geometry, config, raw_pixels=True)
+        warm = make_test_loader(data.test_image_paths()[: batch * 2], geometry, config)
         predictor.predict(warm, callbacks=[PredictionsSaver(Path(tmp) / "warm.csv.gz", data.image_size)])
         torch.cuda.synchronize()
         start = time.perf_counter()

@@ -291,7 +291,10 @@ def _train_in(folders: RunFolders, config: Config, options: DataOptions, need_te
     if not chosen.exists() and resume_path is not None:
         chosen = resume_path
     classifier.load_weights(chosen)
-    dice = score_validation(classifier.predictor, data, split.valid, config, run_name, checkpoint=chosen)
+    from carvana.predict.predictor import Predictor
+
+    dice = score_validation(Predictor(classifier.forward, tta=config.tta), data, split.valid, config, run_name,
+                            checkpoint=chosen)
     return TrainingResult(config, classifier, chosen, source.data_dir, dice, len(split.valid),
                           len({layout_names.car_id(n) for n in split.valid}), training_ended=ended or "")
 
@@ -478,8 +481,7 @@ def score_validation(predictor: Predictor, data, valid_names: list[str], config:
     predictions = out_dir / "valid_predictions.csv.gz"
     _write_truth_csv(data, valid_names, truth)
     geometry = model_geometry(config.model, config.input_size)
-    loader = make_test_loader([data.train_dir / n for n in valid_names], geometry, config,
-                              raw_pixels=predictor.device.type == "cuda")
+    loader = make_test_loader([data.train_dir / n for n in valid_names], geometry, config)
     thresholds = thresholds_to_try(config.threshold, config.tune_threshold)
     search = ValidationSearch(predictions, {name: row.rle_mask for name, row in read_truth(truth).items()},
                               data.image_size, thresholds, preferred=config.threshold, cleanup=config.mask_cleanup)
@@ -534,7 +536,7 @@ def predict_test_set(predictor: Predictor, config: Config, data_dir: Path, submi
     if trained_photos is not None:
         _warn_of_another_shape(data.image_size, trained_photos, config.input_size, data_dir)
     geometry = model_geometry(config.model, config.input_size)
-    loader = make_test_loader(data, geometry, config, raw_pixels=predictor.device.type == "cuda")
+    loader = make_test_loader(data, geometry, config)
     settings = [f"threshold {config.threshold:g}" + (f": {threshold_note}" if threshold_note else "")]
     if config.mask_cleanup != "none":
         settings.append(f"mask cleanup {config.mask_cleanup}")
@@ -629,11 +631,12 @@ def run_all(config: Config, options: DataOptions, resume: str | None = None,
     """`python main.py`: the whole job, ending with a summary of where everything was written."""
     start = time.monotonic()
     result = run_training(config, options, resume, need_test=True, changes=changes)
+    from carvana.predict.predictor import Predictor
     from carvana.run.checkpoint import load_checkpoint
 
     config, threshold_note = prediction_config(result.config, load_checkpoint(result.checkpoint), None)
     submission = config.output_dir / SUBMISSION_NAME
-    rows = predict_test_set(result.classifier.predictor, config, result.data_dir, submission,
+    rows = predict_test_set(Predictor(result.classifier.forward, tta=config.tta), config, result.data_dir, submission,
                             threshold_note=threshold_note)
     minutes, seconds = divmod(int(time.monotonic() - start), 60)
     say("\n".join([

@@ -9,6 +9,7 @@ import pytest
 import torch
 from training_helpers import image_events, loaders, scalar_events, tiny_config
 
+from carvana.predict.predictor import Predictor
 from carvana.run.checkpoint import CHECKSUM_KEY, load_checkpoint, load_model_weights, weights_checksum
 from carvana.core.errors import CheckpointError
 from carvana.models import build_model
@@ -107,7 +108,7 @@ def test_checkpoints_load_weights_only_and_give_the_same_outputs(tmp_path):
     assert raw["config"] == config.to_dict() and raw["run_name"] == "tiny"
     assert raw["history"][0]["val_dice"] == pytest.approx(raw["metrics"]["val_dice"])
     other = CarvanaClassifier(config.replace(seed=1), progress=False)
-    predict, predict_other = classifier.predictor.predict_probabilities, other.predictor.predict_probabilities
+    predict, predict_other = Predictor(classifier.forward).predict_probabilities, Predictor(other.forward).predict_probabilities
     assert not torch.allclose(predict_other(images), predict(images))
     other.load_weights(tmp_path / "models" / "last.pt")
     assert torch.equal(predict_other(images), predict(images))

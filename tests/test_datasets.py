@@ -11,17 +11,12 @@ import torch
 from carvana.run.config import Config
 from carvana.data.augment import Augmenter
 from carvana.data.datasets import (
-    IMAGENET_MEAN,
-    IMAGENET_STD,
     CarvanaTestDataset,
     CarvanaTrainDataset,
     collate,
-    crop_border,
-    denormalize,
     make_test_loader,
     make_train_loader,
     make_valid_loader,
-    normalize,
 )
 from carvana.data.images import resize_mask
 from carvana.data.layout import load_carvana_data
@@ -48,8 +43,8 @@ def square_photo(tmp_path: Path, size: Size, top: int, left: int, side: int, nam
 
 
 def bright_region(image: torch.Tensor) -> np.ndarray:
-    """Where a normalised (3, H, W) photo is bright, as a 0/1 array."""
-    return (denormalize(image).mean(0) > 0.5).numpy().astype(np.uint8)
+    """Where a uint8 (3, H, W) photo is bright, as a 0/1 array."""
+    return (image.float().mean(0) > 127.5).numpy().astype(np.uint8)
 
 
 def box(mask: np.ndarray) -> tuple[int, int, int, int]:
@@ -66,26 +61,15 @@ def tiny(tmp_path_factory: pytest.TempPathFactory):
 
 
 @pytest.mark.parametrize("geometry", [SAME_SIZE, ORIGINAL, model_geometry("unet1024", Size(128, 192))], ids=str)
-def test_items_have_the_model_shapes_float32_and_exact_0_1_masks(tiny, geometry) -> None:
+def test_items_have_the_model_shapes_uint8_photos_and_exact_0_1_masks(tiny, geometry) -> None:
     dataset = CarvanaTrainDataset(tiny.train_image_paths(), tiny.mask_paths(), geometry, Augmenter(), seed=1)
     image, mask = dataset[0]
-    assert image.dtype == torch.float32 and mask.dtype == torch.float32
+    assert image.dtype == torch.uint8 and mask.dtype == torch.float32
     assert image.shape == (3, geometry.input_size.height, geometry.input_size.width)
     assert mask.shape == (1, geometry.output_size.height, geometry.output_size.width)
     assert set(mask.unique().tolist()) == {0.0, 1.0}
     test_image, name = CarvanaTestDataset(tiny.test_image_paths(), geometry)[1]
     assert test_image.shape == image.shape and name == tiny.test_names[1]
-
-
-def test_normalisation_is_imagenet_mean_and_std_and_denormalize_undoes_it() -> None:
-    grey = np.full((4, 6, 3), 128, np.uint8)
-    tensor = normalize(grey)
-    for channel in range(3):
-        expected = (128 / 255 - IMAGENET_MEAN[channel]) / IMAGENET_STD[channel]
-        assert torch.allclose(tensor[channel], torch.full((4, 6), expected), atol=1e-6)
-    photo = np.random.default_rng(0).integers(0, 256, (5, 7, 3), dtype=np.uint8)
-    back = denormalize(normalize(photo).unsqueeze(0))[0]
-    assert torch.allclose(back * 255, torch.from_numpy(photo).permute(2, 0, 1).float(), atol=1e-3)
 
 
 # --- alignment (overlap-tile) ------------------------------------------------------------------
@@ -96,7 +80,7 @@ def test_without_resizing_the_mask_is_exactly_the_centre_of_the_padded_photo(tmp
     photo, mask_file = square_photo(tmp_path, covered, top=8, left=61, side=20)
     image, mask = CarvanaTrainDataset([photo], [mask_file], ORIGINAL)[0]
 
-    centre = crop_border(image, ORIGINAL.border)
+    centre = ORIGINAL.crop_to_output(image)
     assert centre.shape[1:] == mask.shape[1:] == (covered.height, covered.width)
     assert np.array_equal(bright_region(centre), mask[0].numpy().astype(np.uint8))
     assert box(mask[0].numpy()) == (8, 27, 61, 80)
@@ -129,7 +113,7 @@ def test_after_resizing_the_square_lands_where_expected_within_a_pixel(tmp_path:
     image, mask = CarvanaTrainDataset([photo], [mask_file], ORIGINAL)[0]
     sx, sy = covered.width / photo_size.width, covered.height / photo_size.height
     expected = (top * sy, (top + side) * sy - 1, left * sx, (left + side) * sx - 1)
-    for found in (box(mask[0].numpy()), box(bright_region(crop_border(image, ORIGINAL.border)))):
+    for found in (box(mask[0].numpy()), box(bright_region(ORIGINAL.crop_to_output(image)))):
         assert np.allclose(found, expected, atol=1.0), (found, expected)
 
 
@@ -141,7 +125,7 @@ def test_augmentation_keeps_the_padded_photo_and_the_mask_aligned(tmp_path: Path
     for _ in range(6):
         image, mask = dataset[0]
         target = mask[0].numpy().astype(np.uint8)
-        disagree = bright_region(crop_border(image, ORIGINAL.border)) != target
+        disagree = bright_region(ORIGINAL.crop_to_output(image)) != target
         assert disagree.sum() <= 2 * (target.sum() ** 0.5) * 4  # only along the square's edges
         moved += box(target) != (8, 27, 61, 80)
     assert moved >= 4
@@ -234,17 +218,14 @@ def edge_band(mask: np.ndarray) -> np.ndarray:
     return cv2.dilate(mask.astype(np.uint8), kernel) != cv2.erode(mask.astype(np.uint8), kernel)
 
 
-def test_raw_pixel_batches_normalise_on_the_device_to_the_same_tensors(tmp_path):
-    """The GPU path ships uint8 and normalises later; it must give exactly the CPU path's input."""
-    from carvana.data.datasets import CarvanaTestDataset, normalize_batch
-    from carvana.models.specs import model_geometry
-    from data_factory import make_tiny_carvana
-
-    data_dir = make_tiny_carvana(tmp_path, cars=1)
-    photos = sorted((data_dir / "test").glob("*.jpg"))[:2]
+def test_every_loader_ships_uint8_photos_and_float_targets(tmp_path):
+    """Photos leave the loaders as uint8 pixels (normalised later, on the model's device)."""
+    data = load_carvana_data(make_tiny_carvana(tmp_path, cars=1))
     for model, size in (("unet1024", Size(128, 64)), ("unet_original", Size(316, 268))):
         geometry = model_geometry(model, size)
-        normalised = torch.stack([CarvanaTestDataset(photos, geometry)[i][0] for i in range(2)])
-        raw = torch.stack([CarvanaTestDataset(photos, geometry, raw_pixels=True)[i][0] for i in range(2)])
-        assert raw.dtype == torch.uint8
-        torch.testing.assert_close(normalize_batch(raw), normalised, rtol=0, atol=1e-5)
+        images, masks = next(iter(make_train_loader(data, data.train_names[:2], geometry, batch_size=2, workers=0)))
+        valid_images, _ = next(iter(make_valid_loader(data, data.train_names[:2], geometry, batch_size=2, workers=0)))
+        test_images, names = next(iter(make_test_loader(data, geometry, batch_size=2, workers=0)))
+        assert images.dtype == valid_images.dtype == test_images.dtype == torch.uint8
+        assert masks.dtype == torch.float32 and len(names) == 2
+        assert test_images.shape[-2:] == (geometry.input_size.height, geometry.input_size.width)

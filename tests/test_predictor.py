@@ -10,7 +10,7 @@ from training_helpers import SIDE, ellipse_dataset, tiny_config
 
 from carvana.run.checkpoint import load_checkpoint, save_checkpoint
 from carvana.run.config import Config
-from carvana.data.datasets import normalize
+from carvana.models.forward_pass import IMAGENET_MEAN, IMAGENET_STD, normalize_batch
 from carvana.core.errors import CheckpointError
 from carvana.core.geometry import Size
 from carvana.models import build_model
@@ -98,8 +98,8 @@ def test_flip_tta_is_the_mean_of_the_image_and_its_unflipped_mirror_prediction()
     model = predictor.model.eval()
 
     with torch.no_grad():
-        plain = torch.sigmoid(model(images))[:, 0]
-        mirrored = torch.sigmoid(model(images.flip(-1))).flip(-1)[:, 0]
+        plain = torch.sigmoid(model(normalize_batch(images)))[:, 0]
+        mirrored = torch.sigmoid(model(normalize_batch(images).flip(-1))).flip(-1)[:, 0]
     tta = predictor.predict_probabilities(images, tta=True)
 
     assert torch.allclose(tta, (plain + mirrored) / 2, atol=1e-6)
@@ -115,14 +115,18 @@ def test_tta_defaults_to_the_config():
     assert torch.equal(without.predict_probabilities(images), with_tta.predict_probabilities(images, tta=False))
 
 
-def test_raw_uint8_pixels_predict_as_the_loaders_normalised_floats():
-    predictor = tiny_predictor()
-    raw = torch.randint(0, 256, (2, 3, SIDE, SIDE), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
-    normalised = torch.stack([normalize(image.permute(1, 2, 0).numpy()) for image in raw])
+def test_photos_are_normalised_with_the_imagenet_mean_and_std():
+    grey = torch.full((1, 3, 4, 6), 128, dtype=torch.uint8)
+    normalised = normalize_batch(grey)
+    assert normalised.dtype == torch.float32
+    for channel in range(3):
+        expected = (128 / 255 - IMAGENET_MEAN[channel]) / IMAGENET_STD[channel]
+        torch.testing.assert_close(normalised[0, channel], torch.full((4, 6), expected), rtol=0, atol=1e-6)
 
-    from_raw = predictor.predict_probabilities(raw, tta=False)
 
-    torch.testing.assert_close(from_raw, predictor.predict_probabilities(normalised, tta=False), rtol=0, atol=1e-5)
+def test_photos_other_than_uint8_pixels_are_refused():
+    with pytest.raises(TypeError, match="uint8"):
+        tiny_predictor().predict_probabilities(torch.zeros(1, 3, SIDE, SIDE))
 
 
 def test_bf16_autocast_still_gives_float32_probabilities():

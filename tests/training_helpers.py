@@ -27,16 +27,17 @@ def ellipse_masks(count: int, side: int = SIDE, seed: int = 0) -> torch.Tensor:
 
 
 def ellipse_dataset(count: int = 8, side: int = SIDE, border: int = 0, seed: int = 0) -> TensorDataset:
-    """(image, mask) pairs: the image is the mask (as a normalised 3-channel picture) plus noise.
+    """(image, mask) pairs: the image is the mask as a uint8 3-channel photo (bright car, dark background)
+    plus noise, as the loaders ship photos.
 
     With `border`, the image is padded (edge-replicated) like the valid-convolution U-Net's input.
     """
     masks = ellipse_masks(count, side, seed)
     g = torch.Generator().manual_seed(seed + 1)
-    images = (masks * 2.0 - 1.0).repeat(1, 3, 1, 1) + 0.3 * torch.randn(count, 3, side, side, generator=g)
+    images = (masks * 160.0 + 48.0).repeat(1, 3, 1, 1) + 40.0 * torch.randn(count, 3, side, side, generator=g)
     if border:
         images = torch.nn.functional.pad(images, (border,) * 4, mode="replicate")
-    return TensorDataset(images, masks)
+    return TensorDataset(images.round().clamp(0, 255).to(torch.uint8), masks)
 
 
 def loaders(count: int = 8, batch_size: int = 4, border: int = 0, side: int = SIDE) -> tuple[DataLoader, DataLoader]:

@@ -6,7 +6,7 @@ model can take, and the geometry it gives, are in its spec (`carvana.models.spec
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import NamedTuple
+from typing import NamedTuple, TypeVar
 
 from carvana.core.errors import ConfigError
 
@@ -38,6 +38,8 @@ class Size(NamedTuple):
         raise ConfigError(f"size {text!r}: expected WIDTHxHEIGHT in whole pixels above 0, e.g. 384x256, "
                           "or one number for a square")
 
+T = TypeVar("T")  # an array-like that slices like numpy (a tensor or an ndarray)
+
 
 @dataclass(frozen=True)
 class Geometry:
@@ -52,6 +54,12 @@ class Geometry:
     def covered_size(self) -> Size:
         """The size an image (and its mask) is resized to; the output covers exactly this."""
         return self.output_size
+
+    def crop_to_output(self, inputs: T) -> T:
+        """The part of (..., H_in, W_in) model inputs (tensors or arrays) that the output covers:
+        without the mirror border on each side."""
+        border = self.border
+        return inputs if border == 0 else inputs[..., border:-border, border:-border]
 
 
 def aspect(size: Size) -> float:

@@ -19,9 +19,8 @@ are, instead of on a pixel's border.
 The decoded cache (carvana.data.cache), when given, replaces decoding the files: the same pairs,
 read from a memory-mapped array.
 
-Normalisation: pixel / 255, then ImageNet mean and standard deviation per channel (the statistics
-pretrained encoders expect; for a net trained from scratch they simply centre the data).
-`denormalize` undoes it for pictures in TensorBoard.
+Photos leave the loaders as uint8 pixels, (3, H_in, W_in) per photo; the model's forward pass
+(`carvana.models.forward_pass`) normalises them on the batch's device.
 """
 from __future__ import annotations
 
@@ -29,14 +28,13 @@ import os
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import cv2
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, get_worker_info
 
-from carvana.run.config import Config
 from carvana.data.augment import Augmenter
 from carvana.data.cache import DecodedCache, OpenedCache, open_decoded_cache
 from carvana.data.images import load_image, load_mask, load_mask_fractions, mask_from_fractions
@@ -48,49 +46,17 @@ from carvana.core.process_lifetime import interrupts_deferred
 
 CACHE_DIR_NAME = "cache"  # under the output dir
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 
-# x_normalised = x_uint8 * _SCALE + _OFFSET  ==  (x / 255 - mean) / std, in one multiply-add.
-_SCALE_NP = np.array([1.0 / (255.0 * s) for s in IMAGENET_STD], dtype=np.float32).reshape(3, 1, 1)
-_OFFSET_NP = np.array([-m / s for m, s in zip(IMAGENET_MEAN, IMAGENET_STD)], dtype=np.float32).reshape(3, 1, 1)
-_SCALE = torch.from_numpy(_SCALE_NP)
-_OFFSET = torch.from_numpy(_OFFSET_NP)
+class LoaderSettings(Protocol):
+    """The settings the loaders read from a run's config (`carvana.run.config.Config` has them all)."""
 
-
-def normalize(image: np.ndarray) -> torch.Tensor:
-    """RGB uint8 (H, W, 3) -> float32 (3, H, W), scaled to [0, 1] then ImageNet-standardised.
-
-    Done in numpy on purpose: torch splits these small element-wise ops over its intra-op
-    threads, and in a process that shares the cores with loader workers or other jobs the
-    threads wait on each other (measured 0.15 ms in numpy vs 23 ms in torch at 384x256 on two
-    busy cores).
-    """
-    chw = np.ascontiguousarray(image.transpose(2, 0, 1)).astype(np.float32)
-    chw *= _SCALE_NP
-    chw += _OFFSET_NP
-    return torch.from_numpy(chw)
-
-
-def normalize_batch(images: torch.Tensor) -> torch.Tensor:
-    """Raw uint8 (N, 3, H, W) pixels -> float32 normalised like `normalize`, on the tensor's device.
-
-    The GPU prediction path ships uint8 batches (a quarter of the bytes to decode, pickle, pin and
-    copy) and normalises them here, on the device, in one multiply-add.
-    """
-    scale = _SCALE.to(images.device).unsqueeze(0)
-    offset = _OFFSET.to(images.device).unsqueeze(0)
-    return images.float().mul_(scale).add_(offset)
-
-
-def denormalize(images: torch.Tensor) -> torch.Tensor:
-    """Undo `normalize` for (3, H, W) or (N, 3, H, W) tensors: float in [0, 1] (clamped), same device."""
-    scale = _SCALE.to(images.device, images.dtype)
-    offset = _OFFSET.to(images.device, images.dtype)
-    if images.dim() == 4:
-        scale, offset = scale.unsqueeze(0), offset.unsqueeze(0)
-    return ((images - offset) / scale / 255.0).clamp_(0.0, 1.0)
-
+    batch_size: int
+    workers: int
+    seed: int
+    augment: bool
+    soft_targets: bool
+    cache: bool
+    output_dir: Path
 
 def mirror_pad(image: np.ndarray, border: int) -> np.ndarray:
     """Pad by `border` px on every side with the image's reflection (edge pixel not repeated)."""
@@ -99,14 +65,8 @@ def mirror_pad(image: np.ndarray, border: int) -> np.ndarray:
     return cv2.copyMakeBorder(image, border, border, border, border, cv2.BORDER_REFLECT_101)
 
 
-def crop_border(tensor: torch.Tensor, border: int) -> torch.Tensor:
-    """The centre of a (..., H, W) tensor without `border` px on each side: the part the output covers."""
-    if border == 0:
-        return tensor
-    return tensor[..., border:-border, border:-border]
-
-
 def _input_tensor(image: np.ndarray, geometry: Geometry) -> torch.Tensor:
+    """An RGB uint8 (H, W, 3) photo at the covered size -> the uint8 (3, H_in, W_in) model input, mirror-padded."""
     padded = mirror_pad(image, geometry.border)
     expected = (geometry.input_size.height, geometry.input_size.width)
     if padded.shape[:2] != expected:  # a Geometry built by hand with an inconsistent border
@@ -114,7 +74,7 @@ def _input_tensor(image: np.ndarray, geometry: Geometry) -> torch.Tensor:
             f"geometry {geometry}: covered size {geometry.covered_size} + 2 x border {geometry.border} "
             f"is not the input size {geometry.input_size}"
         )
-    return normalize(padded)
+    return torch.from_numpy(np.ascontiguousarray(padded.transpose(2, 0, 1)))
 
 
 @dataclass(frozen=True)
@@ -140,7 +100,7 @@ def _load_or_failure(load: Callable[[int], Any], index: int) -> Any:
 
 
 class CarvanaTrainDataset(Dataset):
-    """(image (3, H_in, W_in) float32 normalised, mask (1, H_out, W_out) float32 0/1) pairs.
+    """(image (3, H_in, W_in) uint8, mask (1, H_out, W_out) float32 0/1) pairs.
 
     With `soft_targets` the mask is the car's share of each pixel, float32 in [0, 1]. With a
     `cache` holding these photos, pairs are read from it instead of decoded (the same pairs).
@@ -226,16 +186,11 @@ class CarvanaTrainDataset(Dataset):
 
 
 class CarvanaTestDataset(Dataset):
-    """(image (3, H_in, W_in) float32 normalised, file name) for prediction.
+    """(image (3, H_in, W_in) uint8, file name) for prediction."""
 
-    With `raw_pixels`, the image is the padded uint8 (3, H_in, W_in) instead, for a model on a
-    GPU to normalise with `normalize_batch` (see there why).
-    """
-
-    def __init__(self, image_paths: Sequence[Path], geometry: Geometry, raw_pixels: bool = False):
+    def __init__(self, image_paths: Sequence[Path], geometry: Geometry):
         self.image_paths = [Path(p) for p in image_paths]
         self.geometry = geometry
-        self.raw_pixels = raw_pixels
 
     def __len__(self) -> int:
         return len(self.image_paths)
@@ -246,9 +201,6 @@ class CarvanaTestDataset(Dataset):
     def _item(self, index: int) -> tuple[torch.Tensor, str]:
         path = self.image_paths[index]
         image, _ = load_image(path, self.geometry.covered_size)
-        if self.raw_pixels:
-            padded = mirror_pad(image, self.geometry.border)
-            return torch.from_numpy(np.ascontiguousarray(padded.transpose(2, 0, 1))), path.name
         return _input_tensor(image, self.geometry), path.name
 
 
@@ -268,8 +220,8 @@ def collate(batch: list[tuple[Any, Any]]) -> tuple[torch.Tensor, torch.Tensor | 
 
 
 def _stack(tensors: list[torch.Tensor]) -> torch.Tensor:
-    # numpy, not torch.stack, for the reason given in `normalize` (63 ms vs 0.4 ms for four
-    # 384x256 photos in a main process that shares two busy cores).
+    # numpy, not torch.stack: torch splits small ops over its intra-op threads, which wait on each
+    # other in a process that shares the cores with loader workers (see docs/benchmarks.md).
     return torch.from_numpy(np.stack([t.numpy() for t in tensors]))
 
 
@@ -315,7 +267,7 @@ def _loader(
     )
 
 
-def _setting(name: str, given: Any, config: Config | None) -> Any:
+def _setting(name: str, given: Any, config: LoaderSettings | None) -> Any:
     if given is not None:
         return given
     if config is None:
@@ -327,7 +279,7 @@ def make_train_loader(
     data: CarvanaData,
     image_names: Sequence[str],
     geometry: Geometry,
-    config: Config | None = None,
+    config: LoaderSettings | None = None,
     *,
     batch_size: int | None = None,
     workers: int | None = None,
@@ -367,7 +319,7 @@ def make_valid_loader(
     data: CarvanaData,
     image_names: Sequence[str],
     geometry: Geometry,
-    config: Config | None = None,
+    config: LoaderSettings | None = None,
     *,
     batch_size: int | None = None,
     workers: int | None = None,
@@ -393,14 +345,14 @@ def make_valid_loader(
     )
 
 
-def _soft_targets(given: bool | None, config: Config | None) -> bool:
+def _soft_targets(given: bool | None, config: LoaderSettings | None) -> bool:
     if given is not None:
         return given
     return config is not None and config.soft_targets
 
 
 def open_training_cache(data: CarvanaData, image_names: Sequence[str], geometry: Geometry,
-                        config: Config) -> OpenedCache:
+                        config: LoaderSettings) -> OpenedCache:
     """The decoded cache of a run's training and validation photos `image_names`, at the covered size.
 
     Under `config.output_dir`/cache, built with `config.workers` processes; (None, "") with
@@ -416,26 +368,25 @@ def open_training_cache(data: CarvanaData, image_names: Sequence[str], geometry:
 def make_test_loader(
     photos: CarvanaData | Sequence[Path],
     geometry: Geometry,
-    config: Config | None = None,
+    config: LoaderSettings | None = None,
     *,
     batch_size: int | None = None,
     workers: int | None = None,
     image_names: Sequence[str] | None = None,
     pin_memory: bool | None = None,
-    raw_pixels: bool = False,
 ) -> CarvanaLoader:
     """Batches of (images, file names) for prediction, in order.
 
     `photos` is a CarvanaData (its test photos in sample_submission.csv order, or `image_names`
     of them) or any list of photo paths (e.g. validation photos, to score a model the way Kaggle
-    would). `raw_pixels`: uint8 batches for the classifier to normalise on its device (GPU).
+    would).
     """
     if isinstance(photos, CarvanaData):
         paths = photos.test_image_paths(None if image_names is None else list(image_names))
     else:
         paths = [Path(p) for p in photos]
     return _loader(
-        CarvanaTestDataset(paths, geometry, raw_pixels),
+        CarvanaTestDataset(paths, geometry),
         batch_size=_setting("batch_size", batch_size, config),
         workers=_setting("workers", workers, config),
         shuffle=False,

@@ -1,10 +1,8 @@
-"""`Predictor`: a model on its device and in its number format, turning batches of photos into probabilities.
+"""`Predictor`: a model's forward pass streamed over a loader of photos, batch by batch, to the prediction callbacks.
 
-It holds what the forward pass needs and nothing of training (no loss, optimiser or loss scaler):
-the model, the device, the precision (autocast dtype or fp32), the memory format (channels_last)
-and whether to average with the mirror image (flip TTA). `inputs` and `logits` are the one place
-where a batch is moved to the device, normalised, laid out and run through the model; the
-classifier validates through them too. `predict` streams a loader's batches through the model and
+It holds what prediction needs and nothing of training (no loss, optimiser or loss scaler): the
+model's `ForwardPass` (device, precision, memory format; `carvana.models.forward_pass`) and whether
+to average with the mirror image (flip TTA). `predict` streams a loader's batches through it and
 hands each one to the prediction callbacks (`carvana.predict.hooks`).
 """
 from __future__ import annotations
@@ -16,12 +14,11 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
+from carvana.core.hooks import call_cleanup_hook, call_hook, in_hook_order
+from carvana.models.forward_pass import ForwardPass
+from carvana.predict.hooks import PredictCallback, PredictState
 from carvana.run.checkpoint import check_model, load_checkpoint, load_model_weights
 from carvana.run.config import Config
-from carvana.data.datasets import normalize_batch
-from carvana.core.device import Precision, resolve_precision, select_device, to_memory_format, use_channels_last
-from carvana.core.hooks import call_cleanup_hook, call_hook, in_hook_order
-from carvana.predict.hooks import PredictCallback, PredictState
 
 
 def _count(loader: Any) -> int:
@@ -33,28 +30,21 @@ def _count(loader: Any) -> int:
 
 
 class Predictor:
-    """A model ready to predict: on `device`, in `precision`, optionally channels_last, with flip TTA by default or not."""
+    """A model ready to predict: its forward pass, with flip TTA by default or not."""
 
-    def __init__(self, model: nn.Module, device: torch.device, precision: Precision, channels_last: bool = False,
-                 tta: bool = False, progress: bool | None = None):
-        """`model` is moved to `device` (in channels_last memory format when `channels_last`);
-        `tta`: the default of `predict`'s; `progress`: tqdm bars (None = only on a terminal)."""
-        self.device = torch.device(device)
-        self.precision = precision
-        self.channels_last = channels_last
+    def __init__(self, forward: ForwardPass, tta: bool = False, progress: bool | None = None):
+        """`tta`: the default of `predict`'s; `progress`: tqdm bars (None = only on a terminal)."""
+        self.forward = forward
         self.tta = tta
         self.progress = progress
-        memory_format = torch.channels_last if channels_last else torch.preserve_format
-        self.model = model.to(self.device, memory_format=memory_format)
 
     @classmethod
     def for_config(cls, config: Config, model: nn.Module, device: torch.device | str | None = None,
                    progress: bool | None = None) -> "Predictor":
         """`model` on `device` (default `config.device`), with the config's precision (`amp`),
         `channels_last` (where the device runs it) and `tta`."""
-        device = device if isinstance(device, torch.device) else select_device(device or config.device)
-        return cls(model, device, resolve_precision(config.amp, device),
-                   channels_last=use_channels_last(config.channels_last, device), tta=config.tta, progress=progress)
+        forward = ForwardPass.with_settings(model, device or config.device, config.amp, config.channels_last)
+        return cls(forward, tta=config.tta, progress=progress)
 
     @classmethod
     def from_checkpoint(cls, config: Config, path: str | Path, payload: dict[str, Any] | None = None,
@@ -75,49 +65,25 @@ class Predictor:
         return predictor
 
     @property
+    def model(self) -> nn.Module:
+        return self.forward.model
+
+    @property
+    def device(self) -> torch.device:
+        return self.forward.device
+
+    @property
+    def channels_last(self) -> bool:
+        return self.forward.channels_last
+
+    @property
     def precision_name(self) -> str:
-        return self.precision.name
+        return self.forward.precision.name
 
-    # ------------------------------------------------------------------ the forward pass
-
-    def inputs(self, images: torch.Tensor) -> torch.Tensor:
-        """A batch as the model takes it: on its device, normalised, in its memory format.
-
-        Raw uint8 pixels (a loader made with `raw_pixels=True`) are normalised on the device;
-        float batches are already normalised by the loader.
-        """
-        images = images.to(self.device, non_blocking=True)
-        if images.dtype == torch.uint8:
-            images = normalize_batch(images)
-        return to_memory_format(images, self.channels_last)
-
-    def logits(self, images: torch.Tensor) -> torch.Tensor:
-        """The model's output for a batch from `inputs`, under the precision's autocast."""
-        with self.precision.autocast():
-            return self.model(images)
-
-    @torch.no_grad()
     def predict_probabilities(self, images: torch.Tensor, tta: bool | None = None) -> torch.Tensor:
-        """(B, H, W) float32 probabilities on the CPU at the model's output size.
-
-        With `tta` (default: the predictor's) the mean of the image's and its mirror image's
-        probabilities, the latter flipped back.
-        """
-        return self._predict_on_device(images, tta).cpu()
-
-    @torch.no_grad()
-    def _predict_on_device(self, images: torch.Tensor, tta: bool | None) -> torch.Tensor:
-        tta = self.tta if tta is None else tta
-        self.model.eval()
-        images = self.inputs(images)
-        probabilities = self._forward_probabilities(images)
-        if tta:
-            flipped = self._forward_probabilities(images.flip(-1)).flip(-1)
-            probabilities = (probabilities + flipped) / 2
-        return probabilities
-
-    def _forward_probabilities(self, images: torch.Tensor) -> torch.Tensor:
-        return torch.sigmoid(self.logits(images).float())[:, 0]
+        """(B, H, W) float32 probabilities of a uint8 batch, on the CPU, at the model's output size;
+        `tta` defaults to the predictor's."""
+        return self.forward.probabilities(images, self.tta if tta is None else tta).cpu()
 
     # ------------------------------------------------------------------ the prediction loop
 
@@ -130,7 +96,7 @@ class Predictor:
         try:
             for images, names in tqdm(test_loader, desc="predict", unit="batch", disable=self._bars_disabled()):
                 # Left on the model's device: the savers post-process it there (a GPU) or on the CPU.
-                state.probabilities = self._predict_on_device(images, tta)
+                state.probabilities = self.forward.probabilities(images, self.tta if tta is None else tta)
                 state.names = [str(name) for name in names]
                 state.done += len(state.names)
                 call_hook(callbacks, "on_predict_batch_end", state)

@@ -18,14 +18,14 @@ from carvana.core.hooks import CONTROL
 
 @dataclass
 class ValidationBatch:
-    """One batch of an epoch's validation pass, as the model saw it, on the model's device.
+    """One batch of an epoch's validation pass: the photos as loaded, the rest on the model's device.
 
     Handed to `on_validation_batch_end` so that a callback can rank and show validation images
     without a second pass over the data; it should copy only what it keeps.
     """
 
     first: int  # position of the batch's first image in the validation set (the loader keeps its order)
-    images: torch.Tensor  # (B, 3, H, W) normalised model input at the covered size (any mirror border cropped)
+    photos: torch.Tensor  # (B, 3, H, W) uint8 photos at the covered size, as the loader gave them (border cropped)
     masks: torch.Tensor  # (B, H, W) float, the loader's targets at the model's output size (> 0.5: car)
     probabilities: torch.Tensor  # (B, H, W) float in [0, 1]
     dice: torch.Tensor  # (B,) per-image Dice at the model's output size, at `config.threshold`

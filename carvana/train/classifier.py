@@ -3,8 +3,8 @@
 The classifier owns the model and everything that changes while it learns (optimiser, LR scheduler,
 fp16 loss scaler, epoch and step counters, best score, metrics history); callbacks observe and
 persist that state (TensorBoard, checkpoints, early stopping) without the loop knowing about them.
-Its `predictor` (carvana.predict.predictor) holds the model on its device, in its precision and
-memory format: validation runs the forward pass through it, and prediction is the predictor's.
+Its `forward` (carvana.models.forward_pass) holds the model on its device, in its precision and
+memory format: training and validation run the model through it, as prediction does.
 
 Epochs are counted absolutely: `train(..., epochs=12)` on a classifier resumed at epoch 8 runs
 epochs 9..12. Each epoch's randomness (shuffle order, augmentation) is seeded from (seed, epoch),
@@ -39,7 +39,6 @@ from tqdm import tqdm
 
 from carvana.run.checkpoint import load_checkpoint, load_model_weights
 from carvana.run.config import Config
-from carvana.data.datasets import crop_border
 from carvana.core.device import Precision
 from carvana.core.errors import CheckpointError, TrainingDiverged
 from carvana.core.hooks import call_cleanup_hook, call_hook, in_hook_order
@@ -47,7 +46,7 @@ from carvana.train.losses import BCEDiceLoss
 from carvana.train.metrics import dice_from_logits
 from carvana.models.input_sizes import coarse_input_size
 from carvana.models.specs import model_geometry
-from carvana.predict.predictor import Predictor
+from carvana.models.forward_pass import ForwardPass
 from carvana.core.process_lifetime import EXIT_INTERRUPTED, interrupt_exit_code, stopped_by
 from carvana.run.identity import default_run_name
 from carvana.train.budget import TrainingBudget, TrainingClock
@@ -222,8 +221,8 @@ class CarvanaClassifier:
 
             torch.manual_seed(config.seed)  # the same seed gives the same initial weights
             model = build_model(config.model, config.width)
-        self.predictor = Predictor.for_config(config, model, device, progress)
-        self.model = self.predictor.model
+        self.forward = ForwardPass.with_settings(model, device or config.device, config.amp, config.channels_last)
+        self.model = self.forward.model
         self.loss_fn = BCEDiceLoss(config.bce_weight, config.dice_weight)
         self.optimizer = build_optimizer(config, self.model.parameters())
         self.scheduler = build_scheduler(config, self.optimizer)
@@ -241,15 +240,15 @@ class CarvanaClassifier:
 
     @property
     def device(self) -> torch.device:
-        return self.predictor.device
+        return self.forward.device
 
     @property
     def precision(self) -> Precision:
-        return self.predictor.precision
+        return self.forward.precision
 
     @property
     def channels_last(self) -> bool:
-        return self.predictor.channels_last
+        return self.forward.channels_last
 
     @property
     def precision_name(self) -> str:
@@ -386,9 +385,9 @@ class CarvanaClassifier:
         with tqdm(loader, desc=f"epoch {epoch}/{state.epochs}", leave=False, unit="batch",
                   disable=self._bars_disabled()) as bar:
             for step, (images, masks) in enumerate(bar, start=1):
-                images = self.predictor.inputs(images)
+                images = self.forward.inputs(images)
                 masks = masks.to(self.device, non_blocking=True)
-                logits = self.predictor.logits(images)
+                logits = self.forward.logits(images)
                 loss = self.loss_fn(logits, masks)  # float32 whatever the autocast dtype
                 loss_value = float(loss.detach())
                 if not math.isfinite(loss_value):
@@ -445,16 +444,17 @@ class CarvanaClassifier:
         seen = 0
         files = _files_in_order(loader) if on_batch is not None else None
         for images, masks in tqdm(loader, desc=desc, leave=False, unit="batch", disable=self._bars_disabled()):
-            images = self.predictor.inputs(images)
+            photos = images
+            images = self.forward.inputs(photos)
             masks = masks.to(self.device, non_blocking=True)
-            logits = self.predictor.logits(images)
+            logits = self.forward.logits(images)
             batch = images.shape[0]
             loss_sum += float(self.loss_fn(logits, masks)) * batch
             dice = dice_from_logits(logits, masks, self.config.threshold)
             dice_sum += float(dice.sum())
             if on_batch is not None:
                 on_batch(ValidationBatch(
-                    first=seen, images=crop_border(images, self.geometry.border),
+                    first=seen, photos=self.geometry.crop_to_output(photos),
                     masks=masks.reshape(batch, *masks.shape[-2:]),
                     probabilities=torch.sigmoid(logits.float()).reshape(batch, *logits.shape[-2:]), dice=dice,
                     image_paths=None if files is None else files[0][seen:seen + batch],

@@ -26,7 +26,6 @@ from tensorboard.compat.proto.summary_pb2 import Summary
 from torch.utils.tensorboard import SummaryWriter
 from tqdm import tqdm
 
-from carvana.data.datasets import denormalize
 from carvana.data.images import read_image, read_mask
 from carvana.kaggle.files import car_id
 from carvana.core.geometry import Size
@@ -357,7 +356,7 @@ class TensorBoardVisualizer(_TensorBoardCallback):
 
     @staticmethod
     def _keep(batch: ValidationBatch, i: int, position: int, name: str, dice: float) -> _Kept:
-        image = denormalize(batch.images[i].float()).mul(255).round().byte().permute(1, 2, 0)
+        image = batch.photos[i].permute(1, 2, 0).contiguous()
         return _Kept(
             position=position, name=name, dice=dice,
             probabilities=batch.probabilities[i].float().cpu().numpy(),

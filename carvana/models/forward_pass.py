@@ -1,0 +1,78 @@
+"""`ForwardPass`: a model on its device, in its number format and memory layout, from photos to logits.
+
+The one place where a batch is moved to the device, normalised, laid out and run through the model.
+Training (the classifier) and prediction (the Predictor) both go through it, so they cannot
+disagree on how a photo becomes the model's input.
+
+Loaders ship the photos as uint8 (a quarter of the bytes of float32 to decode, pickle, pin and
+copy); they are normalised here, on the batch's device: pixel / 255, then the ImageNet mean and
+standard deviation per channel (the statistics pretrained encoders expect; for a net trained from
+scratch they simply centre the data).
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from carvana.core.device import Precision, resolve_precision, select_device, to_memory_format, use_channels_last
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+# x_normalised = x_uint8 * _SCALE + _OFFSET  ==  (x / 255 - mean) / std, in one multiply-add.
+_SCALE = torch.tensor([1.0 / (255.0 * s) for s in IMAGENET_STD]).reshape(1, 3, 1, 1)
+_OFFSET = torch.tensor([-m / s for m, s in zip(IMAGENET_MEAN, IMAGENET_STD)]).reshape(1, 3, 1, 1)
+
+
+def normalize_batch(images: torch.Tensor) -> torch.Tensor:
+    """uint8 (N, 3, H, W) pixels -> float32 normalised model input, on the tensor's device."""
+    if images.dtype != torch.uint8:
+        raise TypeError(f"photos must come as uint8 pixels, not {images.dtype}")
+    return images.float().mul_(_SCALE.to(images.device)).add_(_OFFSET.to(images.device))
+
+
+class ForwardPass:
+    """A model ready to run: on `device`, under `precision`'s autocast, optionally channels_last."""
+
+    def __init__(self, model: nn.Module, device: torch.device | str, precision: Precision,
+                 channels_last: bool = False):
+        """`model` is moved to `device` (in channels_last memory format when `channels_last`)."""
+        self.device = torch.device(device)
+        self.precision = precision
+        self.channels_last = channels_last
+        memory_format = torch.channels_last if channels_last else torch.preserve_format
+        self.model = model.to(self.device, memory_format=memory_format)
+
+    @classmethod
+    def with_settings(cls, model: nn.Module, device: torch.device | str, amp: str,
+                      channels_last: bool) -> "ForwardPass":
+        """`model` on `device` (a torch.device, or a name such as "auto", "cpu", "cuda:1"), with the
+        precision `amp` resolves to there and channels_last where that device runs it."""
+        device = device if isinstance(device, torch.device) else select_device(device)
+        return cls(model, device, resolve_precision(amp, device), use_channels_last(channels_last, device))
+
+    def inputs(self, images: torch.Tensor) -> torch.Tensor:
+        """A loader's uint8 batch as the model takes it: on its device, normalised, in its memory format."""
+        images = normalize_batch(images.to(self.device, non_blocking=True))
+        return to_memory_format(images, self.channels_last)
+
+    def logits(self, inputs: torch.Tensor) -> torch.Tensor:
+        """The model's output for a batch from `inputs`, under the precision's autocast."""
+        with self.precision.autocast():
+            return self.model(inputs)
+
+    @torch.no_grad()
+    def probabilities(self, images: torch.Tensor, tta: bool = False) -> torch.Tensor:
+        """(B, H, W) float32 probabilities of a uint8 batch, at the model's output size, on its device.
+
+        With `tta` the mean of the photo's and its mirror image's probabilities, the latter flipped back.
+        """
+        self.model.eval()
+        inputs = self.inputs(images)
+        probabilities = self._probabilities(inputs)
+        if tta:
+            probabilities = (probabilities + self._probabilities(inputs.flip(-1)).flip(-1)) / 2
+        return probabilities
+
+    def _probabilities(self, inputs: torch.Tensor) -> torch.Tensor:
+        return torch.sigmoid(self.logits(inputs).float())[:, 0]
