@@ -6,7 +6,6 @@ The functions print what they are doing and where things were written.
 from __future__ import annotations
 
 import contextlib
-import csv
 import math
 import os
 import time
@@ -14,7 +13,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from carvana.core.atomic import atomic_path
 from carvana.run.config import Config
 from carvana.kaggle import files as layout_names
 from carvana.core.errors import CarvanaError, CheckpointError, ConfigError, DataError
@@ -505,15 +503,11 @@ def _write_truth_csv(data, names: list[str], path: Path) -> None:
     from carvana.kaggle import rle
     from carvana.data.images import read_mask
 
+    from carvana.kaggle.rle_csv import write_rle_rows
+
     known = data.train_rle if data.train_rle is not None else {}
-    with atomic_path(path) as tmp, open(tmp, "w", newline="") as f:
-        writer = csv.writer(f)
-        writer.writerow(layout_names.SUBMISSION_HEADER)
-        for name in names:
-            text = known.get(name)
-            if text is None:
-                text = rle.encode(read_mask(data.mask_path(name)))
-            writer.writerow([name, text])
+    write_rle_rows(path, ((name, known[name] if name in known else rle.encode(read_mask(data.mask_path(name))))
+                          for name in names))
 
 
 # --------------------------------------------------------------------------- prediction
@@ -554,7 +548,7 @@ def run_prediction(checkpoint: Path | None, overrides: dict[str, Any], submissio
     """`predict`: load a checkpoint, predict the test set, validate the file."""
     from carvana.run.checkpoint import load_checkpoint
     from carvana.predict.predictor import Predictor
-    from carvana.submission.writer import is_gzip_name
+    from carvana.kaggle.rle_csv import is_gzip_name
 
     if submission is not None:
         is_gzip_name(submission)  # a name its content could not agree with is refused before any work

@@ -14,7 +14,7 @@ from carvana.kaggle import rle
 from carvana.core.errors import DataError, SubmissionError
 from carvana.core.geometry import Size
 from carvana.submission.score import dice_from_runs, intersection_from_runs, score_submission
-from carvana.submission.writer import write_submission_rows
+from carvana.kaggle.rle_csv import write_rle_rows
 from carvana.submission.validate import validate_submission
 
 IMAGE = Size(8, 4)  # 32 pixels: small enough to reason about by hand
@@ -43,7 +43,7 @@ def csv_text(rows: list[tuple[str, str]], header: str = "img,rle_mask") -> str:
 
 def test_a_correct_gzip_submission_passes(tmp_path, sample_submission):
     path = tmp_path / "submit.csv.gz"
-    write_submission_rows(path, GOOD.items())
+    write_rle_rows(path, GOOD.items())
     report = validate_submission(path, sample_submission, IMAGE)
     assert (report.rows, report.empty_masks) == (3, 1)
 
@@ -152,7 +152,7 @@ def test_a_broken_sample_submission_is_a_data_error(tmp_path):
     sample = tmp_path / "sample_submission.csv"
     sample.write_text("img,rle_mask\n")
     path = tmp_path / "submit.csv.gz"
-    write_submission_rows(path, GOOD.items())
+    write_rle_rows(path, GOOD.items())
     with pytest.raises(DataError, match="sample_submission.csv: has no rows"):
         validate_submission(path, sample, IMAGE)
 
@@ -169,7 +169,7 @@ def truth_csv(tmp_path) -> Path:
 
 def test_a_perfect_submission_scores_one(tmp_path, truth_csv):
     path = tmp_path / "predictions.csv.gz"
-    write_submission_rows(path, [("aaa_01.jpg", "1 10"), ("aaa_02.jpg", ""), ("bbb_01.jpg", "1 4")])
+    write_rle_rows(path, [("aaa_01.jpg", "1 10"), ("aaa_02.jpg", ""), ("bbb_01.jpg", "1 4")])
     report = score_submission(path, truth_csv, IMAGE)
     assert report.mean_dice == 1.0
     assert report.n_images == 3
@@ -180,7 +180,7 @@ def test_a_partial_overlap_scores_the_hand_computed_dice(tmp_path, truth_csv):
     path = tmp_path / "predictions.csv.gz"
     # aaa_01: truth 1..10, predicted 6..15 -> 5 common pixels, Dice 2*5/(10+10) = 0.5
     # aaa_02: both empty -> 1.0; bbb_01: truth 1..4, predicted nothing -> 0.0; extra ids are ignored
-    write_submission_rows(path, [("bbb_01.jpg", ""), ("zzz_01.jpg", "1 1"), ("aaa_01.jpg", "6 10"),
+    write_rle_rows(path, [("bbb_01.jpg", ""), ("zzz_01.jpg", "1 1"), ("aaa_01.jpg", "6 10"),
                                  ("aaa_02.jpg", "")])
     report = score_submission(path, truth_csv, IMAGE)
     assert report.per_image == {"aaa_01.jpg": 0.5, "aaa_02.jpg": 1.0, "bbb_01.jpg": 0.0}
@@ -189,7 +189,7 @@ def test_a_partial_overlap_scores_the_hand_computed_dice(tmp_path, truth_csv):
 
 def test_ids_missing_from_the_submission_are_named(tmp_path, truth_csv):
     path = tmp_path / "predictions.csv.gz"
-    write_submission_rows(path, [("aaa_01.jpg", "1 10")])
+    write_rle_rows(path, [("aaa_01.jpg", "1 10")])
     with pytest.raises(SubmissionError, match="predictions.csv.gz: 2 of the 3 ids of .*train_masks.csv are missing "
                                               r"\(e.g. aaa_02.jpg, bbb_01.jpg\)"):
         score_submission(path, truth_csv, IMAGE)
@@ -197,7 +197,7 @@ def test_ids_missing_from_the_submission_are_named(tmp_path, truth_csv):
 
 def test_a_bad_rle_in_the_submission_is_named_with_its_line(tmp_path, truth_csv):
     path = tmp_path / "predictions.csv.gz"
-    write_submission_rows(path, [("aaa_01.jpg", "1 10"), ("aaa_02.jpg", "40 2"), ("bbb_01.jpg", "")])
+    write_rle_rows(path, [("aaa_01.jpg", "1 10"), ("aaa_02.jpg", "40 2"), ("bbb_01.jpg", "")])
     with pytest.raises(SubmissionError, match="predictions.csv.gz: line 3 .aaa_02.jpg.: bad rle_mask: start 40 is past the last pixel 32"):
         score_submission(path, truth_csv, IMAGE)
 
@@ -206,7 +206,7 @@ def test_a_bad_truth_mask_is_a_data_error(tmp_path):
     truth = tmp_path / "train_masks.csv"
     truth.write_text(csv_text([("aaa_01.jpg", "5 1 2 1")]))
     path = tmp_path / "predictions.csv.gz"
-    write_submission_rows(path, [("aaa_01.jpg", "1 10")])
+    write_rle_rows(path, [("aaa_01.jpg", "1 10")])
     with pytest.raises(DataError, match="train_masks.csv: line 2 .aaa_01.jpg.: bad rle_mask: run starting at 2"):
         score_submission(path, truth, IMAGE)
 

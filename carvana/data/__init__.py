@@ -1,7 +1,6 @@
-"""The data layer: Kaggle files on disk -> checked names and paths -> tensors in the model's geometry.
+"""The data stage: Kaggle files on disk -> checked names and paths -> tensors in the model's geometry.
 
     layout.py    find and check the Kaggle layout (CarvanaData, load_carvana_data)
-    rle_csv.py   the one reader of img,rle_mask CSV files (train_masks, sample_submission, submissions)
     images.py    decode photos and masks with OpenCV/Pillow, fast, with one-line DataErrors
     split.py     train/validation split by car
     augment.py   joint image+mask augmentation
@@ -10,6 +9,5 @@
     datasets.py  torch datasets and DataLoaders
 
 Import from the modules themselves (`from carvana.data.layout import load_carvana_data`): this
-package imports none of them, so `import carvana.kaggle.files` does not pull in torch,
-OpenCV and pandas.
+package imports none of them, so importing one module does not pull in torch, OpenCV and pandas.
 """

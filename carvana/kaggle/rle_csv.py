@@ -1,4 +1,4 @@
-"""The one reader of `img,rle_mask` CSV files (gzip or plain), streamed one row at a time.
+"""The one reader and writer of `img,rle_mask` CSV files (gzip or plain), streamed one row at a time.
 
 Submissions, `sample_submission.csv`, `train_masks.csv` and truth files share this format, and
 every check of them goes through here: the data check before training and the final validator
@@ -15,8 +15,9 @@ corrupt, and content that disagrees with the name (gzip bytes in a `.csv`, plain
 A submission has 100,064 rows of 10-30 kB each, so rows are streamed, never loaded at once.
 Problems with the file as a whole raise the caller's error type at once; a row that is not a
 valid `img,rle_mask` pair is yielded with its problem, so a validator can count such rows and
-carry on. Files the tool writes stay canonical (`img,rle_mask`, LF, no quotes); see
-`carvana.submission.writer`.
+carry on. Files the tool writes (`write_rle_rows`, and the submission writer through
+`open_rle_stream` and `format_rle_row`) stay canonical: `img,rle_mask`, LF, no quotes; gzip when
+the name ends in `.gz`, plain text for `.csv`, any other name refused.
 """
 from __future__ import annotations
 
@@ -25,10 +26,11 @@ import io
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import BinaryIO, Callable, Iterable, Iterator
 
+from carvana.core.atomic import atomic_path
+from carvana.core.errors import CarvanaError, ConfigError, SubmissionError
 from carvana.kaggle.files import SUBMISSION_HEADER
-from carvana.core.errors import CarvanaError, SubmissionError
 
 GZIP_MAGIC = b"\x1f\x8b"
 UTF16_MARKS = (b"\xff\xfe", b"\xfe\xff")  # the byte-order marks of UTF-16 (Excel's "Unicode text")
@@ -36,8 +38,56 @@ HEADER_LINE = ",".join(SUBMISSION_HEADER)
 _SNIFF_BYTES = 256  # read to tell gzip and UTF-16 files from plain UTF-8 text
 _QUOTE = '"'
 _OTHER_SEPARATORS = {";": "semicolons", "\t": "tabs"}  # what spreadsheets in some locales write instead
+DEFAULT_COMPRESSLEVEL = 4  # zlib level of the files written (see docs/benchmarks.md, the submission writer)
 
 Fail = Callable[[str], CarvanaError]  # builds the error for one problem of the file
+
+
+# ---------------------------------------------------------------------- writing
+
+
+def is_gzip_name(path: Path) -> bool:
+    """True for a `.gz` name, False for `.csv`; ConfigError for any other name.
+
+    Kaggle (and `validate`) decide by the name whether to decompress, so the content written must
+    agree with it: gzip bytes in a `.csv` would be an unreadable upload.
+    """
+    suffix = Path(path).suffix.lower()
+    if suffix == ".gz":
+        return True
+    if suffix == ".csv":
+        return False
+    raise ConfigError(f"{path}: a submission's name must end in .csv (plain text) or .gz (gzip-compressed, "
+                      "e.g. submit.csv.gz)")
+
+
+def format_rle_row(img: str, rle_mask: str) -> bytes:
+    """One `img,rle_mask` line as written (UTF-8, LF)."""
+    return f"{img},{rle_mask}\n".encode("utf-8")
+
+
+def open_rle_stream(raw: BinaryIO, path: Path, compresslevel: int = DEFAULT_COMPRESSLEVEL) -> BinaryIO:
+    """The stream an `img,rle_mask` file named `path` is written to over the open file `raw`, its header
+    already written: gzip over `raw` for a `.gz` name, `raw` itself for `.csv`."""
+    out: BinaryIO = raw
+    if is_gzip_name(path):
+        # The name stored in the gzip header is the real one, not a temporary file's.
+        out = gzip.GzipFile(filename=Path(path).name, mode="wb", fileobj=raw, compresslevel=compresslevel, mtime=0)
+    out.write(f"{HEADER_LINE}\n".encode("utf-8"))
+    return out
+
+
+def write_rle_rows(path: Path, rows: Iterable[tuple[str, str]], compresslevel: int = DEFAULT_COMPRESSLEVEL) -> None:
+    """Write `(img, rle_mask)` rows to an `img,rle_mask` file at `path` (gzip for `.gz`), atomically."""
+    path = Path(path)
+    is_gzip_name(path)  # a name the content could not agree with is refused before any file exists
+    with atomic_path(path) as tmp, open(tmp, "wb") as raw:
+        with open_rle_stream(raw, path, compresslevel) as out:
+            for img, rle_mask in rows:
+                out.write(format_rle_row(img, rle_mask))
+
+
+# ---------------------------------------------------------------------- reading
 
 
 def submission_problem(path: Path) -> Fail:

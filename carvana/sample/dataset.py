@@ -37,6 +37,7 @@ from tqdm import tqdm
 
 from carvana.kaggle import rle
 from carvana.kaggle import files as layout
+from carvana.kaggle.rle_csv import write_rle_rows
 from carvana.core.errors import CarvanaError, ConfigError
 from carvana.sample import car as sample_car
 from carvana.sample import scene as sample_scene
@@ -361,9 +362,8 @@ def mask_gif(mask: np.ndarray) -> bytes:
 def _write_tables(staging: Path, jobs: list[CarJob], rles: dict[str, str], seed: int) -> None:
     train = sorted(rles)
     test = sorted(name for job in jobs if job.split == layout.TEST_DIR for name in image_names(job.car_id))
-    _write_csv(staging / layout.MASKS_CSV, layout.SUBMISSION_HEADER, [(name, rles[name]) for name in train])
-    _write_csv(staging / layout.SAMPLE_SUBMISSION_CSV, layout.SUBMISSION_HEADER,
-               [(name, PLACEHOLDER_RLE) for name in test])
+    write_rle_rows(staging / layout.MASKS_CSV, [(name, rles[name]) for name in train])
+    write_rle_rows(staging / layout.SAMPLE_SUBMISSION_CSV, [(name, PLACEHOLDER_RLE) for name in test])
     rows = [_metadata_row(job.car_id, job.design, np.random.default_rng([seed, job.index, 3]))
             for job in sorted(jobs, key=lambda j: j.car_id)]
     _write_csv(staging / layout.METADATA_CSV, ("id", "year", "make", "model", "trim1", "trim2"), rows)

@@ -20,28 +20,24 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
-import gzip
 import os
 import queue
 import threading
 import weakref
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import BinaryIO, Iterable, Sequence
+from typing import BinaryIO, Sequence
 
 import numpy as np
 
 from carvana.core.atomic import atomic_path
-from carvana.kaggle.files import SUBMISSION_HEADER
-from carvana.core.errors import CarvanaError, ConfigError
+from carvana.core.errors import CarvanaError
 from carvana.core.geometry import Size
 from carvana.predict.cleanup import clean_probabilities
 from carvana.predict.postprocess import probabilities_to_rle
 from carvana.kaggle.rle import runs_to_string
+from carvana.kaggle.rle_csv import DEFAULT_COMPRESSLEVEL, format_rle_row, is_gzip_name, open_rle_stream
 
-# zlib level 4 (measured on Carvana-like rows): ~2.75x smaller than plain text at ~0.2 ms per row;
-# level 6 gains another 9% of size for 3.5x the time, level 1 loses 16% of size for little speed.
-DEFAULT_COMPRESSLEVEL = 4
 DEFAULT_MAX_PENDING_BATCHES = 4
 
 
@@ -79,39 +75,16 @@ def release_free_memory() -> None:
         _malloc_trim(0)
 
 
-def is_gzip_name(path: Path) -> bool:
-    """True for a `.gz` submission name, False for `.csv`; ConfigError for any other name.
-
-    Kaggle (and `validate`) decide by the name whether to decompress, so the content written must
-    agree with it: gzip bytes in a `.csv` would be an unreadable upload.
-    """
-    suffix = Path(path).suffix.lower()
-    if suffix == ".gz":
-        return True
-    if suffix == ".csv":
-        return False
-    raise ConfigError(f"{path}: a submission's name must end in .csv (plain text) or .gz (gzip-compressed, "
-                      "e.g. submit.csv.gz)")
-
-
-def _open_rows(raw: BinaryIO, path: Path, compresslevel: int) -> BinaryIO:
-    """The stream rows are written to: gzip over `raw` for a `.gz` name, `raw` itself for `.csv`."""
-    if not is_gzip_name(path):
-        return raw
-    # The name stored in the gzip header is the real one, not the temporary name.
-    return gzip.GzipFile(filename=Path(path).name, mode="wb", fileobj=raw, compresslevel=compresslevel, mtime=0)
-
-
 def encode_row(name: str, probabilities: np.ndarray, original_size: Size, threshold: float,
                cleanup: str = "none") -> bytes:
     """One `img,rle_mask` CSV line, ready for the gzip stream (the map cleaned up first, see carvana.predict.cleanup)."""
     probabilities = clean_probabilities(probabilities, threshold, cleanup)
-    return f"{name},{probabilities_to_rle(probabilities, original_size, threshold)}\n".encode("utf-8")
+    return format_rle_row(name, probabilities_to_rle(probabilities, original_size, threshold))
 
 
 def format_row(name: str, runs: np.ndarray) -> bytes:
     """One `img,rle_mask` CSV line of already computed (start, length) runs."""
-    return f"{name},{runs_to_string(runs)}\n".encode("utf-8")
+    return format_rle_row(name, runs_to_string(runs))
 
 
 class _Aborted(Exception):
@@ -158,8 +131,7 @@ class SubmissionWriter:
         self._cleanup_at_exit = weakref.finalize(self, Path.unlink, self.temp_path, missing_ok=True)
         try:
             self._file: BinaryIO = open(self.temp_path, "wb")
-            self._out = _open_rows(self._file, self.path, compresslevel)
-            self._out.write((",".join(SUBMISSION_HEADER) + "\n").encode("utf-8"))
+            self._out = open_rle_stream(self._file, self.path, compresslevel)
         except BaseException:
             self._discard_temp()
             raise
@@ -293,16 +265,3 @@ class SubmissionWriter:
                 pass
         self._atomic.__exit__(_Aborted, _Aborted(), None)
         self._cleanup_at_exit.detach()
-
-
-def write_submission_rows(
-    path: Path, rows: Iterable[tuple[str, str]], compresslevel: int = DEFAULT_COMPRESSLEVEL
-) -> None:
-    """Write already-encoded `(img, rle_mask)` rows to a submission at `path` (gzip for `.gz`), atomically."""
-    is_gzip_name(path)
-    with atomic_path(path) as tmp, open(tmp, "wb") as raw:
-        with _open_rows(raw, Path(path), compresslevel) as out:
-            out.write((",".join(SUBMISSION_HEADER) + "\n").encode("utf-8"))
-            for name, text in rows:
-                out.write(f"{name},{text}\n".encode("utf-8"))
-
