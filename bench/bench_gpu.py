@@ -139,7 +139,7 @@ def end_to_end(images: int, batch: int, workers: int) -> dict[str, float]:
             writer_rows_per_s[where] = max(1, n // batch) * batch / (time.perf_counter() - start)
     return {"images": n, "seconds": seconds, "images_per_s": n / seconds, "generate_s": generated_s,
             "loader_images_per_s": n / loader_s, "writer_rows_per_s": writer_rows_per_s["cpu"],
-            "writer_on_gpu_rows_per_s": writer_rows_per_s["gpu"], "precision": predictor.precision_name}
+            "writer_on_gpu_rows_per_s": writer_rows_per_s["gpu"], "precision": predictor.forward.precision.name}
 
 
 def main(images: int, batch: int, workers: int, compare_variants: bool = True) -> dict:

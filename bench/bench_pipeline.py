@@ -108,8 +108,8 @@ def main(quick: bool = False) -> dict:
     preset_rate = rates[f"end to end ({main_workers} loader workers, preset)"]
     best_label = max((k for k in rates if k.startswith("end to end")), key=rates.__getitem__)
     figures = {
-        "images": count, "device": str(predictor.device), "precision": predictor.precision_name,
-        "channels_last": predictor.channels_last, "torch_threads": threads, "loader_workers": main_workers,
+        "images": count, "device": str(predictor.device), "precision": predictor.forward.precision.name,
+        "channels_last": predictor.forward.channels_last, "torch_threads": threads, "loader_workers": main_workers,
         "writer_workers": default_workers(), "target_ratio": TARGET_RATIO,
         "ratio": preset_rate / model_rate, "best_end_to_end": best_label,
         "best_ratio": rates[best_label] / model_rate,
@@ -124,8 +124,8 @@ def main(quick: bool = False) -> dict:
     figures["cpu_ms_per_image"] = cpu_ms
     figures["ceiling_ratio"] = min(1.0, cores * 1e3 / cpu_ms / model_rate)
     print_table(
-        f"Predict pipeline, cpu preset ({geometry.input_size}, batch {config.batch_size}, {predictor.precision_name}"
-        f"{', channels_last' if predictor.channels_last else ''}, {threads} torch threads) on {count} real photos "
+        f"Predict pipeline, cpu preset ({geometry.input_size}, batch {config.batch_size}, {predictor.forward.precision.name}"
+        f"{', channels_last' if predictor.forward.channels_last else ''}, {threads} torch threads) on {count} real photos "
         f"-> submission; ratio = end to end / model only (target >= {TARGET_RATIO:g})",
         ["measurement", "images/s", "ratio"], [[k, v, v / model_rate] for k, v in rates.items()],
     )

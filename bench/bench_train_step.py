@@ -43,9 +43,9 @@ def _steps_per_s(classifier: CarvanaClassifier, images: torch.Tensor, masks: tor
     model.train()
 
     def step() -> None:
-        batch = to_memory_format(images.to(device, non_blocking=True), classifier.channels_last)
+        batch = to_memory_format(images.to(device, non_blocking=True), classifier.forward.channels_last)
         target = masks.to(device, non_blocking=True)
-        with classifier.precision.autocast():
+        with classifier.forward.precision.autocast():
             logits = model(batch)
         loss = classifier.loss_fn(logits, target)
         float(loss.detach())  # the loop reads the loss every step (divergence check)
@@ -93,7 +93,7 @@ def main(quick: bool = False) -> dict:
         key = label.replace(" + ", "_").replace(" ", "_")
         figures[f"{key}_steps_per_s"] = rate
         figures[f"{key}_images_per_s"] = rate * base.batch_size
-        table.append([label, classifier.precision_name, rate, rate * base.batch_size, rate / baseline])
+        table.append([label, classifier.forward.precision.name, rate, rate * base.batch_size, rate / baseline])
     print_table(
         f"Train step, cpu preset ({base.model} width {base.width:g}, {geometry_size}, batch {base.batch_size}) on {device}; "
         f"amp=auto picks {auto}, channels_last={auto_channels_last}",

@@ -439,7 +439,7 @@ def _describe_run(config, data, split, classifier, geometry, source, input_note:
         f"input {geometry.input_size} -> output {geometry.output_size}{input_note}{_coarse_note(config)}",
         f"Training: {TrainingBudget.of(config).describe()}{resumed}, batch {config.batch_size}, "
         f"{config.optimizer} lr {lr:.3g}"
-        f"{base_lr}, scheduler {config.scheduler}, device {classifier.device}, precision {classifier.precision_name}",
+        f"{base_lr}, scheduler {config.scheduler}, device {classifier.device}, precision {classifier.forward.precision.name}",
         f"Run: {config.run_name}  (logs: {config.log_dir / config.run_name}, "
         f"checkpoints: {config.output_dir / 'models' / config.run_name})",
     ])

@@ -133,7 +133,7 @@ def test_bf16_autocast_still_gives_float32_probabilities():
     predictor = tiny_predictor(tiny_config(amp="bf16"))
     images, _ = ellipse_dataset(count=2).tensors
 
-    assert predictor.precision_name == "bf16"
+    assert predictor.forward.precision.name == "bf16"
     probabilities = predictor.predict_probabilities(images)
     assert probabilities.dtype == torch.float32 and torch.isfinite(probabilities).all()
 

@@ -72,14 +72,6 @@ class Predictor:
     def device(self) -> torch.device:
         return self.forward.device
 
-    @property
-    def channels_last(self) -> bool:
-        return self.forward.channels_last
-
-    @property
-    def precision_name(self) -> str:
-        return self.forward.precision.name
-
     def predict_probabilities(self, images: torch.Tensor, tta: bool | None = None) -> torch.Tensor:
         """(B, H, W) float32 probabilities of a uint8 batch, on the CPU, at the model's output size;
         `tta` defaults to the predictor's."""

@@ -39,7 +39,6 @@ from tqdm import tqdm
 
 from carvana.run.checkpoint import load_checkpoint, load_model_weights
 from carvana.run.config import Config
-from carvana.core.device import Precision
 from carvana.core.errors import CheckpointError, TrainingDiverged
 from carvana.core.hooks import call_cleanup_hook, call_hook, in_hook_order
 from carvana.train.losses import BCEDiceLoss
@@ -226,7 +225,7 @@ class CarvanaClassifier:
         self.loss_fn = BCEDiceLoss(config.bce_weight, config.dice_weight)
         self.optimizer = build_optimizer(config, self.model.parameters())
         self.scheduler = build_scheduler(config, self.optimizer)
-        self.scaler = self.precision.grad_scaler()
+        self.scaler = self.forward.precision.grad_scaler()
         self.progress = progress
         self.run_name = config.run_name or default_run_name(config)
         # Progress over the whole run (restored by resume_from):
@@ -241,18 +240,6 @@ class CarvanaClassifier:
     @property
     def device(self) -> torch.device:
         return self.forward.device
-
-    @property
-    def precision(self) -> Precision:
-        return self.forward.precision
-
-    @property
-    def channels_last(self) -> bool:
-        return self.forward.channels_last
-
-    @property
-    def precision_name(self) -> str:
-        return self.precision.name
 
     # ------------------------------------------------------------------ training
 
