@@ -46,14 +46,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.common import REPO_ROOT, print_table, record  # noqa: E402
 from bench.fixtures import write_palette_gif  # noqa: E402
-from carvana.kaggle import rle  # noqa: E402
-from carvana.run.config import preset  # noqa: E402
-from carvana.kaggle import files as kl  # noqa: E402
-from carvana.data.images import read_mask, resize_mask  # noqa: E402
 from carvana.core.geometry import Size  # noqa: E402
+from carvana.data.images import read_mask, resize_mask  # noqa: E402
+from carvana.kaggle import rle  # noqa: E402
+from carvana.kaggle import files as kl  # noqa: E402
 from carvana.models.input_sizes import input_size_for_photos  # noqa: E402
 from carvana.models.specs import model_geometry  # noqa: E402
 from carvana.predict.postprocess import probabilities_to_mask  # noqa: E402
+from carvana.run.config import preset  # noqa: E402
 from carvana.submission.score import score_submission  # noqa: E402
 
 REAL512 = REPO_ROOT.parent / "shared" / "fixtures" / "carvana-real512"

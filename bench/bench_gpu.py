@@ -24,11 +24,11 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.common import print_table, record  # noqa: E402
-from carvana.run.config import preset  # noqa: E402
 from carvana.core.geometry import Size  # noqa: E402
-from carvana.train.losses import BCEDiceLoss  # noqa: E402
 from carvana.models import build_model  # noqa: E402
 from carvana.models.specs import model_geometry  # noqa: E402
+from carvana.run.config import preset  # noqa: E402
+from carvana.train.losses import BCEDiceLoss  # noqa: E402
 
 SIZE = Size(1024, 1024)
 H100_BF16_DENSE_PEAK = 989e12  # NVIDIA's H100 SXM dense bf16 tensor-core figure, FLOP/s
@@ -94,9 +94,9 @@ def end_to_end(images: int, batch: int, workers: int) -> dict[str, float]:
     """The real predict path on `images` generated 1918x1280 photos."""
     from carvana.data.datasets import make_test_loader
     from carvana.data.layout import load_carvana_data
+    from carvana.predict.predictor import Predictor
     from carvana.sample.dataset import generate_sample_dataset
     from carvana.submission.predictions_saver import PredictionsSaver
-    from carvana.predict.predictor import Predictor
 
     config = preset("unet1024").replace(batch_size=batch, workers=workers)
     with tempfile.TemporaryDirectory() as tmp:

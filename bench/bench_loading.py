@@ -37,13 +37,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.common import best_of, print_table, record  # noqa: E402
 from bench.fixtures import PHOTO_SIZE, make_train_folder  # noqa: E402
-from carvana.run.config import preset  # noqa: E402
+from carvana.core.geometry import Geometry  # noqa: E402
 from carvana.data.augment import Augmenter  # noqa: E402
 from carvana.data.cache import open_decoded_cache  # noqa: E402
 from carvana.data.datasets import CarvanaTrainDataset, make_train_loader  # noqa: E402
 from carvana.data.layout import CarvanaData, load_carvana_data  # noqa: E402
-from carvana.core.geometry import Geometry  # noqa: E402
 from carvana.models.specs import model_geometry  # noqa: E402
+from carvana.run.config import preset  # noqa: E402
 
 TARGET_SPEEDUP = 2.0
 PRESETS = ("cpu", "unet1024", "unet_original")

@@ -22,13 +22,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.common import print_table, record  # noqa: E402
 from bench.fixtures import PHOTO_SIZE, probability_maps, real_photos  # noqa: E402
-from carvana.run.config import preset  # noqa: E402
 from carvana.data.datasets import make_test_loader  # noqa: E402
 from carvana.data.layout import CarvanaData  # noqa: E402
 from carvana.models import build_model  # noqa: E402
 from carvana.models.specs import model_geometry  # noqa: E402
-from carvana.submission.predictions_saver import PredictionsSaver  # noqa: E402
 from carvana.predict.predictor import Predictor  # noqa: E402
+from carvana.run.config import preset  # noqa: E402
+from carvana.submission.predictions_saver import PredictionsSaver  # noqa: E402
 from carvana.submission.writer import SubmissionWriter, default_workers  # noqa: E402
 
 TARGET_RATIO = 0.9

@@ -17,10 +17,10 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.common import print_table, record  # noqa: E402
-from carvana.run.config import Config, preset  # noqa: E402
 from carvana.core.device import resolve_precision, select_device, to_memory_format, use_channels_last  # noqa: E402
-from carvana.train.metrics import dice_from_logits  # noqa: E402
+from carvana.run.config import Config, preset  # noqa: E402
 from carvana.train.classifier import CarvanaClassifier  # noqa: E402
+from carvana.train.metrics import dice_from_logits  # noqa: E402
 
 
 def _variants(device: torch.device) -> dict[str, dict]:

@@ -12,8 +12,8 @@ from pathlib import Path
 import numpy as np
 
 from bench.common import REAL_TEST_PHOTOS, car_like_mask
-from carvana.kaggle import files as kl
 from carvana.core.geometry import Size
+from carvana.kaggle import files as kl
 
 PHOTO_SIZE = Size(1918, 1280)
 

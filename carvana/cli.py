@@ -11,13 +11,13 @@ import sys
 from pathlib import Path
 from typing import Any, Callable, NoReturn, Sequence
 
-from carvana.run.config import (AMP_MODES, MASK_CLEANUPS, OPTIMIZERS, PRESETS, SCHEDULERS, SEED_LIMIT, Config, preset,
-                            run_name_problem)
 from carvana.core.durations import parse_duration
 from carvana.core.errors import CarvanaError, ConfigError
 from carvana.core.geometry import Size
-from carvana.models.specs import MODEL_NAMES
 from carvana.core.process_lifetime import Terminated, interrupt_exit_code, sigterm_as_interrupt
+from carvana.models.specs import MODEL_NAMES
+from carvana.run.config import (AMP_MODES, MASK_CLEANUPS, OPTIMIZERS, PRESETS, SCHEDULERS, SEED_LIMIT, Config, preset,
+                            run_name_problem)
 
 
 DESCRIPTION = """\

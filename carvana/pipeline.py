@@ -13,11 +13,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from carvana.run.config import Config
-from carvana.kaggle import files as layout_names
 from carvana.core.errors import CarvanaError, CheckpointError, ConfigError, DataError
 from carvana.core.geometry import Size
+from carvana.kaggle import files as layout_names
 from carvana.models.specs import model_geometry
+from carvana.run.config import Config
 from carvana.run.identity import (RunFolders, RunRecord, finished_message, open_existing_run, reserve_new_run,
                           resolve_resume, resumed_config)
 from carvana.train.budget import TrainingBudget
@@ -215,10 +215,10 @@ def _train_in(folders: RunFolders, config: Config, options: DataOptions, need_te
     from carvana.data.layout import load_carvana_data
     from carvana.data.split import split_by_car
     from carvana.models.input_sizes import coarse_input_size
-    from carvana.train.model_checkpoint import BEST_NAME, LAST_NAME, ModelCheckpoint
+    from carvana.predict.postprocess import probabilities_to_mask
     from carvana.train.classifier import CarvanaClassifier, CoarsePhase, TrainingInterruptedError
     from carvana.train.early_stopping import EarlyStopping
-    from carvana.predict.postprocess import probabilities_to_mask
+    from carvana.train.model_checkpoint import BEST_NAME, LAST_NAME, ModelCheckpoint
     from carvana.train.tensorboard import TensorBoardLogger, TensorBoardVisualizer
 
     run_name, models_dir = folders.run_name, folders.models_dir
@@ -470,8 +470,8 @@ def score_validation(predictor: Predictor, data, valid_names: list[str], config:
     came from, and the predictions file and the Dice returned are those at it.
     """
     from carvana.data.datasets import make_test_loader
-    from carvana.submission.score import read_truth, score_submission
     from carvana.predict.threshold import ThresholdRecord, save_threshold, thresholds_to_try
+    from carvana.submission.score import read_truth, score_submission
     from carvana.submission.validation_search import ValidationSearch
 
     out_dir = config.output_dir / "validation" / run_name
@@ -500,8 +500,8 @@ def score_validation(predictor: Predictor, data, valid_names: list[str], config:
 
 def _write_truth_csv(data, names: list[str], path: Path) -> None:
     """The true masks of `names` as a train_masks.csv-style file (from the CSV, else from the GIFs)."""
-    from carvana.kaggle import rle
     from carvana.data.images import read_mask
+    from carvana.kaggle import rle
 
     from carvana.kaggle.rle_csv import write_rle_rows
 
@@ -546,9 +546,9 @@ def predict_test_set(predictor: Predictor, config: Config, data_dir: Path, submi
 
 def run_prediction(checkpoint: Path | None, overrides: dict[str, Any], submission: Path | None = None) -> Path:
     """`predict`: load a checkpoint, predict the test set, validate the file."""
-    from carvana.run.checkpoint import load_checkpoint
-    from carvana.predict.predictor import Predictor
     from carvana.kaggle.rle_csv import is_gzip_name
+    from carvana.predict.predictor import Predictor
+    from carvana.run.checkpoint import load_checkpoint
 
     if submission is not None:
         is_gzip_name(submission)  # a name its content could not agree with is refused before any work

@@ -18,8 +18,8 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from carvana.kaggle import rle  # noqa: E402
 from carvana.data.images import read_image, read_mask  # noqa: E402
+from carvana.kaggle import rle  # noqa: E402
 from carvana.kaggle.files import MASKS_DIR, mask_name  # noqa: E402
 from carvana.kaggle.rle_csv import read_rle_rows  # noqa: E402
 from carvana.train.overlays import comparison_panel, worst_edge_window  # noqa: E402

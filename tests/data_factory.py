@@ -14,9 +14,9 @@ import cv2
 import numpy as np
 from PIL import Image
 
+from carvana.core.geometry import Size
 from carvana.kaggle import rle
 from carvana.kaggle import files as kl
-from carvana.core.geometry import Size
 
 
 def car_ids(count: int, salt: str = "train") -> list[str]:

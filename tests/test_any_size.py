@@ -11,12 +11,12 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from carvana.run.checkpoint import load_checkpoint
-from carvana.run.config import PRESETS
-from carvana.kaggle import files as kl
 from carvana.core.geometry import Size, aspect_difference
+from carvana.kaggle import files as kl
 from carvana.models.input_sizes import PIXEL_ALLOWANCE, input_size_for_photos
 from carvana.models.specs import UNET1024, UNET_ORIGINAL, model_geometry
+from carvana.run.checkpoint import load_checkpoint
+from carvana.run.config import PRESETS
 from cli_helpers import run_cli
 from data_factory import make_tiny_carvana
 

@@ -7,8 +7,8 @@ import cv2
 import numpy as np
 import pytest
 
-from carvana.data.augment import Augmenter
 from carvana.core.errors import ConfigError
+from carvana.data.augment import Augmenter
 
 HEIGHT, WIDTH = 64, 96
 STRONG = Augmenter(shift=0.2, scale=0.3, rotate_degrees=30, hflip=0.5, brightness=0.1, contrast=0.1, hue_degrees=20, p=1.0)

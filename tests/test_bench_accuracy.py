@@ -7,10 +7,10 @@ import sys
 
 import pytest
 
-from carvana.kaggle import files as kl
+from carvana.core.geometry import Size
 from carvana.data.images import image_size, read_mask
 from carvana.data.layout import load_carvana_data
-from carvana.core.geometry import Size
+from carvana.kaggle import files as kl
 from conftest import REPO_ROOT
 
 sys.path.insert(0, str(REPO_ROOT))

@@ -9,12 +9,12 @@ import pytest
 import torch
 from training_helpers import loaders, tiny_config
 
-from carvana.run.checkpoint import load_checkpoint
-from carvana.run.config import Config, preset
 from carvana.core.durations import format_duration, parse_duration
 from carvana.core.errors import ConfigError
-from carvana.train.model_checkpoint import ModelCheckpoint
+from carvana.run.checkpoint import load_checkpoint
+from carvana.run.config import Config, preset
 from carvana.train.classifier import CarvanaClassifier
+from carvana.train.model_checkpoint import ModelCheckpoint
 from cli_helpers import epochs_printed, run_cli
 from data_factory import make_tiny_carvana
 from test_reliability import STEPS_PER_EPOCH, TINY

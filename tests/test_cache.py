@@ -14,13 +14,13 @@ import numpy as np
 import pytest
 import torch
 
-from carvana.run.config import Config
+from carvana.core.geometry import Size
 from carvana.data import cache as decoded_cache
 from carvana.data.augment import Augmenter
 from carvana.data.datasets import make_train_loader, make_valid_loader, open_training_cache
 from carvana.data.layout import load_carvana_data
-from carvana.core.geometry import Size
 from carvana.models.specs import model_geometry
+from carvana.run.config import Config
 from cli_helpers import epochs_printed, one_line_error, run_cli, start_main
 from data_factory import make_tiny_carvana
 

@@ -9,14 +9,14 @@ import pytest
 import torch
 from training_helpers import image_events, loaders, scalar_events, tiny_config
 
-from carvana.predict.predictor import Predictor
-from carvana.run.checkpoint import CHECKSUM_KEY, load_checkpoint, load_model_weights, weights_checksum
 from carvana.core.errors import CheckpointError
 from carvana.models import build_model
+from carvana.predict.predictor import Predictor
+from carvana.run.checkpoint import CHECKSUM_KEY, load_checkpoint, load_model_weights, weights_checksum
 from carvana.train.callbacks import Callback, TrainState
-from carvana.train.model_checkpoint import ModelCheckpoint
 from carvana.train.classifier import CarvanaClassifier
 from carvana.train.early_stopping import EarlyStopping
+from carvana.train.model_checkpoint import ModelCheckpoint
 from carvana.train.tensorboard import TensorBoardLogger, TensorBoardVisualizer
 
 SCALAR_TAGS = {"loss/train", "loss/val", "dice/train", "dice/val", "lr"}

@@ -11,12 +11,12 @@ from torch.utils.data import DataLoader
 from carvana.core.device import cpu_has_native_bf16, resolve_precision, select_device
 from carvana.core.errors import ConfigError
 from carvana.core.geometry import Size
-from carvana.train.metrics import dice_from_logits, dice_per_image
-from carvana.predict.predictor import Predictor
 from carvana.models.forward_pass import normalize_batch
 from carvana.models.specs import model_geometry
+from carvana.predict.predictor import Predictor
 from carvana.train.callbacks import Callback
 from carvana.train.classifier import CarvanaClassifier, build_optimizer, build_scheduler
+from carvana.train.metrics import dice_from_logits, dice_per_image
 
 
 def test_overfits_a_tiny_set_of_ellipses_to_a_dice_above_095(capsys):

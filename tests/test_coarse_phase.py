@@ -11,15 +11,15 @@ import pytest
 from training_helpers import ellipse_dataset, tiny_config
 from torch.utils.data import DataLoader
 
-from carvana.run.checkpoint import load_checkpoint
-from carvana.run.config import Config, preset
 from carvana.core.errors import ConfigError
 from carvana.core.geometry import Size
 from carvana.models.input_sizes import coarse_input_size
 from carvana.models.specs import UNET1024, UNET_ORIGINAL
-from carvana.train.model_checkpoint import ModelCheckpoint
+from carvana.run.checkpoint import load_checkpoint
+from carvana.run.config import Config, preset
 from carvana.train.classifier import FINE_LR_FACTOR, CarvanaClassifier, CoarsePhase
 from carvana.train.early_stopping import EarlyStopping
+from carvana.train.model_checkpoint import ModelCheckpoint
 from cli_helpers import epochs_printed, run_cli
 from data_factory import make_tiny_carvana
 from test_reliability import TINY

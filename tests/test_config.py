@@ -6,10 +6,10 @@ import argparse
 import pytest
 
 from carvana import cli
-from carvana.run.config import PRESETS, Config, preset
 from carvana.core.errors import ConfigError
 from carvana.core.geometry import Size
 from carvana.models.specs import MODEL_NAMES, MODEL_SPECS, model_spec
+from carvana.run.config import PRESETS, Config, preset
 
 
 def test_presets_are_the_documented_setups():

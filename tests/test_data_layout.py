@@ -9,13 +9,13 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from carvana.kaggle import rle
-from carvana.kaggle import files as kl
+from carvana.core.errors import DataError
+from carvana.core.geometry import Size
 from carvana.data.datasets import CarvanaTestDataset, CarvanaTrainDataset
 from carvana.data.images import image_size, jpeg_size, load_image, read_image, read_mask
 from carvana.data.layout import StrayFilesWarning, is_carvana_data_dir, load_carvana_data
-from carvana.core.errors import DataError
-from carvana.core.geometry import Size
+from carvana.kaggle import rle
+from carvana.kaggle import files as kl
 from carvana.models.specs import model_geometry
 from data_factory import make_tiny_carvana, write_gif_mask, write_jpeg
 from conftest import REAL_TEST_PHOTOS, needs_real_photos

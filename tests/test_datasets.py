@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from carvana.run.config import Config
+from carvana.core.errors import DataError
+from carvana.core.geometry import Size
 from carvana.data.augment import Augmenter
 from carvana.data.datasets import (
     CarvanaTestDataset,
@@ -20,9 +21,8 @@ from carvana.data.datasets import (
 )
 from carvana.data.images import resize_mask
 from carvana.data.layout import load_carvana_data
-from carvana.core.errors import DataError
-from carvana.core.geometry import Size
 from carvana.models.specs import model_geometry
+from carvana.run.config import Config
 from data_factory import make_tiny_carvana, write_gif_mask, write_jpeg
 
 # The paper's net at a small non-square size: 284x236 in, 100x52 out, 92 px border.

@@ -12,9 +12,9 @@ import pytest
 import torch
 
 from carvana import cli
-from carvana.run.config import Config, preset
 from carvana.core.errors import ConfigError
 from carvana.core.geometry import Size
+from carvana.run.config import Config, preset
 from cli_helpers import run_cli
 from conftest import REPO_ROOT
 

@@ -13,11 +13,11 @@ from pathlib import Path
 
 import pytest
 
-from carvana.kaggle.files import COMPETITION, RULES_URL, read_complete_marker
 from carvana.core.errors import DataError, KaggleError
 from carvana.kaggle import download as kaggle_fetcher
 from carvana.kaggle.api import kaggle_credentials_configured, open_kaggle_api
 from carvana.kaggle.download import fetch_kaggle
+from carvana.kaggle.files import COMPETITION, RULES_URL, read_complete_marker
 from fake_kaggle import FakeKaggle, carvana_archives, fake_kaggle, full_size_photo, zip_bytes  # noqa: F401
 
 BASE_FILES = ["train.zip", "train_masks.zip", "train_masks.csv.zip", "metadata.csv.zip"]

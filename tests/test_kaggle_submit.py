@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from carvana.kaggle.files import COMPETITION, RULES_URL
 from carvana.core.errors import KaggleError, SubmissionError
+from carvana.kaggle.files import COMPETITION, RULES_URL
 from carvana.kaggle.submit import SubmissionResult, submit_to_kaggle
 from fake_kaggle import fake_kaggle  # noqa: F401 (fixture)
 

@@ -7,12 +7,12 @@ from torch import nn
 
 from carvana.core.errors import ConfigError
 from carvana.core.geometry import Size
-from carvana.train.losses import BCEDiceLoss
 from carvana.models import MODEL_SPECS, build_model
+from carvana.models.parts import ConvBnRelu, UpCropConcat, UpResizeConcat, center_crop, scale_channels
 from carvana.models.specs import UNET1024, UNET_ORIGINAL, model_geometry
 from carvana.models.unet1024 import UNet1024
 from carvana.models.unet_original import UNetOriginal
-from carvana.models.parts import ConvBnRelu, UpCropConcat, UpResizeConcat, center_crop, scale_channels
+from carvana.train.losses import BCEDiceLoss
 
 SLIM = 0.125  # a few channels per layer: the shapes of the real nets at a fraction of the cost
 

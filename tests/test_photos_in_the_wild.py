@@ -26,13 +26,13 @@ import pytest
 from PIL import Image
 
 from carvana import cli
-from carvana.kaggle import rle
-from carvana.kaggle import files as kl
+from carvana.core.errors import DataError
+from carvana.core.geometry import Size
 from carvana.data.datasets import CarvanaTrainDataset
 from carvana.data.images import header_size, image_size, load_image, read_image, read_mask
 from carvana.data.layout import load_carvana_data
-from carvana.core.errors import DataError
-from carvana.core.geometry import Size
+from carvana.kaggle import rle
+from carvana.kaggle import files as kl
 from carvana.models.specs import model_geometry
 from cli_helpers import run_cli
 from data_factory import make_tiny_carvana

@@ -8,8 +8,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 import torch
 
-from carvana.kaggle import rle
 from carvana.core.geometry import Size
+from carvana.kaggle import rle
 from carvana.predict.postprocess import (
     linear_taps,
     probabilities_to_mask,

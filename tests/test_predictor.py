@@ -8,14 +8,14 @@ import torch
 from torch.utils.data import DataLoader
 from training_helpers import SIDE, ellipse_dataset, tiny_config
 
-from carvana.run.checkpoint import load_checkpoint, save_checkpoint
-from carvana.run.config import Config
-from carvana.models.forward_pass import IMAGENET_MEAN, IMAGENET_STD, normalize_batch
 from carvana.core.errors import CheckpointError
 from carvana.core.geometry import Size
 from carvana.models import build_model
+from carvana.models.forward_pass import IMAGENET_MEAN, IMAGENET_STD, normalize_batch
 from carvana.predict.hooks import PredictCallback, PredictState
 from carvana.predict.predictor import Predictor
+from carvana.run.checkpoint import load_checkpoint, save_checkpoint
+from carvana.run.config import Config
 
 
 def tiny_predictor(config: Config | None = None, seed: int = 0) -> Predictor:

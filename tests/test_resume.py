@@ -10,12 +10,12 @@ import pytest
 import torch
 from training_helpers import InterruptingLoader, loaders, same_weights, scalar_events, tiny_config, weights
 
-from carvana.run.checkpoint import load_checkpoint
 from carvana.core.errors import TrainingDiverged
+from carvana.run.checkpoint import load_checkpoint
 from carvana.train.callbacks import Callback, TrainState
-from carvana.train.model_checkpoint import ModelCheckpoint
 from carvana.train.classifier import CarvanaClassifier, TrainingInterruptedError
 from carvana.train.early_stopping import EarlyStopping
+from carvana.train.model_checkpoint import ModelCheckpoint
 from carvana.train.tensorboard import TensorBoardLogger, TensorBoardVisualizer
 
 pytestmark = pytest.mark.reliability

@@ -11,12 +11,12 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from carvana.core.errors import CarvanaError, ConfigError
+from carvana.core.geometry import Size
 from carvana.kaggle import rle
 from carvana.kaggle import files as layout
-from carvana.core.errors import CarvanaError, ConfigError
 from carvana.sample import dataset as sample_dataset
 from carvana.sample.dataset import generate_sample_dataset
-from carvana.core.geometry import Size
 
 SMALL = Size(192, 128)
 IMAGE_NAME = re.compile(r"^[0-9a-f]{12}_(0[1-9]|1[0-6])\.jpg$")

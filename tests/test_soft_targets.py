@@ -7,14 +7,14 @@ import numpy as np
 import pytest
 import torch
 
+from carvana.core.geometry import Size
 from carvana.data.augment import Augmenter
 from carvana.data.datasets import make_train_loader
 from carvana.data.images import load_mask_fractions, read_mask
 from carvana.data.layout import load_carvana_data
-from carvana.core.geometry import Size
+from carvana.models.specs import model_geometry
 from carvana.train.losses import BCEDiceLoss
 from carvana.train.metrics import dice_from_logits
-from carvana.models.specs import model_geometry
 from cli_helpers import epochs_printed, run_cli
 from data_factory import make_tiny_carvana
 

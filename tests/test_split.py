@@ -7,9 +7,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from carvana.kaggle.files import car_id
-from carvana.data.split import split_by_car
 from carvana.core.errors import ConfigError
+from carvana.data.split import split_by_car
+from carvana.kaggle.files import car_id
 
 
 def photos(cars: list[str], views: int = 16) -> list[str]:

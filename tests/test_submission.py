@@ -10,12 +10,12 @@ import numpy as np
 import pytest
 import torch
 
-from carvana.kaggle import rle
 from carvana.core.errors import CarvanaError
 from carvana.core.geometry import Size
-from carvana.submission import writer as submission_writer
+from carvana.kaggle import rle
 from carvana.predict.hooks import PredictState
 from carvana.predict.postprocess import probabilities_to_mask, probabilities_to_rle
+from carvana.submission import writer as submission_writer
 from carvana.submission.predictions_saver import PredictionsSaver
 from carvana.submission.writer import SubmissionWriter
 

@@ -13,9 +13,9 @@ from typing import Callable
 
 import pytest
 
-from carvana.kaggle import files as kl
-from carvana.data.layout import load_carvana_data
 from carvana.core.errors import DataError
+from carvana.data.layout import load_carvana_data
+from carvana.kaggle import files as kl
 from cli_helpers import one_line_error, run_cli
 from data_factory import make_tiny_carvana
 from fake_kaggle import fake_kaggle  # noqa: F401 (fixture)

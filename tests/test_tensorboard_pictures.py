@@ -16,11 +16,11 @@ from data_factory import make_tiny_carvana
 from training_helpers import image_summaries, scalar_events, text_summaries
 
 from carvana import cli
-from carvana.kaggle import rle
-from carvana.run.checkpoint import load_checkpoint
-from carvana.data.images import read_image
-from carvana.kaggle.rle_csv import read_rle_rows
 from carvana.core.geometry import Size
+from carvana.data.images import read_image
+from carvana.kaggle import rle
+from carvana.kaggle.rle_csv import read_rle_rows
+from carvana.run.checkpoint import load_checkpoint
 from carvana.train.metrics import dice_score
 from carvana.train.overlays import CAPTION_HEIGHT, CROP_SIDE, READABLE_WIDTH
 

@@ -18,11 +18,11 @@ import pytest
 import torch
 
 from carvana import cli
-from carvana.run.checkpoint import load_checkpoint, save_checkpoint
 from carvana.core.geometry import Size
 from carvana.predict.cleanup import clean_probabilities, fill_holes, fill_level, keep_largest_component
 from carvana.predict.postprocess import probabilities_to_mask
 from carvana.predict.threshold import MARGIN, choose_threshold, save_threshold, ThresholdRecord
+from carvana.run.checkpoint import load_checkpoint, save_checkpoint
 from cli_helpers import run_cli
 from data_factory import make_tiny_carvana
 

@@ -10,11 +10,11 @@ from hypothesis import given
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
-from carvana.kaggle import rle
 from carvana.core.errors import DataError, SubmissionError
 from carvana.core.geometry import Size
-from carvana.submission.score import dice_from_runs, intersection_from_runs, score_submission
+from carvana.kaggle import rle
 from carvana.kaggle.rle_csv import write_rle_rows
+from carvana.submission.score import dice_from_runs, intersection_from_runs, score_submission
 from carvana.submission.validate import validate_submission
 
 IMAGE = Size(8, 4)  # 32 pixels: small enough to reason about by hand

@@ -8,8 +8,8 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, TensorDataset
 
-from carvana.run.config import Config
 from carvana.core.geometry import Size
+from carvana.run.config import Config
 
 SIDE = 64
 

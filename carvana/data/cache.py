@@ -38,11 +38,11 @@ from typing import NamedTuple
 import numpy as np
 
 from carvana.core.atomic import atomic_path
-from carvana.data.images import load_image, mask_area_fractions, read_mask
-from carvana.data.workers import worker_context, worker_init
 from carvana.core.errors import DataError
 from carvana.core.geometry import Size
 from carvana.core.locks import FolderLock
+from carvana.data.images import load_image, mask_area_fractions, read_mask
+from carvana.data.workers import worker_context, worker_init
 
 FORMAT_VERSION = 1  # bump when what a row holds changes: old caches then get a new key and are rebuilt
 CHANNELS = 4  # R, G, B, the mask's area share

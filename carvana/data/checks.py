@@ -20,10 +20,10 @@ from pathlib import Path
 
 import numpy as np
 
-from carvana.kaggle import rle
-from carvana.data.images import MASK_FORMATS, PHOTO_FORMATS, header_size, read_mask
 from carvana.core.errors import DataError
 from carvana.core.geometry import Size
+from carvana.data.images import MASK_FORMATS, PHOTO_FORMATS, header_size, read_mask
+from carvana.kaggle import rle
 
 _SHOWN = 5  # offenders named in one message
 # Header reads wait on the disk, not the CPU: a few threads keep several reads in flight.

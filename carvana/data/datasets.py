@@ -35,14 +35,14 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, get_worker_info
 
+from carvana.core.errors import ConfigError, DataError
+from carvana.core.geometry import Geometry
+from carvana.core.process_lifetime import interrupts_deferred
 from carvana.data.augment import Augmenter
 from carvana.data.cache import DecodedCache, OpenedCache, open_decoded_cache
 from carvana.data.images import load_image, load_mask, load_mask_fractions, mask_from_fractions
 from carvana.data.layout import CarvanaData
 from carvana.data.workers import worker_context, worker_init
-from carvana.core.errors import ConfigError, DataError
-from carvana.core.geometry import Geometry
-from carvana.core.process_lifetime import interrupts_deferred
 
 CACHE_DIR_NAME = "cache"  # under the output dir
 

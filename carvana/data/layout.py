@@ -15,13 +15,13 @@ from pathlib import Path
 
 import pandas as pd
 
-from carvana.kaggle import files as kl
-from carvana.data.checks import check_masks_csv, check_one_size
-from carvana.data.images import is_image_name, kind_of_entry
-from carvana.kaggle.rle_csv import read_ids, read_unique_rows
 from carvana.core.errors import DataError
 from carvana.core.geometry import Size
+from carvana.data.checks import check_masks_csv, check_one_size
+from carvana.data.images import is_image_name, kind_of_entry
+from carvana.kaggle import files as kl
 from carvana.kaggle.rle import RLEError, parse_runs
+from carvana.kaggle.rle_csv import read_ids, read_unique_rows
 
 # Files that file managers and zip tools leave behind; never data.
 _JUNK_NAMES = frozenset(("thumbs.db", "desktop.ini", "__macosx"))

@@ -14,8 +14,8 @@ from dataclasses import dataclass
 import numpy as np
 from sklearn.model_selection import GroupShuffleSplit
 
-from carvana.kaggle.files import car_id
 from carvana.core.errors import ConfigError
+from carvana.kaggle.files import car_id
 
 
 @dataclass(frozen=True)

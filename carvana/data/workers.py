@@ -9,8 +9,8 @@ from __future__ import annotations
 import multiprocessing
 import multiprocessing.context
 
-from carvana.data.images import set_worker_threads
 from carvana.core.process_lifetime import end_with_main_process
+from carvana.data.images import set_worker_threads
 
 # What every worker runs: the datasets module imports torch, OpenCV and the cache once, in the server.
 _FORKSERVER_PRELOAD = ["carvana.data.datasets"]

@@ -21,8 +21,8 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Iterator
 
-from carvana.kaggle.files import COMPETITION, RULES_URL
 from carvana.core.errors import KaggleError
+from carvana.kaggle.files import COMPETITION, RULES_URL
 
 if TYPE_CHECKING:  # the real import is deferred to open_kaggle_api()
     from kaggle.api.kaggle_api_extended import KaggleApi

@@ -25,6 +25,9 @@ from typing import TYPE_CHECKING
 from tqdm import tqdm
 
 from carvana.core.atomic import atomic_write_text
+from carvana.core.errors import DataError, KaggleError
+from carvana.kaggle.api import kaggle_errors, open_kaggle_api, quiet_console
+from carvana.kaggle.archive import ArchiveRejected, extract_zip
 from carvana.kaggle.files import (
     COMPETITION,
     COMPLETE_MARKER,
@@ -38,9 +41,6 @@ from carvana.kaggle.files import (
     TRAIN_HQ_DIR,
     write_complete_marker,
 )
-from carvana.core.errors import DataError, KaggleError
-from carvana.kaggle.archive import ArchiveRejected, extract_zip
-from carvana.kaggle.api import kaggle_errors, open_kaggle_api, quiet_console
 
 if TYPE_CHECKING:
     from kaggle.api.kaggle_api_extended import KaggleApi

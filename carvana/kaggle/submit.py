@@ -17,9 +17,9 @@ from typing import Any, ContextManager
 
 from tqdm import tqdm
 
-from carvana.kaggle.files import COMPETITION
 from carvana.core.errors import KaggleError, SubmissionError
 from carvana.kaggle.api import kaggle_errors, open_kaggle_api, quiet_console, scrub
+from carvana.kaggle.files import COMPETITION
 
 STATUS_COMPLETE = "complete"
 STATUS_ERROR = "error"

@@ -40,8 +40,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from carvana.kaggle import rle
 from carvana.core.geometry import Size
+from carvana.kaggle import rle
 
 
 def _as_map(probabilities: np.ndarray) -> np.ndarray:

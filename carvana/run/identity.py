@@ -18,10 +18,10 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from carvana.run.config import Config, flag_of
 from carvana.core.durations import format_duration
 from carvana.core.errors import CheckpointError, ConfigError
 from carvana.core.locks import FolderLock
+from carvana.run.config import Config, flag_of
 
 LOCK_NAME = ".run.lock"
 LAST_NAME = "last.pt"

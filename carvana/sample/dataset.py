@@ -35,16 +35,16 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
-from carvana.kaggle import rle
-from carvana.kaggle import files as layout
-from carvana.kaggle.rle_csv import write_rle_rows
 from carvana.core.errors import CarvanaError, ConfigError
-from carvana.sample import car as sample_car
-from carvana.sample import scene as sample_scene
-from carvana.sample.car import CarDesign
 from carvana.core.geometry import Size
 from carvana.core.locks import FolderLock
 from carvana.core.process_lifetime import end_with_main_process, process_runs
+from carvana.kaggle import rle
+from carvana.kaggle import files as layout
+from carvana.kaggle.rle_csv import write_rle_rows
+from carvana.sample import car as sample_car
+from carvana.sample import scene as sample_scene
+from carvana.sample.car import CarDesign
 
 DEFAULT_TRAIN_CARS = 24
 DEFAULT_TEST_CARS = 6

@@ -21,9 +21,9 @@ from functools import lru_cache
 import cv2
 import numpy as np
 
+from carvana.core.geometry import Size
 from carvana.sample import car as sample_car
 from carvana.sample.car import CarDesign, Piece
-from carvana.core.geometry import Size
 
 REFERENCE = Size(1918, 1280)
 VIEWS = 16

@@ -11,10 +11,10 @@ from pathlib import Path
 
 import numpy as np
 
-from carvana.kaggle import rle
-from carvana.kaggle.rle_csv import RLERow, read_rle_rows, read_unique_rows
 from carvana.core.errors import DataError, SubmissionError
 from carvana.core.geometry import Size
+from carvana.kaggle import rle
+from carvana.kaggle.rle_csv import RLERow, read_rle_rows, read_unique_rows
 from carvana.submission.validate import check_image_size
 
 EXAMPLES = 3  # ids quoted in an error message

@@ -11,10 +11,10 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from carvana.kaggle import rle
-from carvana.kaggle.rle_csv import read_ids, read_rle_rows
 from carvana.core.errors import ConfigError, DataError, SubmissionError
 from carvana.core.geometry import Size
+from carvana.kaggle import rle
+from carvana.kaggle.rle_csv import read_ids, read_rle_rows
 
 EXAMPLES = 3  # ids quoted per kind of problem
 

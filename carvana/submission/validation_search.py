@@ -23,15 +23,15 @@ from typing import Mapping, Sequence
 import numpy as np
 import torch
 
-from carvana.kaggle import rle
-from carvana.run.config import MASK_CLEANUPS
 from carvana.core.geometry import Size
+from carvana.kaggle import rle
 from carvana.predict.cleanup import clean_probabilities
 from carvana.predict.hooks import PredictCallback, PredictState
 from carvana.predict.postprocess import probabilities_to_runs
+from carvana.predict.threshold import MARGIN, choose_threshold, validation_cars
+from carvana.run.config import MASK_CLEANUPS
 from carvana.submission.score import dice_from_runs
 from carvana.submission.writer import SubmissionWriter, default_workers
-from carvana.predict.threshold import MARGIN, choose_threshold, validation_cars
 
 MAX_PENDING_BATCHES = 2  # batches whose maps wait for the worker threads while the model goes on
 

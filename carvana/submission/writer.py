@@ -33,10 +33,10 @@ import numpy as np
 from carvana.core.atomic import atomic_path
 from carvana.core.errors import CarvanaError
 from carvana.core.geometry import Size
-from carvana.predict.cleanup import clean_probabilities
-from carvana.predict.postprocess import probabilities_to_rle
 from carvana.kaggle.rle import runs_to_string
 from carvana.kaggle.rle_csv import DEFAULT_COMPRESSLEVEL, format_rle_row, is_gzip_name, open_rle_stream
+from carvana.predict.cleanup import clean_probabilities
+from carvana.predict.postprocess import probabilities_to_rle
 
 DEFAULT_MAX_PENDING_BATCHES = 4
 

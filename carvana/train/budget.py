@@ -32,8 +32,8 @@ import math
 import time
 from dataclasses import dataclass
 
-from carvana.run.config import Config
 from carvana.core.durations import format_duration
+from carvana.run.config import Config
 
 
 @dataclass(frozen=True)

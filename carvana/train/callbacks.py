@@ -12,8 +12,8 @@ from typing import Any
 
 import torch
 
-from carvana.run.config import Config
 from carvana.core.hooks import CONTROL
+from carvana.run.config import Config
 
 
 @dataclass

@@ -37,19 +37,19 @@ from torch import nn
 from torch.utils.data import SequentialSampler
 from tqdm import tqdm
 
-from carvana.run.checkpoint import load_checkpoint, load_model_weights
-from carvana.run.config import Config
 from carvana.core.errors import CheckpointError, TrainingDiverged
 from carvana.core.hooks import call_cleanup_hook, call_hook, in_hook_order
-from carvana.train.losses import BCEDiceLoss
-from carvana.train.metrics import dice_from_logits
+from carvana.core.process_lifetime import EXIT_INTERRUPTED, interrupt_exit_code, stopped_by
+from carvana.models.forward_pass import ForwardPass
 from carvana.models.input_sizes import coarse_input_size
 from carvana.models.specs import model_geometry
-from carvana.models.forward_pass import ForwardPass
-from carvana.core.process_lifetime import EXIT_INTERRUPTED, interrupt_exit_code, stopped_by
+from carvana.run.checkpoint import load_checkpoint, load_model_weights
+from carvana.run.config import Config
 from carvana.run.identity import default_run_name
 from carvana.train.budget import TrainingBudget, TrainingClock
 from carvana.train.callbacks import Callback, TrainState, ValidationBatch
+from carvana.train.losses import BCEDiceLoss
+from carvana.train.metrics import dice_from_logits
 
 # ReduceLROnPlateau on validation Dice: halve the LR after 2 epochs without a new best.
 PLATEAU_FACTOR = 0.5

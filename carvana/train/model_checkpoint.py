@@ -13,9 +13,9 @@ from pathlib import Path
 from typing import Any
 
 from carvana.core.atomic import atomic_path
-from carvana.run.checkpoint import FORMAT_VERSION, save_checkpoint
 from carvana.core.errors import ConfigError
 from carvana.core.hooks import PERSIST
+from carvana.run.checkpoint import FORMAT_VERSION, save_checkpoint
 from carvana.train.callbacks import Callback, TrainState
 
 LAST_NAME = "last.pt"

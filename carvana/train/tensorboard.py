@@ -26,12 +26,12 @@ from tensorboard.compat.proto.summary_pb2 import Summary
 from torch.utils.tensorboard import SummaryWriter
 from tqdm import tqdm
 
-from carvana.data.images import read_image, read_mask
-from carvana.kaggle.files import car_id
 from carvana.core.geometry import Size
 from carvana.core.hooks import OBSERVE
-from carvana.train.metrics import dice_score
+from carvana.data.images import read_image, read_mask
+from carvana.kaggle.files import car_id
 from carvana.train.callbacks import Callback, TrainState, ValidationBatch
+from carvana.train.metrics import dice_score
 from carvana.train.overlays import validation_picture
 
 # state.metrics key -> TensorBoard tag; train and val curves of one quantity share a section.
