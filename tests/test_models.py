@@ -8,7 +8,7 @@ from torch import nn
 from carvana.core.errors import ConfigError
 from carvana.core.geometry import Size
 from carvana.models import MODEL_SPECS, build_model
-from carvana.models.parts import ConvBnRelu, UpCropConcat, UpResizeConcat, center_crop, scale_channels
+from carvana.models.parts import UpCropConcat, UpResizeConcat, center_crop, scale_channels
 from carvana.models.specs import UNET1024, UNET_ORIGINAL, model_geometry
 from carvana.models.unet1024 import UNet1024
 from carvana.models.unet_original import UNetOriginal

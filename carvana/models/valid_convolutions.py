@@ -41,13 +41,6 @@ def original_valid_input_sides(lo: int, hi: int, depth: int = ORIGINAL_DEPTH) ->
     return [s for s in range(lo, hi + 1) if original_output_side(s, depth) is not None]
 
 
-def original_input_side_for_output(output_side: int, depth: int = ORIGINAL_DEPTH) -> int | None:
-    """The input side whose output is exactly `output_side`, or None if no input gives it."""
-    smallest = next(s for s in range(1, 1 << 12) if original_output_side(s, depth) is not None)
-    side = output_side + smallest - original_output_side(smallest, depth)
-    return side if original_output_side(side, depth) == output_side else None
-
-
 def _nearest_valid(side: int, depth: int = ORIGINAL_DEPTH) -> str:
     """The valid input sides within 16 of `side`, for an error message."""
     valid = original_valid_input_sides(max(1, side - 16), side + 16, depth)
