@@ -72,7 +72,7 @@ def test_importing_every_prediction_module_loads_nothing_of_the_training_stage()
 # The pipeline's stages, lowest first; a module imports only from its own folder and lower stages.
 # Training and prediction share a rank: they sit side by side and neither imports the other.
 STAGES = {"core": 0, "kaggle": 1, "sample": 2, "data": 3, "models": 4, "run": 5, "predict": 6, "train": 6,
-          "submission": 7}
+          "submission": 7, "cutout": 7}
 TOP = 8  # carvana/cli.py, carvana/pipeline.py: the commands, which put the stages together
 
 

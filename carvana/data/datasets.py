@@ -65,7 +65,7 @@ def mirror_pad(image: np.ndarray, border: int) -> np.ndarray:
     return cv2.copyMakeBorder(image, border, border, border, border, cv2.BORDER_REFLECT_101)
 
 
-def _input_tensor(image: np.ndarray, geometry: Geometry) -> torch.Tensor:
+def photo_input(image: np.ndarray, geometry: Geometry) -> torch.Tensor:
     """An RGB uint8 (H, W, 3) photo at the covered size -> the uint8 (3, H_in, W_in) model input, mirror-padded."""
     padded = mirror_pad(image, geometry.border)
     expected = (geometry.input_size.height, geometry.input_size.width)
@@ -176,7 +176,7 @@ class CarvanaTrainDataset(Dataset):
         target = mask.astype(np.float32)[np.newaxis]
         if self.soft_targets:
             target *= np.float32(1.0 / 255.0)
-        return _input_tensor(image, self.geometry), torch.from_numpy(target)
+        return photo_input(image, self.geometry), torch.from_numpy(target)
 
     def __getstate__(self) -> dict:
         # A worker started by pickling must seed its own generator, not inherit the parent's.
@@ -201,7 +201,7 @@ class CarvanaTestDataset(Dataset):
     def _item(self, index: int) -> tuple[torch.Tensor, str]:
         path = self.image_paths[index]
         image, _ = load_image(path, self.geometry.covered_size)
-        return _input_tensor(image, self.geometry), path.name
+        return photo_input(image, self.geometry), path.name
 
 
 def collate(batch: list[tuple[Any, Any]]) -> tuple[torch.Tensor, torch.Tensor | list[str]] | LoadFailure:

@@ -1,0 +1,116 @@
+"""Cutouts of new photos, the job this model does outside Kaggle: for any JPEG or PNG of any size, the
+car's mask and the photo with a transparent background.
+
+Each photo is predicted as the test photos are (resized to the model's covered size, mirror-padded,
+flip TTA if the run used it), its probability map cleaned up and up-sampled to the photo's own size,
+then thresholded. For `NAME.jpg` the output folder gets `NAME_mask.png` (grey, 255 = car) and
+`NAME_cutout.png` (RGBA, alpha = the mask), each written to a temporary file and renamed into place.
+A file that cannot be read as a photo is reported in one line and the others go on.
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterable, Sequence
+
+import cv2
+import numpy as np
+from tqdm import tqdm
+
+from carvana.core.atomic import atomic_write_bytes
+from carvana.core.errors import ConfigError, DataError
+from carvana.core.geometry import Geometry, Size
+from carvana.data.datasets import photo_input
+from carvana.data.images import IMAGE_SUFFIXES, decode_image, resize_image
+from carvana.predict.cleanup import clean_probabilities
+from carvana.predict.postprocess import probabilities_to_mask
+from carvana.predict.predictor import Predictor
+
+log = logging.getLogger(__name__)
+
+MASK_SUFFIX = "_mask.png"
+CUTOUT_SUFFIX = "_cutout.png"
+
+
+@dataclass
+class CutoutReport:
+    """What a cutout run did: the photos cut out, and the files that could not be, each with why."""
+
+    out_dir: Path
+    written: list[Path] = field(default_factory=list)  # the photos cut out, in the order given
+    failed: list[tuple[Path, str]] = field(default_factory=list)  # (file, problem)
+
+
+def find_photos(inputs: Iterable[Path]) -> list[Path]:
+    """The photos named by `inputs`: each file as given, and the JPEG/PNG files in each folder (sorted,
+    not recursive). ConfigError naming an input that does not exist, or a folder without photos."""
+    photos: list[Path] = []
+    for given in map(Path, inputs):
+        if given.is_dir():
+            found = sorted(p for p in given.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+            if not found:
+                raise ConfigError(f"{given}: no JPEG or PNG photos in this folder")
+            photos += found
+        elif given.exists():
+            photos.append(given)
+        else:
+            raise ConfigError(f"{given}: no such photo or folder")
+    return photos
+
+
+def output_stems(photos: Sequence[Path]) -> list[str]:
+    """The output name of each photo: its stem, with `-2`, `-3`, ... where two photos share one."""
+    seen: dict[str, int] = {}
+    stems = []
+    for photo in photos:
+        count = seen[photo.stem] = seen.get(photo.stem, 0) + 1
+        stems.append(photo.stem if count == 1 else f"{photo.stem}-{count}")
+    return stems
+
+
+def cut_out(photo: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """An RGB uint8 (H, W, 3) photo and its (H, W) bool mask -> RGBA uint8 (H, W, 4), alpha 255 on the car."""
+    alpha = mask.astype(np.uint8) * np.uint8(255)
+    return np.dstack([photo, alpha])
+
+
+def predict_mask(predictor: Predictor, photo_bgr: np.ndarray, geometry: Geometry, threshold: float,
+                 cleanup: str) -> np.ndarray:
+    """The (H, W) bool car mask of a BGR uint8 photo of any size, at that size."""
+    height, width = photo_bgr.shape[:2]
+    small = cv2.cvtColor(resize_image(photo_bgr, geometry.covered_size), cv2.COLOR_BGR2RGB)
+    probabilities = predictor.predict_probabilities(photo_input(small, geometry)[None])[0].numpy()
+    probabilities = clean_probabilities(probabilities, threshold, cleanup)
+    return probabilities_to_mask(probabilities, Size(width, height), threshold)
+
+
+def write_cutouts(predictor: Predictor, photos: Sequence[Path], out_dir: Path, geometry: Geometry,
+                  threshold: float, cleanup: str = "none", progress: bool | None = None) -> CutoutReport:
+    """Cut out each of `photos` into `out_dir` (made if missing); unreadable photos are reported and skipped."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    report = CutoutReport(out_dir)
+    bar = tqdm(list(zip(photos, output_stems(photos))), desc="cutout", unit="photo",
+               disable=None if progress is None else not progress)
+    for photo_path, stem in bar:
+        try:
+            photo_bgr, _ = decode_image(photo_path)
+        except DataError as error:
+            report.failed.append((photo_path, error.problem))
+            log.warning(f"skipped {photo_path}: {error.problem}")
+            continue
+        mask = predict_mask(predictor, photo_bgr, geometry, threshold, cleanup)
+        atomic_write_bytes(out_dir / f"{stem}{MASK_SUFFIX}", _png(mask.astype(np.uint8) * np.uint8(255)))
+        photo = cv2.cvtColor(photo_bgr, cv2.COLOR_BGR2RGB)
+        atomic_write_bytes(out_dir / f"{stem}{CUTOUT_SUFFIX}", _png(cv2.cvtColor(cut_out(photo, mask),
+                                                                                   cv2.COLOR_RGBA2BGRA)))
+        report.written.append(photo_path)
+    return report
+
+
+def _png(image: np.ndarray) -> bytes:
+    ok, encoded = cv2.imencode(".png", image)
+    if not ok:
+        raise DataError(Path(".png"), "OpenCV could not encode the PNG")
+    return encoded.tobytes()

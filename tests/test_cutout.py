@@ -1,0 +1,116 @@
+"""Cutouts of new photos: a mask PNG and an RGBA PNG whose alpha is that mask, for photos of any size."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from carvana.core.device import resolve_precision
+from carvana.core.errors import ConfigError
+from carvana.core.geometry import Size
+from carvana.cutout.cutouts import CUTOUT_SUFFIX, MASK_SUFFIX, find_photos, write_cutouts
+from carvana.models.forward_pass import ForwardPass
+from carvana.models.specs import model_geometry
+from carvana.predict.predictor import Predictor
+from data_factory import write_jpeg
+
+GEOMETRY = model_geometry("unet1024", Size(128, 64))
+
+
+class BrightIsCar(nn.Module):
+    """A stand-in for a trained net whose answer is known: bright pixels are the car."""
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return images.mean(1, keepdim=True) * 20.0
+
+
+def bright_is_car_predictor() -> Predictor:
+    device = torch.device("cpu")
+    return Predictor(ForwardPass(BrightIsCar(), device, resolve_precision("off", device)))
+
+
+def photo_with_a_bright_box(size: Size, box: tuple[int, int, int, int]) -> np.ndarray:
+    """A dark RGB photo of `size` with a bright box (top, left, bottom, right)."""
+    photo = np.full((size.height, size.width, 3), 30, np.uint8)
+    top, left, bottom, right = box
+    photo[top:bottom, left:right] = (230, 220, 210)
+    return photo
+
+
+def write_png(path: Path, rgb: np.ndarray) -> Path:
+    cv2.imwrite(str(path), cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
+    return path
+
+
+def read_png(path: Path) -> np.ndarray:
+    return cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+
+
+@pytest.mark.parametrize("size", [Size(1918, 1280), Size(333, 221), Size(64, 300)], ids=str)
+def test_a_photo_of_any_size_gets_a_mask_and_a_cutout_at_its_own_size(tmp_path, size):
+    box = (size.height // 4, size.width // 4, size.height * 3 // 4, size.width * 3 // 4)
+    photo = photo_with_a_bright_box(size, box)
+    path = write_png(tmp_path / "car.png", photo)
+
+    report = write_cutouts(bright_is_car_predictor(), [path], tmp_path / "out", GEOMETRY, threshold=0.5)
+
+    assert report.written == [path] and report.failed == []
+    mask, cutout = read_png(tmp_path / "out" / f"car{MASK_SUFFIX}"), read_png(tmp_path / "out" / f"car{CUTOUT_SUFFIX}")
+    assert mask.shape == (size.height, size.width) and set(np.unique(mask)) <= {0, 255}
+    assert cutout.shape == (size.height, size.width, 4)
+    assert np.array_equal(cutout[..., 3], mask), "the cutout's alpha is the mask"
+    assert np.array_equal(cv2.cvtColor(cutout[..., :3], cv2.COLOR_BGR2RGB), photo), "the photo is kept as it is"
+    truth = np.zeros(mask.shape, bool)
+    truth[box[0]:box[2], box[1]:box[3]] = True
+    agreement = ((mask > 0) == truth).mean()
+    assert agreement > 0.97, f"the mask covers the bright box ({agreement:.3f} of the pixels agree)"
+
+
+def test_an_unreadable_file_gets_one_line_and_the_others_are_cut_out(tmp_path, caplog):
+    good = write_jpeg(tmp_path / "a.jpg", photo_with_a_bright_box(Size(200, 120), (30, 50, 90, 150)))
+    broken = tmp_path / "b.jpg"
+    broken.write_bytes(good.read_bytes()[:300])  # a JPEG cut short
+    not_a_photo = tmp_path / "c.png"
+    not_a_photo.write_text("hello")
+    last = write_jpeg(tmp_path / "d.jpg", photo_with_a_bright_box(Size(90, 160), (10, 10, 80, 70)))
+
+    report = write_cutouts(bright_is_car_predictor(), find_photos([tmp_path]), tmp_path / "out", GEOMETRY, 0.5)
+
+    assert report.written == [good, last]
+    assert [path for path, _ in report.failed] == [broken, not_a_photo]
+    lines = [record.getMessage() for record in caplog.records if record.levelname == "WARNING"]
+    assert len(lines) == 2 and all("\n" not in line for line in lines)
+    assert str(broken) in lines[0] and str(not_a_photo) in lines[1]
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [
+        f"a{CUTOUT_SUFFIX}", f"a{MASK_SUFFIX}", f"d{CUTOUT_SUFFIX}", f"d{MASK_SUFFIX}"]
+
+
+def test_photos_are_found_in_folders_and_missing_inputs_are_refused(tmp_path):
+    folder = tmp_path / "shoot"
+    folder.mkdir()
+    photo = write_jpeg(folder / "x.jpg", photo_with_a_bright_box(Size(40, 30), (5, 5, 20, 20)))
+    (folder / "notes.txt").write_text("not a photo")
+    single = write_jpeg(tmp_path / "y.JPG", photo_with_a_bright_box(Size(40, 30), (5, 5, 20, 20)))
+
+    assert find_photos([folder, single]) == [photo, single]
+    with pytest.raises(ConfigError, match="no such photo or folder"):
+        find_photos([tmp_path / "missing.jpg"])
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(ConfigError, match="no JPEG or PNG"):
+        find_photos([empty])
+
+
+def test_two_photos_with_the_same_name_from_two_folders_keep_both_cutouts(tmp_path):
+    paths = []
+    for folder in ("front", "back"):
+        (tmp_path / folder).mkdir()
+        paths.append(write_jpeg(tmp_path / folder / "car.jpg", photo_with_a_bright_box(Size(64, 48), (8, 8, 40, 56))))
+
+    write_cutouts(bright_is_car_predictor(), paths, tmp_path / "out", GEOMETRY, 0.5)
+
+    assert (tmp_path / "out" / f"car{MASK_SUFFIX}").exists() and (tmp_path / "out" / f"car-2{MASK_SUFFIX}").exists()
