@@ -9,5 +9,5 @@
     datasets.py  torch datasets and DataLoaders
 
 Import from the modules themselves (`from carvana.data.layout import load_carvana_data`): this
-package imports none of them, so importing one module does not pull in torch, OpenCV and pandas.
+package imports none of them, so importing one module does not pull in torch and OpenCV.
 """

@@ -13,7 +13,6 @@ import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import pandas as pd
 
 from carvana.core.errors import DataError
 from carvana.core.geometry import Size
@@ -43,7 +42,6 @@ class CarvanaData:
     train_names: list[str] = field(default_factory=list)  # sorted, e.g. 0cdf5b5d0ce1_01.jpg
     test_dir: Path | None = None  # test/ or test_hq/
     test_names: list[str] = field(default_factory=list)  # in sample_submission.csv order
-    metadata: pd.DataFrame | None = field(default=None, compare=False, repr=False)
     # train_masks.csv as {photo name: RLE}; None when the training data was not loaded.
     train_rle: dict[str, str] | None = field(default=None, compare=False, repr=False)
 
@@ -139,7 +137,6 @@ def load_carvana_data(
         train_names=train_names,
         test_dir=test_dir,
         test_names=test_names,
-        metadata=_read_metadata(data_dir / kl.METADATA_CSV),
         train_rle=train_rle,
     )
 
@@ -289,13 +286,3 @@ def _read_sample_submission(path: Path, test_dir: Path, test_files: set[str]) ->
             f"({_examples(missing)})",
         )
     return names
-
-
-def _read_metadata(path: Path) -> pd.DataFrame | None:
-    if not path.is_file():
-        return None
-    try:
-        return pd.read_csv(path, dtype=str, keep_default_na=False)
-    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as error:
-        first_line = str(error).strip().splitlines()[0] if str(error).strip() else "empty"
-        raise DataError(path, f"not a readable CSV file ({first_line})") from None
