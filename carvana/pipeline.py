@@ -1,11 +1,12 @@
 """The pipeline's stages as plain functions: get data -> split by car -> train -> score -> predict -> validate.
 
 Each function is one step a user can run on its own (see `carvana.cli`); `run_all` chains them.
-The functions print what they are doing and where things were written.
+The functions log what they are doing and where things were written (carvana.core.console prints it).
 """
 from __future__ import annotations
 
 import contextlib
+import logging
 import math
 import os
 import time
@@ -13,17 +14,19 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from carvana.core.errors import CarvanaError, CheckpointError, ConfigError, DataError
+from carvana.core.errors import CarvanaError, ConfigError, DataError
 from carvana.core.geometry import Size
 from carvana.kaggle import files as layout_names
-from carvana.models.specs import model_geometry
-from carvana.run.config import Config
-from carvana.run.identity import (RunFolders, RunRecord, finished_message, open_existing_run, reserve_new_run,
-                          resolve_resume, resumed_config)
+from carvana.run.config import Config, Environment
+from carvana.run.identity import (BEST_NAME, LAST_NAME, Run, RunRecord, finished_message, open_existing_run,
+                                  reserve_new_run, resumed_config)
 from carvana.train.budget import TrainingBudget
 
 if TYPE_CHECKING:
     from carvana.predict.predictor import Predictor
+    from carvana.run.checkpoint import Checkpoint
+
+log = logging.getLogger(__name__)
 
 SUBMISSION_NAME = "submit.csv.gz"
 
@@ -59,16 +62,12 @@ class DataSource:
 class TrainingResult:
     config: Config  # the run's settings (a resumed run's model and name included)
     classifier: Any  # the CarvanaClassifier, holding the weights of `checkpoint`
-    checkpoint: Path  # best.pt, or last.pt when no epoch improved on the monitored metric
+    checkpoint: Checkpoint  # best.pt, or last.pt when no epoch improved on the monitored metric; as scored
     data_dir: Path  # where the data came from (e.g. input/sample for the built-in sample)
     validation_dice: float  # at full resolution, on the validation cars
     validation_images: int
     validation_cars: int
     training_ended: str = ""  # why training ended: "finished all 20 epochs", "stopped at the time budget ..."
-
-
-def say(message: str) -> None:
-    print(message, flush=True)
 
 
 def tensorboard_command(log_dir: Path) -> str:
@@ -107,25 +106,25 @@ def get_data(data_dir: Path, options: DataOptions, announce: bool = True) -> Dat
         else:
             choice = "sample"
             if announce and _download_in_progress(data_dir):
-                say(f"{data_dir} holds an unfinished Kaggle download (no {layout_names.COMPLETE_MARKER}) and there "
-                    "are no Kaggle credentials to finish it: using the built-in sample dataset.")
+                log.info(f"{data_dir} holds an unfinished Kaggle download (no {layout_names.COMPLETE_MARKER}) "
+                         "and there are no Kaggle credentials to finish it: using the built-in sample dataset.")
             elif announce:
-                say("No Carvana data in {} and no Kaggle credentials: using the built-in sample dataset.\n"
-                    "  (For the real data: put kaggle.json in ~/.kaggle/ or set KAGGLE_USERNAME/KAGGLE_KEY; "
-                    "see README, 'Kaggle credentials'.)".format(data_dir))
+                log.info("No Carvana data in {} and no Kaggle credentials: using the built-in sample dataset.\n"
+                         "  (For the real data: put kaggle.json in ~/.kaggle/ or set KAGGLE_USERNAME/KAGGLE_KEY; "
+                         "see README, 'Kaggle credentials'.)".format(data_dir))
     if choice == "kaggle":
         from carvana.kaggle.download import fetch_kaggle
 
         if announce:
-            say(f"Downloading Carvana from Kaggle into {data_dir} (resumable; complete files are skipped) ...")
+            log.info(f"Downloading Carvana from Kaggle into {data_dir} (resumable; complete files are skipped) ...")
         report = fetch_kaggle(data_dir, high_quality=options.high_quality, include_test=options.include_test)
         if announce:
-            say(f"  {report.summary()}")
+            log.info(f"  {report.summary()}")
         source = DataSource(data_dir, "Kaggle")
     elif choice == "sample":
         source = DataSource(_ensure_sample(sample_data_dir(data_dir), options, announce), "built-in sample")
     if announce:
-        say(f"Dataset: {source.origin} in {source.data_dir}")
+        log.info(f"Dataset: {source.origin} in {source.data_dir}")
     return source
 
 
@@ -151,11 +150,11 @@ def _ensure_sample(sample_dir: Path, options: DataOptions, announce: bool) -> Pa
     if sample_is_complete(sample_dir, options.sample_cars, options.sample_image_size):
         return sample_dir
     report = ensure_sample_dataset(sample_dir, train_cars=options.sample_cars, size=options.sample_image_size,
-                                   announce=say if announce else None)
+                                   announce=log.info if announce else None)
     if announce and report is not None:
-        say(f"  {report.summary()}")
+        log.info(f"  {report.summary()}")
     elif announce:
-        say(f"  {sample_dir}: generated meanwhile by another process; using it")
+        log.info(f"  {sample_dir}: generated meanwhile by another process; using it")
     return sample_dir
 
 
@@ -169,80 +168,78 @@ def run_training(config: Config, options: DataOptions, resume: str | None = None
     `need_test`: check the test set's layout too (its ids and photos' presence) before training, so
     that a run which ends by predicting it does not find a missing file only after training.
 
-    With `resume` (a checkpoint path, or "last") the run continues as it was saved: its settings, data
-    dir and split; `changes` are the settings given explicitly (e.g. the command line's flags), each
-    applied and printed, or refused where it cannot apply to a resumed run. A new run uses `config`,
+    With `resume` (a checkpoint, a run's folder, or "last") the run continues as it was saved: its
+    recipe, where it ran (data, output and log dirs, device, workers) and its split; `changes` are the
+    settings given explicitly (e.g. the command line's flags), each applied and printed, or refused
+    where it cannot apply to a resumed run. A new run uses `config`,
     with its input size fitted to the photos' shape unless `changes` names `input_size` (see
     `carvana.models.input_sizes.input_size_for_photos`); a resumed run keeps the input size it was saved with.
     """
-    from carvana.run.checkpoint import load_checkpoint
-
-    checkpoint: dict[str, Any] | None = None
-    resume_path: Path | None = None
-    record: RunRecord | None = None
+    checkpoint: Checkpoint | None = None
     if resume:
-        resume_path = resolve_resume(config.output_dir, resume)
-        checkpoint = load_checkpoint(resume_path)
-        saved = saved_config(checkpoint, resume_path)
-        config, notes = resumed_config(saved, dict(changes or {}), resume_path)
-        config = config.replace(run_name=saved.run_name or checkpoint.get("run_name"))
-        record = RunRecord.from_payload(checkpoint)
-        _check_resume_data_options(options, record, resume_path)
+        checkpoint = resume_checkpoint(config.output_dir, resume)
+        config, notes = resumed_config(checkpoint.run_config(), dict(changes or {}), checkpoint.path)
+        _check_resume_data_options(options, checkpoint.run, checkpoint.path)
         for note in notes:
-            say(note)
+            log.info(note)
     # Fail now, not after the first epoch (or the download): outputs must be writable.
     check_writable_dir(config.output_dir / "models", "checkpoints")
     check_writable_dir(config.log_dir, "TensorBoard logs")
-    if checkpoint is not None:
-        folders = open_existing_run(config, config.run_name)
-    else:
-        folders = reserve_new_run(config)
-        config = config.replace(run_name=folders.run_name)
+    run = open_existing_run(config) if checkpoint is not None else reserve_new_run(config)
     try:
         fit_input = checkpoint is None and "input_size" not in (changes or {})
-        return _train_in(folders, config, options, need_test, checkpoint, resume_path, record, fit_input)
+        return _train_in(run, options, need_test, checkpoint, fit_input)
     finally:
-        folders.release()
+        run.release()
 
 
-def _train_in(folders: RunFolders, config: Config, options: DataOptions, need_test: bool,
-              checkpoint: dict[str, Any] | None, resume_path: Path | None,
-              record: RunRecord | None, fit_input: bool = False) -> TrainingResult:
-    """`run_training` once the run's folders are reserved and locked.
+def resume_checkpoint(output_dir: Path, resume: str) -> Checkpoint:
+    """`--resume`'s checkpoint: PATH (a checkpoint, or a run's folder: its last.pt), or "last": the newest
+    run's last.pt in the output dir."""
+    from carvana.run.checkpoint import Checkpoint
+
+    if resume == "last":
+        return Checkpoint.latest(Path(output_dir) / "models", LAST_NAME, missing=f"no run with a {LAST_NAME} to resume")
+    return Checkpoint.latest(Path(resume), LAST_NAME)
+
+
+def _train_in(run: Run, options: DataOptions, need_test: bool, checkpoint: Checkpoint | None,
+              fit_input: bool = False) -> TrainingResult:
+    """`run_training` once the run's folders are reserved and locked; `checkpoint`: the one it resumes from.
 
     `fit_input`: take the input size for the data's photos (their shape, the preset's pixel count).
     """
     from carvana.data.layout import load_carvana_data
     from carvana.data.split import split_by_car
-    from carvana.models.input_sizes import coarse_input_size
     from carvana.predict.postprocess import probabilities_to_mask
     from carvana.train.classifier import CarvanaClassifier, CoarsePhase, TrainingInterruptedError
     from carvana.train.early_stopping import EarlyStopping
-    from carvana.train.model_checkpoint import BEST_NAME, LAST_NAME, ModelCheckpoint
+    from carvana.train.model_checkpoint import ModelCheckpoint
     from carvana.train.tensorboard import TensorBoardLogger, TensorBoardVisualizer
 
-    run_name, models_dir = folders.run_name, folders.models_dir
+    config = run.config
+    record = checkpoint.run if checkpoint is not None else None
     try:
-        if checkpoint is None and any((models_dir / name).exists() for name in (LAST_NAME, BEST_NAME)):
-            raise ConfigError(f"{models_dir}: run {run_name} already has checkpoints; continue it with "
-                              f"--resume {models_dir / LAST_NAME}, or choose another --run-name")
+        if checkpoint is None and any(path.exists() for path in (run.last_path, run.best_path)):
+            raise ConfigError(f"{run.models_dir}: run {run.name} already has checkpoints; continue it with "
+                              f"--resume {run.last_path}, or choose another --run-name")
         source = _resumed_data(config, options, record) if checkpoint is not None else get_data(config.data_dir,
                                                                                                 options)
         data = load_carvana_data(source.data_dir, need_test=need_test)
         input_note = ""
         if fit_input:
             config, input_note = _input_for_photos(config, data.image_size)
+            run.config = config
         split = split_by_car(data.train_names, config.validation_size, config.sample_size, config.seed)
         if record is not None and record.valid_cars:
-            _check_same_split(record, split, source.data_dir, run_name)
-        geometry = model_geometry(config.model, config.input_size)
+            _check_same_split(record, split, source.data_dir, run.name)
         classifier = CarvanaClassifier(config)
-        if resume_path is not None:
-            classifier.resume_from(resume_path)
+        if checkpoint is not None:
+            classifier.resume_from(checkpoint)
     except BaseException:
-        folders.forget()  # a run that never started leaves no empty folders behind
+        run.forget()  # a run that never started leaves no empty folders behind
         raise
-    say(_describe_run(config, data, split, classifier, geometry, source, input_note))
+    log.info(_describe_run(run, data, split, classifier, source, input_note))
     run_record = RunRecord(
         data_dir=source.data_dir, origin=source.origin, train_cars=split.train_cars, valid_cars=split.valid_cars,
         sample_cars=options.sample_cars if record is None else record.sample_cars,
@@ -253,47 +250,51 @@ def _train_in(folders: RunFolders, config: Config, options: DataOptions, need_te
 
     budget = TrainingBudget.of(config)
     ended = budget.stop_reason(classifier.epoch, classifier.global_step, classifier.train_seconds)
+    trained = False
     if config.epochs_cap and classifier.epoch >= config.epochs:
-        saved_epochs = int(checkpoint["config"]["epochs"]) if checkpoint is not None else config.epochs
-        say(finished_message(run_name, classifier.epoch, saved_epochs, config.epochs))
+        saved_epochs = checkpoint.recipe.epochs if checkpoint is not None else config.epochs
+        log.info(finished_message(run.name, classifier.epoch, saved_epochs, config.epochs))
         ended = f"had already finished {classifier.epoch} epochs"
     elif ended is not None:
-        say(f"run {run_name} {ended}; {budget.exhausted_hint()} (going on with its best checkpoint)")
+        log.info(f"run {run.name} {ended}; {budget.exhausted_hint()} (going on with its best checkpoint)")
         ended = f"had already {ended}"
     else:
-        checkpointer = ModelCheckpoint(models_dir, monitor="val_dice", mode="max", run_record=run_record.to_dict())
+        trained = True
+        checkpointer = ModelCheckpoint(run.models_dir, monitor="val_dice", mode="max",
+                                       run_record=run_record.to_dict())
         # Hooks run by each callback's `order` whatever this list's order: the checkpoint first.
         callbacks = [
             checkpointer,
-            TensorBoardLogger(config.log_dir, run_name),
-            TensorBoardVisualizer(config.log_dir, run_name, upsample=probabilities_to_mask),
+            TensorBoardLogger(config.log_dir, run.name),
+            TensorBoardVisualizer(config.log_dir, run.name, upsample=probabilities_to_mask),
         ]
         if config.early_stopping_patience:
             callbacks.append(EarlyStopping(monitor="val_dice", patience=config.early_stopping_patience, mode="max"))
 
         coarse = None
         if classifier.epoch < config.coarse_phase_epochs:
-            coarse_geometry = model_geometry(config.model, coarse_input_size(config.model, config.input_size))
-            coarse = CoarsePhase(*_loaders(data, split, coarse_geometry, config))
-        train_loader, valid_loader = _loaders(data, split, geometry, config)
+            coarse = CoarsePhase(*_loaders(data, split, config.coarse_geometry, config))
+        train_loader, valid_loader = _loaders(data, split, run.geometry, config)
         try:
             with explain_out_of_memory(config, "training"):
                 # The config's cap and budget decide the length (carvana.train.budget).
                 ended = classifier.train(train_loader, valid_loader, callbacks=callbacks, coarse=coarse).stop_reason
         except TrainingInterruptedError as e:
             raise TrainingInterrupted(e.resume_hint, exit_code=e.exit_code) from None
-        say(f"Training {ended}")
+        log.info(f"Training {ended}")
 
-    best = models_dir / BEST_NAME
-    chosen = best if best.exists() else models_dir / LAST_NAME
-    if not chosen.exists() and resume_path is not None:
-        chosen = resume_path
-    classifier.load_weights(chosen)
+    chosen = run.best_path if run.best_path.exists() else run.last_path
+    if not chosen.exists() and checkpoint is not None:
+        chosen = checkpoint.path
+    if not trained and checkpoint is not None and chosen == checkpoint.path:
+        scored = checkpoint  # the classifier holds its weights already: the file is not read again
+    else:
+        scored = classifier.load_weights(chosen)
     from carvana.predict.predictor import Predictor
 
-    dice = score_validation(Predictor(classifier.forward, tta=config.tta), data, split.valid, config, run_name,
-                            checkpoint=chosen)
-    return TrainingResult(config, classifier, chosen, source.data_dir, dice, len(split.valid),
+    dice, scored = score_validation(Predictor(classifier.forward, tta=config.tta), data, split.valid, config,
+                                    run.validation_dir, checkpoint=scored)
+    return TrainingResult(config, classifier, scored, source.data_dir, dice, len(split.valid),
                           len({layout_names.car_id(n) for n in split.valid}), training_ended=ended or "")
 
 
@@ -303,7 +304,7 @@ def _loaders(data, split, geometry, config: Config) -> tuple[Any, Any]:
 
     cache, cache_note = open_training_cache(data, [*split.train, *split.valid], geometry, config)
     if cache_note:
-        say(cache_note)
+        log.info(cache_note)
     return (make_train_loader(data, split.train, geometry, config, cache=cache),
             make_valid_loader(data, split.valid, geometry, config, cache=cache))
 
@@ -342,7 +343,7 @@ def _resumed_data(config: Config, options: DataOptions, record: RunRecord | None
     if record is None or (config.data_dir != record.data_dir and config.data_dir != _given_data_dir(record)):
         return get_data(config.data_dir, options)
     if is_carvana_data_dir(record.data_dir) and not _download_in_progress(record.data_dir):
-        say(f"Dataset: {record.origin} in {record.data_dir} (the run's data)")
+        log.info(f"Dataset: {record.origin} in {record.data_dir} (the run's data)")
         return DataSource(record.data_dir, record.origin)
     if record.origin == "built-in sample":
         size = Size.parse(record.sample_image_size) if record.sample_image_size else None
@@ -393,23 +394,6 @@ def _is_out_of_memory(error: BaseException) -> bool:
         sign in text for sign in ("can't allocate memory", "out of memory", "Cannot allocate memory"))
 
 
-def saved_config(payload: dict[str, Any], path: Path, keep_run_name: bool = True) -> Config:
-    """The settings a checkpoint was trained with; CheckpointError naming the file if they cannot work.
-
-    `keep_run_name=False` (prediction, which writes no run folders) drops the run's name, so that
-    a checkpoint of a run named before names were checked (e.g. with a '/') still predicts.
-    """
-    data = dict(payload["config"]) if isinstance(payload.get("config"), dict) else {}
-    if not keep_run_name:
-        data["run_name"] = None
-    try:
-        return Config.from_dict(data)
-    except ConfigError as e:
-        raise CheckpointError(f"{path}: its saved settings cannot be used ({e})") from None
-    except (TypeError, ValueError, AttributeError) as e:
-        raise CheckpointError(f"{path}: its saved settings are malformed ({e})") from None
-
-
 def check_writable_dir(folder: Path, what: str) -> None:
     """ConfigError unless `folder` exists or can be created, and files can be written in it.
 
@@ -424,7 +408,8 @@ def check_writable_dir(folder: Path, what: str) -> None:
         raise ConfigError(f"{folder}: cannot write {what} here (no permission to write in {existing})")
 
 
-def _describe_run(config, data, split, classifier, geometry, source, input_note: str = "") -> str:
+def _describe_run(run: Run, data, split, classifier, source, input_note: str = "") -> str:
+    config, geometry = run.config, run.geometry
     cars = lambda names: len({layout_names.car_id(n) for n in names})  # noqa: E731
     params = sum(p.numel() for p in classifier.model.parameters())
     lr = float(classifier.optimizer.param_groups[0]["lr"])  # what the next epoch trains with
@@ -440,8 +425,7 @@ def _describe_run(config, data, split, classifier, geometry, source, input_note:
         f"Training: {TrainingBudget.of(config).describe()}{resumed}, batch {config.batch_size}, "
         f"{config.optimizer} lr {lr:.3g}"
         f"{base_lr}, scheduler {config.scheduler}, device {classifier.device}, precision {classifier.forward.precision.name}",
-        f"Run: {config.run_name}  (logs: {config.log_dir / config.run_name}, "
-        f"checkpoints: {config.output_dir / 'models' / config.run_name})",
+        f"Run: {run.name}  (logs: {run.log_dir}, checkpoints: {run.models_dir})",
     ])
 
 
@@ -459,43 +443,44 @@ def _coarse_note(config: Config) -> str:
     return ""
 
 
-def score_validation(predictor: Predictor, data, valid_names: list[str], config: Config, run_name: str,
-                     checkpoint: Path | None = None) -> float:
+def score_validation(predictor: Predictor, data, valid_names: list[str], config: Config, out_dir: Path,
+                     checkpoint: Checkpoint | None = None) -> tuple[float, Checkpoint | None]:
     """Predict the validation cars through the submission path at full resolution and score them.
 
     This is the number Kaggle would compute: masks up-sampled to the photos' size, thresholded,
     run-length encoded, then compared with the true masks of cars the model never saw. From the same
     pass of the model, every threshold of the grid and every mask clean-up is scored; the threshold
     is chosen there (unless --threshold was given) and saved in `checkpoint`, the file these weights
-    came from, and the predictions file and the Dice returned are those at it.
+    came from, and the predictions file and the Dice returned are those at it. `out_dir`: where the
+    truth and predictions files go (the run's validation folder). Returns the Dice and the
+    checkpoint with its threshold.
     """
     from carvana.data.datasets import make_test_loader
     from carvana.predict.threshold import ThresholdRecord, save_threshold, thresholds_to_try
     from carvana.submission.score import read_truth, score_submission
     from carvana.submission.validation_search import ValidationSearch
 
-    out_dir = config.output_dir / "validation" / run_name
     truth = out_dir / "valid_truth.csv"
     predictions = out_dir / "valid_predictions.csv.gz"
     _write_truth_csv(data, valid_names, truth)
-    geometry = model_geometry(config.model, config.input_size)
-    loader = make_test_loader([data.train_dir / n for n in valid_names], geometry, config)
+    loader = make_test_loader([data.train_dir / n for n in valid_names], config.geometry, config)
     thresholds = thresholds_to_try(config.threshold, config.tune_threshold)
     search = ValidationSearch(predictions, {name: row.rle_mask for name, row in read_truth(truth).items()},
                               data.image_size, thresholds, preferred=config.threshold, cleanup=config.mask_cleanup)
-    say(f"Scoring the best checkpoint on {len(valid_names)} validation images at {data.image_size} "
-        f"({len(thresholds)} threshold{'s' if len(thresholds) > 1 else ''}) ...")
+    log.info(f"Scoring the best checkpoint on {len(valid_names)} validation images at {data.image_size} "
+             f"({len(thresholds)} threshold{'s' if len(thresholds) > 1 else ''}) ...")
     with explain_out_of_memory(config, "scoring the validation cars"):
         predictor.predict(loader, tta=config.tta, callbacks=[search])
     cars = len({layout_names.car_id(n) for n in valid_names})
-    say(f"  {search.result.threshold_line(cars)}")
-    say(f"  {search.result.cleanup_line(cars)}")
+    log.info(f"  {search.result.threshold_line(cars)}")
+    log.info(f"  {search.result.cleanup_line(cars)}")
     report = score_submission(predictions, truth, data.image_size)
-    say(f"  validation Dice at {data.image_size}: {report.mean_dice:.4f} ({report.n_images} images)")
+    log.info(f"  validation Dice at {data.image_size}: {report.mean_dice:.4f} ({report.n_images} images)")
     if checkpoint is not None:
-        save_threshold(checkpoint, ThresholdRecord(search.result.threshold, chosen=config.tune_threshold,
-                                                   validation_dice=report.mean_dice, validation_cars=cars))
-    return report.mean_dice
+        checkpoint = save_threshold(checkpoint, ThresholdRecord(search.result.threshold, chosen=config.tune_threshold,
+                                                                validation_dice=report.mean_dice,
+                                                                validation_cars=cars))
+    return report.mean_dice, checkpoint
 
 
 def _write_truth_csv(data, names: list[str], path: Path) -> None:
@@ -529,14 +514,13 @@ def predict_test_set(predictor: Predictor, config: Config, data_dir: Path, submi
     data = load_carvana_data(data_dir, need_train=False)
     if trained_photos is not None:
         _warn_of_another_shape(data.image_size, trained_photos, config.input_size, data_dir)
-    geometry = model_geometry(config.model, config.input_size)
-    loader = make_test_loader(data, geometry, config)
+    loader = make_test_loader(data, config.geometry, config)
     settings = [f"threshold {config.threshold:g}" + (f": {threshold_note}" if threshold_note else "")]
     if config.mask_cleanup != "none":
         settings.append(f"mask cleanup {config.mask_cleanup}")
     if config.tta:
         settings.append("flip TTA")
-    say(f"Predicting {len(data.test_names)} test images into {submission} ({'; '.join(settings)}) ...")
+    log.info(f"Predicting {len(data.test_names)} test images into {submission} ({'; '.join(settings)}) ...")
     saver = PredictionsSaver(submission, data.image_size, threshold=config.threshold, cleanup=config.mask_cleanup)
     with explain_out_of_memory(config, "predicting the test set"):
         predictor.predict(loader, tta=config.tta, callbacks=[saver])
@@ -545,24 +529,33 @@ def predict_test_set(predictor: Predictor, config: Config, data_dir: Path, submi
 
 
 def run_prediction(checkpoint: Path | None, overrides: dict[str, Any], submission: Path | None = None) -> Path:
-    """`predict`: load a checkpoint, predict the test set, validate the file."""
+    """`predict`: load a checkpoint, predict the test set, validate the file.
+
+    `checkpoint`: a file, or a run's folder (its best.pt); default the newest run's best.pt in the
+    output dir. The model and its settings are the checkpoint's recipe; where it runs (data and
+    output dirs, device, workers) is `overrides` (the flags) else the defaults, never the
+    checkpoint's: a checkpoint from another machine needs none of its paths.
+    """
     from carvana.kaggle.rle_csv import is_gzip_name
     from carvana.predict.predictor import Predictor
-    from carvana.run.checkpoint import load_checkpoint
+    from carvana.run.checkpoint import Checkpoint
 
     if submission is not None:
         is_gzip_name(submission)  # a name its content could not agree with is refused before any work
-    output_dir = overrides.get("output_dir") or Path("output")
-    checkpoint = checkpoint or _latest_best(output_dir)
-    saved = load_checkpoint(checkpoint)
-    config = saved_config(saved, checkpoint, keep_run_name=False).replace(**overrides)
-    config, threshold_note = prediction_config(config, saved, given_threshold=overrides.get("threshold"))
-    predictor = Predictor.from_checkpoint(config, checkpoint, payload=saved)
+    if checkpoint is not None:
+        saved = Checkpoint.latest(checkpoint, BEST_NAME)
+    else:
+        saved = Checkpoint.latest(Path(overrides.get("output_dir") or Environment.output_dir) / "models", BEST_NAME,
+                                  missing="no trained model yet; run `python main.py train` first or pass --checkpoint")
+    config = saved.recipe.replace(**overrides)
+    config, threshold_note = prediction_config(config, saved.payload, given_threshold=overrides.get("threshold"))
+    predictor = Predictor.from_checkpoint(config, saved.path, payload=saved.payload)
     data_dir = _prediction_data_dir(config.data_dir)
     submission = submission or config.output_dir / SUBMISSION_NAME
-    rows = predict_test_set(predictor, config, data_dir, submission, trained_photos=_trained_photos(saved),
+    rows = predict_test_set(predictor, config, data_dir, submission, trained_photos=_trained_photos(saved.run),
                             threshold_note=threshold_note)
-    say(f"Submission: {submission} ({rows} rows, valid). Upload with:  python main.py submit {submission} -m \"...\"")
+    log.info(f"Submission: {submission} ({rows} rows, valid). "
+             f"Upload with:  python main.py submit {submission} -m \"...\"")
     return submission
 
 
@@ -579,9 +572,8 @@ def prediction_config(config: Config, payload: dict[str, Any], given_threshold: 
 ASPECT_WARNING = 0.10
 
 
-def _trained_photos(payload: dict[str, Any]) -> Size | None:
-    """The size of the photos a checkpoint was trained on (None for checkpoints that do not record it)."""
-    record = RunRecord.from_payload(payload)
+def _trained_photos(record: RunRecord | None) -> Size | None:
+    """The size of the photos a checkpoint's run was trained on (None for checkpoints that do not record it)."""
     try:
         return Size.parse(record.photo_size) if record is not None and record.photo_size else None
     except (ConfigError, AttributeError):
@@ -592,17 +584,10 @@ def _warn_of_another_shape(test_photos: Size, trained_photos: Size, input_size: 
     from carvana.core.geometry import aspect_difference
 
     if aspect_difference(test_photos, trained_photos) > ASPECT_WARNING:
-        say(f"warning: {data_dir}: the test photos are {test_photos}, another shape than the {trained_photos} "
-            f"photos the model was trained on; they are resized to its input {input_size} all the same, which "
-            "may cost accuracy (a model trained on photos of their shape fits them better)")
-
-
-def _latest_best(output_dir: Path) -> Path:
-    candidates = sorted((output_dir / "models").glob("*/best.pt"), key=lambda p: p.stat().st_mtime)
-    if not candidates:
-        raise CheckpointError(f"{output_dir / 'models'}: no trained model yet; run `python main.py train` first "
-                              "or pass --checkpoint")
-    return candidates[-1]
+        # INFO, not WARNING: the line stays on stdout with the prediction's report (warnings go to stderr).
+        log.info(f"warning: {data_dir}: the test photos are {test_photos}, another shape than the {trained_photos} "
+                 f"photos the model was trained on; they are resized to its input {input_size} all the same, "
+                 "which may cost accuracy (a model trained on photos of their shape fits them better)")
 
 
 def _prediction_data_dir(data_dir: Path) -> Path:
@@ -626,21 +611,20 @@ def run_all(config: Config, options: DataOptions, resume: str | None = None,
     start = time.monotonic()
     result = run_training(config, options, resume, need_test=True, changes=changes)
     from carvana.predict.predictor import Predictor
-    from carvana.run.checkpoint import load_checkpoint
 
-    config, threshold_note = prediction_config(result.config, load_checkpoint(result.checkpoint), None)
+    config, threshold_note = prediction_config(result.config, result.checkpoint.payload, None)
     submission = config.output_dir / SUBMISSION_NAME
     rows = predict_test_set(Predictor(result.classifier.forward, tta=config.tta), config, result.data_dir, submission,
                             threshold_note=threshold_note)
     minutes, seconds = divmod(int(time.monotonic() - start), 60)
-    say("\n".join([
+    log.info("\n".join([
         "",
         f"Done in {minutes}m{seconds:02d}s.",
         f"  Submission:      {submission} ({rows} rows, valid)",
         f"  Validation Dice: {result.validation_dice:.4f} at full resolution on {result.validation_cars} unseen cars "
         f"({result.validation_images} images)",
         f"  Training:        {result.training_ended}",
-        f"  Best checkpoint: {result.checkpoint}",
+        f"  Best checkpoint: {result.checkpoint.path}",
         f"  TensorBoard:     {tensorboard_command(config.log_dir)}",
         f"  Upload:          python main.py submit {submission} -m \"{config.run_name}\"",
     ]))
@@ -668,7 +652,8 @@ def validate_file(path: Path, sample_submission: Path | None = None, image_size:
     if image_size is None:
         image_size = _image_size_of(data_dir) if data_dir is not None else Size(*layout_names.ORIGINAL_SIZE)
     report = validate_submission(Path(path), Path(sample_submission), image_size)
-    say(f"{path}: valid ({report.rows} rows, every id of {sample_submission} exactly once, RLE inside {image_size})")
+    log.info(f"{path}: valid ({report.rows} rows, every id of {sample_submission} exactly once, "
+             f"RLE inside {image_size})")
 
 
 def _has_test_photos(folder: Path) -> bool:
@@ -686,7 +671,7 @@ def score_file(path: Path, truth: Path, image_size: Size) -> float:
     from carvana.submission.score import score_submission
 
     report = score_submission(Path(path), Path(truth), image_size)
-    say(f"{path}: mean Dice {report.mean_dice:.5f} over {report.n_images} images of {truth}")
+    log.info(f"{path}: mean Dice {report.mean_dice:.5f} over {report.n_images} images of {truth}")
     return report.mean_dice
 
 
@@ -702,7 +687,7 @@ def submit_file(path: Path, message: str, data_dir: Path | None = None, validate
             raise DataError(e.path, "missing: needed to validate the submission first "
                                     "(pass --data-dir, or --no-validate)") from None
         validate_file(path, data_dir=found)
-    say(f"Uploading {path} to Kaggle ({layout_names.COMPETITION}) ...")
+    log.info(f"Uploading {path} to Kaggle ({layout_names.COMPETITION}) ...")
     result = submit_to_kaggle(Path(path), message, timeout=timeout)
-    say(result.describe())
+    log.info(result.describe())
 

@@ -80,8 +80,9 @@ def test_best_pt_is_rewritten_only_when_the_monitored_metric_improves(tmp_path):
         best_epochs.append(load_checkpoint(tmp_path / "best.pt")["epoch"])
 
     assert best_epochs == [1, 2, 2, 2, 5]  # equal is not better
-    assert state.best_score == pytest.approx(0.80)
-    assert load_checkpoint(tmp_path / "best.pt")["best_score"] == pytest.approx(0.80)
+    assert checkpoint.best_model_score == pytest.approx(0.80)
+    best = load_checkpoint(tmp_path / "best.pt")
+    assert best["best_score"] == best["callbacks"]["ModelCheckpoint"]["best_model_score"] == pytest.approx(0.80)
 
 
 def test_min_mode_keeps_the_lowest_loss(tmp_path):
@@ -105,7 +106,7 @@ def test_checkpoints_load_weights_only_and_give_the_same_outputs(tmp_path):
 
     raw = torch.load(tmp_path / "models" / "last.pt", weights_only=True)  # tensors and primitives only
     assert raw["model_name"] == "unet1024" and raw["width"] == 0.125 and raw["epoch"] == 1
-    assert raw["config"] == config.to_dict() and raw["run_name"] == "tiny"
+    assert {**raw["config"], **raw["environment"]} == config.to_dict() and raw["run_name"] == "tiny"
     assert raw["history"][0]["val_dice"] == pytest.approx(raw["metrics"]["val_dice"])
     other = CarvanaClassifier(config.replace(seed=1), progress=False)
     predict, predict_other = Predictor(classifier.forward).predict_probabilities, Predictor(other.forward).predict_probabilities
@@ -181,7 +182,7 @@ def test_early_stopping_ends_training_after_patience_epochs_without_improvement(
 
     state = classifier.train(train, valid, epochs=10, callbacks=[stopper])
 
-    assert state.epoch == 3 and stopper.stopped_epoch == 3 and state.stop_training
+    assert state.epoch == 3 and stopper.stopped_epoch == 3 and state.should_stop
     assert "early stopping" in capsys.readouterr().out
 
 
@@ -192,10 +193,29 @@ def test_early_stopping_counts_the_epochs_before_a_resume_from_the_history():
     state.history = [{"val_dice": 0.80}, {"val_dice": 0.805}, {"val_dice": 0.79}]  # 0.805 is within min_delta
 
     stopper.on_train_begin(state)
-    assert (stopper.best, stopper.wait) == (0.80, 2)
+    assert (stopper.best_score, stopper.wait_count) == (0.80, 2)
     state.metrics = {"val_dice": 0.809}
     stopper.on_epoch_end(state)
-    assert state.stop_training
+    assert state.should_stop
+
+
+def test_the_callbacks_report_their_state_under_lightnings_names_after_a_short_training(tmp_path):
+    classifier = CarvanaClassifier(tiny_config(tmp_path), progress=False)
+    train, valid = loaders(count=4)
+    models = tmp_path / "models"
+    checkpoint = ModelCheckpoint(models)
+    stopper = EarlyStopping(patience=5, min_delta=1.0)  # no epoch after the first can improve by a whole 1.0
+    assert (checkpoint.best_model_score, checkpoint.best_model_path, checkpoint.last_model_path) == (None,) * 3
+
+    state = classifier.train(train, valid, epochs=3, callbacks=[checkpoint, stopper])
+
+    dice = [entry["val_dice"] for entry in state.history]
+    assert checkpoint.best_model_score == pytest.approx(max(dice))
+    assert (checkpoint.best_model_path, checkpoint.last_model_path) == (models / "best.pt", models / "last.pt")
+    assert load_checkpoint(checkpoint.best_model_path)["epoch"] == dice.index(max(dice)) + 1
+    assert (stopper.best_score, stopper.wait_count, stopper.stopped_epoch) == (pytest.approx(dice[0]), 2, None)
+    saved = load_checkpoint(checkpoint.last_model_path)["callbacks"]  # each with this last epoch counted
+    assert saved == {"ModelCheckpoint": checkpoint.state_dict(), "EarlyStopping": stopper.state_dict()}
 
 
 # ------------------------------------------------------------------ failures inside callbacks
@@ -217,6 +237,29 @@ def test_an_epochs_checkpoint_is_written_before_any_other_callback_can_fail_on_t
 
     # best.pt is written at an epoch's end only (an interruption saves last.pt alone).
     assert [load_checkpoint(tmp_path / "models" / name)["epoch"] for name in ("last.pt", "best.pt")] == [1, 1]
+
+
+class SeesHowTrainingEnds(Callback):
+    def __init__(self) -> None:
+        self.seen: list[object] = []
+
+    def on_train_end(self, state: TrainState) -> None:
+        self.seen.append("end")
+
+    def on_exception(self, state: TrainState, exception: BaseException) -> None:
+        self.seen.append(exception)
+
+
+def test_on_exception_gets_the_error_that_stopped_training_and_on_train_end_is_not_called(tmp_path):
+    classifier = CarvanaClassifier(tiny_config(tmp_path), progress=False)
+    train, valid = loaders(count=4)
+    sees = SeesHowTrainingEnds()
+
+    with pytest.raises(OSError):
+        classifier.train(train, valid, epochs=2, callbacks=[FailsAtEpochEnd(), sees])
+
+    [exception] = sees.seen
+    assert isinstance(exception, OSError) and exception.errno == errno.EIO
 
 
 def test_a_log_dir_that_cannot_be_written_turns_logging_off_in_one_line_and_training_goes_on(tmp_path, capsys):

@@ -81,7 +81,7 @@ def test_coarse_epochs_train_on_the_coarse_loaders_then_a_new_cosine_cycle_at_th
     assert lrs == pytest.approx([config.lr, config.lr * (1 + math.cos(math.pi / 2)) / 2, config.lr * FINE_LR_FACTOR])
     assert classifier.optimizer.param_groups[0]["lr"] == pytest.approx(0.0, abs=1e-12)
     best = load_checkpoint(tmp_path / "models" / "best.pt")
-    assert best["epoch"] == 3 and state.best_score == pytest.approx(state.history[2]["val_dice"]), (
+    assert best["epoch"] == 3 and checkpoint.best_model_score == pytest.approx(state.history[2]["val_dice"]), (
         "a coarse epoch's Dice is at the coarse size: best.pt comes from the full-size epochs")
 
 
@@ -115,7 +115,7 @@ def test_early_stopping_counts_only_the_full_size_epochs(tmp_path) -> None:
     state = CarvanaClassifier(config, progress=False).train(
         *phase_loaders(FULL), callbacks=[stopper], coarse=CoarsePhase(*phase_loaders(COARSE)))
     assert state.epoch >= 3, "no coarse epoch can set the score a full-size one must beat"
-    assert stopper.best is not None and stopper.best in [e["val_dice"] for e in state.history[2:]]
+    assert stopper.best_score is not None and stopper.best_score in [e["val_dice"] for e in state.history[2:]]
 
 
 def test_run_prints_the_phases_and_predicts_at_the_full_size(tiny_data, tmp_path, capsys) -> None:

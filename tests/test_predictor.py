@@ -44,8 +44,8 @@ class RecordingPredictions(PredictCallback):
     def on_predict_end(self, state: PredictState) -> None:
         self.events.append("end")
 
-    def on_predict_interrupted(self, state: PredictState) -> None:
-        self.events.append("interrupted")
+    def on_exception(self, state: PredictState, exception: BaseException) -> None:
+        self.events.append(f"exception {exception}")
 
 
 def test_predict_hands_each_batch_of_names_and_probabilities_to_the_callbacks():
@@ -75,8 +75,8 @@ class FailingOnSecondBatch(PredictCallback):
         if len(self.events) == 2:
             raise OSError("disk full")
 
-    def on_predict_interrupted(self, state: PredictState) -> None:
-        self.events.append("interrupted")
+    def on_exception(self, state: PredictState, exception: BaseException) -> None:
+        self.events.append(f"exception {exception}")
 
 
 def test_an_error_in_a_batch_reaches_every_callbacks_clean_up_and_no_end():
@@ -88,8 +88,8 @@ def test_an_error_in_a_batch_reaches_every_callbacks_clean_up_and_no_end():
     with pytest.raises(OSError, match="disk full"):
         predictor.predict(loader, callbacks=[failing, recorder])
 
-    assert failing.events == ["batch", "batch", "interrupted"]
-    assert recorder.events == ["begin", "batch", "interrupted"]
+    assert failing.events == ["batch", "batch", "exception disk full"]
+    assert recorder.events == ["begin", "batch", "exception disk full"]
 
 
 def test_flip_tta_is_the_mean_of_the_image_and_its_unflipped_mirror_prediction():

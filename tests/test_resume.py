@@ -11,7 +11,8 @@ import torch
 from training_helpers import InterruptingLoader, loaders, same_weights, scalar_events, tiny_config, weights
 
 from carvana.core.errors import TrainingDiverged
-from carvana.run.checkpoint import load_checkpoint
+from carvana.core.hooks import OBSERVE
+from carvana.run.checkpoint import CHECKSUM_KEY, load_checkpoint, save_checkpoint
 from carvana.train.callbacks import Callback, TrainState
 from carvana.train.classifier import CarvanaClassifier, TrainingInterruptedError
 from carvana.train.early_stopping import EarlyStopping
@@ -31,6 +32,10 @@ def _callbacks(tmp_path: Path, config) -> list[Callback]:
     ]
 
 
+def _checkpoint(callbacks: list[Callback]) -> ModelCheckpoint:
+    return next(callback for callback in callbacks if isinstance(callback, ModelCheckpoint))
+
+
 def _digest(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
@@ -41,7 +46,8 @@ def test_two_epochs_then_a_resumed_third_equal_three_epochs_in_one_go(tmp_path):
 
     straight_config = config.replace(log_dir=tmp_path / "a" / "logs")
     straight = CarvanaClassifier(straight_config.replace(run_name="straight"), progress=False)
-    end = straight.train(train, valid, epochs=3, callbacks=_callbacks(tmp_path / "a", straight_config))
+    straight_callbacks = _callbacks(tmp_path / "a", straight_config)
+    end = straight.train(train, valid, epochs=3, callbacks=straight_callbacks)
 
     split_config = config.replace(log_dir=tmp_path / "b" / "logs")
     first = CarvanaClassifier(split_config, progress=False)
@@ -49,16 +55,18 @@ def test_two_epochs_then_a_resumed_third_equal_three_epochs_in_one_go(tmp_path):
     second = CarvanaClassifier(split_config.replace(run_name="a-new-name"), progress=False)
     second.resume_from(tmp_path / "b" / "models" / "last.pt")
     assert (second.epoch, second.global_step, second.run_name) == (2, 4, "resumed")
-    resumed = second.train(train, valid, epochs=3, callbacks=_callbacks(tmp_path / "b", split_config))
+    resumed_callbacks = _callbacks(tmp_path / "b", split_config)
+    resumed = second.train(train, valid, epochs=3, callbacks=resumed_callbacks)
 
     assert (resumed.epoch, resumed.global_step) == (end.epoch, end.global_step) == (3, 6)
-    assert resumed.best_score == pytest.approx(end.best_score)
+    best_score = _checkpoint(straight_callbacks).best_model_score
+    assert _checkpoint(resumed_callbacks).best_model_score == pytest.approx(best_score)
     assert [h["val_dice"] for h in resumed.history] == pytest.approx([h["val_dice"] for h in end.history])
     assert same_weights(weights(second.model), weights(straight.model))  # same batches, same optimiser state
     saved = load_checkpoint(tmp_path / "b" / "models" / "last.pt")
     assert (saved["epoch"], saved["global_step"], len(saved["history"])) == (3, 6, 3)
     best = load_checkpoint(tmp_path / "b" / "models" / "best.pt")
-    assert best["best_score"] == pytest.approx(end.best_score)
+    assert best["best_score"] == pytest.approx(best_score)
 
     straight_scalars = scalar_events(tmp_path / "a" / "logs" / "straight")
     resumed_scalars = scalar_events(tmp_path / "b" / "logs" / "resumed")
@@ -184,3 +192,75 @@ def test_a_nan_loss_stops_training_naming_epoch_and_step_and_leaves_the_checkpoi
     assert saved["epoch"] == 1
     assert all(torch.isfinite(t).all() for t in saved["model_state"].values() if t.is_floating_point())
     assert math.isfinite(saved["best_score"])
+
+
+# ------------------------------------------------------------------ the callbacks' own state
+
+
+class Probe(Callback):
+    """Notes what the checkpoint and early-stopping callbacks hold once training has begun (runs after both)."""
+
+    order = OBSERVE
+
+    def __init__(self, checkpoint: ModelCheckpoint, stopper: EarlyStopping):
+        self.checkpoint, self.stopper = checkpoint, stopper
+        self.seen: tuple = ()
+
+    def on_train_begin(self, state: TrainState) -> None:
+        self.seen = (self.checkpoint.best_model_score, self.stopper.best_score, self.stopper.wait_count)
+
+
+def _two_epochs_with_callbacks(tmp_path: Path, config) -> Path:
+    train, valid = loaders(count=4)
+    models = tmp_path / "models"
+    CarvanaClassifier(config, progress=False).train(
+        train, valid, epochs=2, callbacks=[ModelCheckpoint(models), EarlyStopping(patience=3, min_delta=1.0)])
+    return models / "last.pt"
+
+
+def test_a_resumed_run_takes_up_the_callbacks_state_saved_in_its_checkpoint(tmp_path):
+    config = tiny_config(tmp_path)
+    last = _two_epochs_with_callbacks(tmp_path, config)
+    best_before = _digest(last.parent / "best.pt")
+    saved = load_checkpoint(last)
+    states = saved["callbacks"]
+    assert states["ModelCheckpoint"]["best_model_score"] == pytest.approx(saved["best_score"])
+    assert states["EarlyStopping"]["wait_count"] == 1  # no epoch after the first can improve by a whole 1.0
+    # A state the history could not give: an unbeatable best score, one epoch of patience left.
+    states["ModelCheckpoint"]["best_model_score"] = 2.0
+    states["EarlyStopping"].update(best_score=2.0, wait_count=2)
+    saved.pop(CHECKSUM_KEY, None)
+    save_checkpoint(last, saved)
+
+    resumed = CarvanaClassifier(config, progress=False)
+    resumed.resume_from(last)
+    checkpoint, stopper = ModelCheckpoint(last.parent), EarlyStopping(patience=3, min_delta=1.0)
+    probe = Probe(checkpoint, stopper)
+    train, valid = loaders(count=4)
+    state = resumed.train(train, valid, epochs=6, callbacks=[checkpoint, stopper, probe])
+
+    assert probe.seen == (2.0, 2.0, 2)
+    assert (state.epoch, stopper.stopped_epoch, stopper.wait_count) == (3, 3, 3)
+    assert checkpoint.best_model_score == 2.0 and checkpoint.best_model_path == last.parent / "best.pt"
+    assert _digest(last.parent / "best.pt") == best_before  # no epoch beat the restored best score
+
+
+def test_a_checkpoint_without_callback_states_resumes_with_its_best_score_and_history(tmp_path):
+    config = tiny_config(tmp_path)
+    last = _two_epochs_with_callbacks(tmp_path, config)
+    payload = load_checkpoint(last)
+    del payload["callbacks"]
+    payload.pop(CHECKSUM_KEY, None)
+    older = tmp_path / "older.pt"
+    save_checkpoint(older, payload)
+
+    resumed = CarvanaClassifier(config, progress=False)
+    resumed.resume_from(older)
+    checkpoint, stopper = ModelCheckpoint(tmp_path / "again"), EarlyStopping(patience=3, min_delta=1.0)
+    probe = Probe(checkpoint, stopper)
+    train, valid = loaders(count=4)
+    state = resumed.train(train, valid, epochs=3, callbacks=[checkpoint, stopper, probe])
+
+    first = payload["history"][0]["val_dice"]
+    assert probe.seen == (pytest.approx(payload["best_score"]), pytest.approx(first), 1)  # counted from the history
+    assert state.epoch == 3 and stopper.wait_count == 2

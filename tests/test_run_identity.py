@@ -98,11 +98,14 @@ def test_the_readme_resume_recipe_after_kill_9_continues_the_same_data_split_and
     assert resumed["run"]["data_dir"] == str(mydata)
 
 
-def test_extending_a_finished_cosine_run_follows_one_curve_over_the_new_total(finished, tmp_path, capsys):
+def test_extending_a_finished_cosine_run_follows_one_curve_over_the_new_total(finished, mydata, tmp_path, capsys,
+                                                                              monkeypatch):
     work = copy_run(finished, tmp_path)
     last = work / "output" / "models" / "done" / "last.pt"
+    monkeypatch.chdir(tmp_path)  # another folder than the run's: its data dir comes from the checkpoint
     code, out, err = run_cli(["train", "--resume", last, "--epochs", "4", *outputs(work)], capsys)
     assert code == 0, err
+    assert f"Dataset: local data in {mydata} (the run's data)" in out
     assert "resume: --epochs 2 -> 4" in out
     assert epochs_printed(out) == [3, 4]
     assert f"lr {cosine(3, 4):.3g} (base {BASE_LR:g})" in out, "the banner shows the LR epoch 3 trains with"

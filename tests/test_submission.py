@@ -153,7 +153,7 @@ def test_an_error_mid_stream_keeps_the_previous_submission_and_leaves_no_temp_fi
     assert files_in(tmp_path) == ["submit.csv.gz"]
 
 
-@pytest.mark.parametrize("stop", ["interrupted hook", "abort"])
+@pytest.mark.parametrize("stop", ["exception hook", "abort"])
 def test_an_interrupted_prediction_removes_the_partial_file(tmp_path, stop):
     path = tmp_path / "submit.csv.gz"
     saver = PredictionsSaver(path, PHOTO, workers=1)
@@ -164,7 +164,7 @@ def test_an_interrupted_prediction_removes_the_partial_file(tmp_path, stop):
     if stop == "abort":
         saver.abort()
     else:
-        saver.on_predict_interrupted(state)
+        saver.on_exception(state, KeyboardInterrupt())
     assert files_in(tmp_path) == []
 
 

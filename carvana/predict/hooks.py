@@ -37,5 +37,6 @@ class PredictCallback:
     def on_predict_end(self, state: PredictState) -> None:
         pass
 
-    def on_predict_interrupted(self, state: PredictState) -> None:
-        """Prediction stopped early (Ctrl-C or an error); `on_predict_end` will not be called."""
+    def on_exception(self, state: PredictState, exception: BaseException) -> None:
+        """Prediction stopped by `exception` (Ctrl-C, a bad image, a full disk, any error); `on_predict_end`
+        will not be called."""

@@ -92,9 +92,9 @@ class Predictor:
                 state.names = [str(name) for name in names]
                 state.done += len(state.names)
                 call_hook(callbacks, "on_predict_batch_end", state)
-        except BaseException:
+        except BaseException as error:
             # Ctrl-C, a bad image, a full disk: let the savers drop their partial files.
-            call_cleanup_hook(callbacks, "on_predict_interrupted", state)
+            call_cleanup_hook(callbacks, "on_exception", state, error)
             raise
         call_hook(callbacks, "on_predict_end", state)
         return state

@@ -13,7 +13,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping
+from typing import TYPE_CHECKING, Any, Mapping
+
+if TYPE_CHECKING:
+    from carvana.run.checkpoint import Checkpoint
 
 DEFAULT_THRESHOLD = 0.5
 # 0.30, 0.35, ..., 0.70: the thresholds tried, the preferred one added where it is not among them.
@@ -78,11 +81,13 @@ class ThresholdRecord:
         return f"the run's --threshold (Dice {self.validation_dice:.4f} on {validation_cars(self.validation_cars)})"
 
 
-def save_threshold(checkpoint: Path, record: ThresholdRecord) -> None:
-    """Add `record` to the checkpoint file (rewritten atomically, its weights and checksum unchanged)."""
-    from carvana.run.checkpoint import update_checkpoint
+def save_threshold(checkpoint: Path | Checkpoint, record: ThresholdRecord) -> Checkpoint:
+    """Add `record` to the checkpoint file (rewritten atomically, its weights and checksum unchanged);
+    returns the checkpoint as it is now. A `Checkpoint` already read is not read again."""
+    from carvana.run.checkpoint import Checkpoint
 
-    update_checkpoint(checkpoint, {RECORD_KEY: record.to_dict()})
+    saved = checkpoint if isinstance(checkpoint, Checkpoint) else Checkpoint.load(checkpoint)
+    return saved.updated({RECORD_KEY: record.to_dict()})
 
 
 def prediction_threshold(payload: Mapping[str, Any], given: float | None, configured: float) -> tuple[float, str]:

@@ -1,8 +1,10 @@
 """Checkpoint files: what one must hold, how it is written and how it is read back safely.
 
-A checkpoint holds only tensors and primitives (the config as `Config.to_dict()`), so it loads with
-`torch.load(weights_only=True)`: opening a checkpoint never runs code from the file. What a
-training run puts in one, and when, is `carvana.train.model_checkpoint`; prediction reads the same files.
+A checkpoint holds only tensors and primitives (the run's recipe under `config`, where it ran under
+`environment`: see `settings_entries`), so it loads with `torch.load(weights_only=True)`: opening a
+checkpoint never runs code from the file. What a training run puts in one, and when, is
+`carvana.train.model_checkpoint`; prediction reads the same files. A command reads a file once, as
+a `Checkpoint`, and passes that on.
 
 Every file also holds a SHA-256 of its weights (names, shapes, dtypes and bytes of `model_state`),
 checked when it is loaded: torch's zip reader does not check the archive's CRCs, so bytes changed
@@ -11,12 +13,14 @@ Files written before the checksum existed load without the check.
 """
 from __future__ import annotations
 
+import dataclasses
 import errno
 import hashlib
 import os
 import pickle
 import zipfile
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -24,11 +28,14 @@ import torch
 from torch import nn
 
 from carvana.core.atomic import atomic_path
-from carvana.core.errors import CarvanaError, CheckpointError
+from carvana.core.errors import CarvanaError, CheckpointError, ConfigError
+from carvana.run.config import ENVIRONMENT_FIELDS, Config, Environment
+from carvana.run.identity import RunRecord
 
 FORMAT_VERSION = 1
 REQUIRED_KEYS = ("format", "model_name", "width", "model_state", "epoch", "global_step", "config")
 CHECKSUM_KEY = "model_state_sha256"
+ENVIRONMENT_KEY = "environment"  # files from before it keep the environment's fields in `config`
 
 
 def weights_checksum(model_state: Mapping[str, torch.Tensor]) -> str:
@@ -58,17 +65,6 @@ def save_checkpoint(path: Path, payload: dict[str, Any]) -> None:
             torch.save(payload, tmp)
         except RuntimeError as error:
             raise _save_failure(path, tmp, payload, error) from None
-
-
-def update_checkpoint(path: Path, entries: Mapping[str, Any]) -> None:
-    """Add or replace top-level `entries` (primitives only) of the checkpoint at `path`, atomically.
-
-    For facts learnt about a checkpoint's weights after it was written (the threshold chosen on the
-    validation cars); the weights, and so their checksum, are unchanged.
-    """
-    payload = load_checkpoint(path)
-    payload.pop(CHECKSUM_KEY, None)
-    save_checkpoint(path, {**payload, **entries})
 
 
 def _save_failure(path: Path, tmp: Path, payload: Mapping[str, Any], error: RuntimeError) -> CarvanaError:
@@ -162,3 +158,115 @@ def load_model_weights(model: nn.Module, payload: dict[str, Any], path: str | Pa
             + "; ".join(problems)
         )
     model.load_state_dict(state)
+
+
+# --------------------------------------------------------------------------- a checkpoint, read once
+
+
+def settings_entries(config: Config) -> dict[str, Any]:
+    """A run's settings as its checkpoints keep them: the recipe under `config`, where it ran apart."""
+    return {"config": config.recipe_dict(), ENVIRONMENT_KEY: config.environment.to_dict()}
+
+
+def _saved_settings(payload: Mapping[str, Any], path: Path) -> tuple[Config, Environment]:
+    """(recipe, environment) of a checkpoint; CheckpointError naming it if they cannot work.
+
+    The run name is not part of the recipe (it is `Checkpoint.run_name`), so that a checkpoint of a
+    run named before names were checked (e.g. with a '/') still predicts.
+    """
+    saved = payload["config"] if isinstance(payload.get("config"), dict) else {}
+    environment = payload.get(ENVIRONMENT_KEY)
+    if not isinstance(environment, dict):
+        environment = {name: saved[name] for name in ENVIRONMENT_FIELDS if name in saved}
+    recipe = {name: value for name, value in saved.items() if name not in ENVIRONMENT_FIELDS and name != "run_name"}
+    try:
+        return Config.from_dict(recipe), Environment.from_dict(environment)
+    except ConfigError as e:
+        raise CheckpointError(f"{path}: its saved settings cannot be used ({e})") from None
+    except (TypeError, ValueError, AttributeError) as e:
+        raise CheckpointError(f"{path}: its saved settings are malformed ({e})") from None
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    """A checkpoint file, read and checked once: the recipe of its weights, where its run ran, the run's
+    record and its saved state.
+
+    `recipe` is the Config of the settings that made the weights (model, input size, optimiser, loss,
+    threshold, seed, ...), its environment fields at their defaults; `environment` is where the run
+    ran (folders, device, workers). `--resume` continues in both (`run_config`); `predict` takes the
+    recipe alone, so a checkpoint from another machine needs none of its paths.
+    """
+
+    path: Path
+    payload: dict[str, Any]  # the file's entries as read: weights, optimiser state, counters, records
+    recipe: Config
+    environment: Environment
+    run_name: str | None  # None for a checkpoint written before runs had names
+    run: RunRecord | None  # the data and split it was trained on; None for one from before runs kept it
+
+    @classmethod
+    def load(cls, path: str | Path, expected_model: str | None = None) -> "Checkpoint":
+        """Read and check the file at `path` (`load_checkpoint`) and its saved settings.
+
+        CheckpointError naming the file, in one line, when it is missing, corrupt, not one of ours, of
+        another format version, of settings that cannot work, or (with `expected_model`) of another model.
+        """
+        path = Path(path)
+        payload = load_checkpoint(path, expected_model)
+        recipe, environment = _saved_settings(payload, path)
+        name = payload.get("run_name") or (payload["config"].get("run_name") if isinstance(payload["config"], dict)
+                                           else None)
+        return cls(path, payload, recipe, environment, name if isinstance(name, str) else None,
+                   RunRecord.from_payload(payload))
+
+    @classmethod
+    def latest(cls, where: str | Path, name: str, missing: str | None = None) -> "Checkpoint":
+        """The checkpoint `where` points to: the file itself, the `name` file of a run's folder, or the newest
+        `name` file of the run folders in it (e.g. OUTPUT/models).
+
+        `missing`: what the CheckpointError says when a folder has none; given, `where` is a folder of
+        runs even when it does not exist yet.
+        """
+        where = Path(where)
+        if where.is_dir() or (missing is not None and not where.exists()):
+            own = where / name
+            found = [own] if own.is_file() else sorted(where.glob(f"*/{name}"), key=lambda p: p.stat().st_mtime)
+            if not found:
+                raise CheckpointError(f"{where}: {missing or f'no {name} in it or in its run folders'}")
+            where = found[-1]
+        return cls.load(where)
+
+    @property
+    def epoch(self) -> int:
+        """The last epoch its weights completed."""
+        return int(self.payload["epoch"])
+
+    def run_config(self) -> Config:
+        """The run as it was saved: its recipe in its environment, under its name (what `--resume` continues).
+
+        A checkpoint from before runs had names takes its folder's name.
+        """
+        try:
+            return self.recipe.with_environment(self.environment).replace(run_name=self.run_name or
+                                                                          self.path.parent.name)
+        except ConfigError as e:
+            raise CheckpointError(f"{self.path}: its saved settings cannot be used ({e})") from None
+
+    def check_model(self, expected_model: str) -> None:
+        """CheckpointError naming the file unless it holds weights of `expected_model`."""
+        check_model(self.payload, self.path, expected_model)
+
+    def load_weights_into(self, model: nn.Module) -> None:
+        """Copy its weights into `model`; CheckpointError naming the file if they don't fit."""
+        load_model_weights(model, self.payload, self.path)
+
+    def updated(self, entries: Mapping[str, Any]) -> "Checkpoint":
+        """Add or replace top-level `entries` (primitives only) of the file, atomically; returns it as it is now.
+
+        For facts learnt about its weights after it was written (the threshold chosen on the validation
+        cars); the weights, and so their checksum, are unchanged, and the file is not read again.
+        """
+        payload = {**self.payload, **entries}
+        save_checkpoint(self.path, {key: value for key, value in payload.items() if key != CHECKSUM_KEY})
+        return dataclasses.replace(self, payload=payload)

@@ -1,8 +1,11 @@
 """One typed configuration for a run, with named presets.
 
 A preset is a complete, tested set of choices (model, input size, optimiser, batch, epochs);
-command-line flags override single fields of it. `Config` is plain data: it is saved inside every
-checkpoint (as a dict of primitives) so that `--resume` and `predict` rebuild the same model.
+command-line flags override single fields of it (`carvana.run.flags`). `Config` is plain data in
+two groups of fields: the recipe (what makes the weights: model, input size, optimiser, loss,
+threshold, seed, ...) and the `Environment` (where it runs: folders, device, workers). Every
+checkpoint keeps the two apart, as dicts of primitives, so that `--resume` continues the same run
+where it ran and `predict` rebuilds the same model wherever it runs.
 """
 from __future__ import annotations
 
@@ -13,9 +16,9 @@ from pathlib import Path
 from typing import Any
 
 from carvana.core.errors import ConfigError
-from carvana.core.geometry import Size
+from carvana.core.geometry import Geometry, Size
 from carvana.models.input_sizes import coarse_input_size
-from carvana.models.specs import MODEL_SPECS, UNET1024, UNET_ORIGINAL, model_spec
+from carvana.models.specs import MODEL_SPECS, UNET1024, UNET_ORIGINAL, model_geometry, model_spec
 
 OPTIMIZERS = ("sgd", "rmsprop", "adam")
 SCHEDULERS = ("plateau", "cosine", "none")
@@ -25,15 +28,40 @@ MASK_CLEANUPS = ("none", "largest", "fill", "largest+fill")
 SEED_LIMIT = 2**32  # numpy, scikit-learn and the per-epoch seeds take seeds in [0, 2**32)
 RUN_NAME_MAX_LENGTH = 100
 RUN_NAME_PUNCTUATION = "._-+=@"
-# The command-line flag of each field whose flag is not simply --field-name (for messages).
-FIELD_FLAGS = {"early_stopping_patience": "--patience", "augment": "--no-augment",
-               "channels_last": "--no-channels-last", "epochs_cap": "--epochs", "tune_threshold": "--threshold",
-               "cache": "--no-cache"}
+PATH_FIELDS = ("data_dir", "output_dir", "log_dir")
 
 
-def flag_of(field_name: str) -> str:
-    """The flag that sets a Config field, as users type it (`lr` -> `--lr`)."""
-    return FIELD_FLAGS.get(field_name, "--" + field_name.replace("_", "-"))
+@dataclass(frozen=True)
+class Environment:
+    """Where a run runs, apart from what it learns: its folders and the machine's resources.
+
+    `--resume` continues in the environment its checkpoint was saved with, flags overriding;
+    `predict` runs in its own (flags, else these defaults), so a checkpoint from another machine
+    needs none of its paths. Its values get `Config`'s checks once they are part of one.
+    """
+
+    data_dir: Path = Path("input")
+    output_dir: Path = Path("output")
+    log_dir: Path = Path("logs")
+    device: str = "auto"
+    workers: int = 2
+    # Decode and resize the training photos once into output/cache (carvana.data.cache).
+    cache: bool = True
+
+    def to_dict(self) -> dict[str, Any]:
+        """Primitives only, so a checkpoint holding it loads with torch.load(weights_only=True)."""
+        return {name: str(value) if isinstance(value, Path) else value
+                for name, value in ((f.name, getattr(self, f.name)) for f in dataclasses.fields(self))}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "Environment":
+        """The fields of `data` this version knows (others, from another version of the tool, are skipped)."""
+        known = [f.name for f in dataclasses.fields(cls) if f.name in data]
+        return cls(**{name: Path(data[name]) if name in PATH_FIELDS else data[name] for name in known})
+
+
+# The Config fields that say where a run runs (`Environment`); the others are its recipe.
+ENVIRONMENT_FIELDS = tuple(f.name for f in dataclasses.fields(Environment))
 
 
 def run_name_problem(name: str) -> str | None:
@@ -100,20 +128,19 @@ class Config:
     amp: str = "auto"  # auto: fp16/bf16 autocast on CUDA, bf16 on CPUs that have it, else off
     channels_last: bool = True
     early_stopping_patience: int | None = None
-    # Data
-    data_dir: Path = Path("input")
-    output_dir: Path = Path("output")
-    log_dir: Path = Path("logs")
+    # Data (its folders, like the device, workers and cache below, are the run's `Environment`)
+    data_dir: Path = Environment.data_dir
+    output_dir: Path = Environment.output_dir
+    log_dir: Path = Environment.log_dir
     validation_size: float = 0.2
     sample_size: float = 1.0  # fraction of the cars to use
     augment: bool = True
     # Targets as the car's share of each output pixel (0..1) instead of 0/1 (carvana.data.datasets).
     soft_targets: bool = False
-    # Decode and resize the training photos once into output/cache (carvana.data.cache).
-    cache: bool = True
+    cache: bool = Environment.cache
     seed: int = 42
-    workers: int = 2
-    device: str = "auto"
+    workers: int = Environment.workers
+    device: str = Environment.device
     # Prediction
     threshold: float = 0.5
     # After training, choose the threshold on the validation cars (carvana.predict.threshold) and save
@@ -202,6 +229,29 @@ class Config:
             return self.coarse_epochs
         return 0
 
+    @property
+    def geometry(self) -> Geometry:
+        """The network's input and output sizes: its model at its input size."""
+        return model_geometry(self.model, self.input_size)
+
+    @property
+    def coarse_geometry(self) -> Geometry:
+        """The network's sizes in the coarse phase (at `coarse_input_size`)."""
+        return model_geometry(self.model, coarse_input_size(self.model, self.input_size))
+
+    @property
+    def environment(self) -> Environment:
+        """Where this config runs: its `ENVIRONMENT_FIELDS`."""
+        return Environment(**{name: getattr(self, name) for name in ENVIRONMENT_FIELDS})
+
+    def with_environment(self, environment: Environment) -> "Config":
+        """This recipe in `environment` (every environment field replaced, defaults included)."""
+        return dataclasses.replace(self, **{name: getattr(environment, name) for name in ENVIRONMENT_FIELDS})
+
+    def recipe_dict(self) -> dict[str, Any]:
+        """`to_dict()` less the environment: the settings that made a checkpoint's weights."""
+        return {name: value for name, value in self.to_dict().items() if name not in ENVIRONMENT_FIELDS}
+
     def replace(self, **changes: Any) -> "Config":
         """A copy with some fields changed (None values are ignored, so unset flags keep the preset)."""
         return dataclasses.replace(self, **{k: v for k, v in changes.items() if v is not None})
@@ -227,7 +277,7 @@ class Config:
                 continue  # a field from another version of the tool
             if key == "input_size":
                 value = Size(*value)
-            elif key in ("data_dir", "output_dir", "log_dir"):
+            elif key in PATH_FIELDS:
                 value = Path(value)
             kwargs[key] = value
         return cls(**kwargs)

@@ -1,5 +1,8 @@
 """A run's identity: its unique name, its folders and their lock, and what a resumed run continues.
 
+`Run` is the one owner of these facts: its name, folders and checkpoint paths (`best.pt`, `last.pt`)
+are decided here once and handed on; nothing else names a run or its files.
+
 A run owns two folders, `OUTPUT/models/NAME` (checkpoints) and `LOGS/NAME` (TensorBoard). A new run
 reserves them with `mkdir` (which fails when the folder exists, even for a process racing us), so two
 runs started in the same second get two names (`-2`, `-3`, ...). While a run writes, it holds a lock
@@ -19,12 +22,15 @@ from pathlib import Path
 from typing import Any
 
 from carvana.core.durations import format_duration
-from carvana.core.errors import CheckpointError, ConfigError
+from carvana.core.errors import ConfigError
+from carvana.core.geometry import Geometry
 from carvana.core.locks import FolderLock
-from carvana.run.config import Config, flag_of
+from carvana.run.config import Config
+from carvana.run.flags import flag_of
 
 LOCK_NAME = ".run.lock"
-LAST_NAME = "last.pt"
+LAST_NAME = "last.pt"  # after every epoch: where a resume continues (Lightning's and Keras' names)
+BEST_NAME = "best.pt"  # the epoch of the best monitored score: what scoring and prediction use
 # Changing these on resume would build another network: the saved weights would not fit it.
 WEIGHT_FIELDS = ("model", "input_size", "width")
 # Changing these on resume would draw another split: cars the run validated on would be trained on.
@@ -80,22 +86,36 @@ class RunRecord:
 # --------------------------------------------------------------------------- folders and locks
 
 
-class RunFolders:
-    """A run's models and log folders, reserved (new run) or found (resume), and locked while in use."""
+class Run:
+    """A run being trained: its name, folders, checkpoint paths and settings, decided once; locked while in use.
 
-    def __init__(self, config: Config, run_name: str, created: list[Path]):
-        self.run_name = run_name
-        self.models_dir = models_dir(config, run_name)
-        self.log_dir = config.log_dir / run_name
+    Made by `reserve_new_run` (a new run) or `open_existing_run` (a resumed one). The pipeline hands
+    its name and paths on to the classifier and the callbacks.
+    """
+
+    def __init__(self, config: Config, name: str, created: list[Path]):
+        self.name = name
+        # The run's settings; the pipeline sets them once more when it fits the input size to the photos.
+        self.config = config.replace(run_name=name)
+        self.models_dir = models_dir(config, name)
+        self.log_dir = config.log_dir / name
+        self.validation_dir = config.output_dir / "validation" / name
+        self.last_path = self.models_dir / LAST_NAME
+        self.best_path = self.models_dir / BEST_NAME
         self._created = created  # folders this process made, removed again if the run never starts
         self._lock = FolderLock(self.models_dir, LOCK_NAME)
+
+    @property
+    def geometry(self) -> Geometry:
+        """The network's input and output sizes at the run's input size."""
+        return self.config.geometry
 
     def lock(self) -> None:
         """Hold the run's lock, or refuse in one line naming the process that holds it."""
         if not self._lock.acquire(wait=False):
             holder = self._lock.holder()
             self.forget()
-            raise ConfigError(f"{self.models_dir}: run {self.run_name} is in use by another process "
+            raise ConfigError(f"{self.models_dir}: run {self.name} is in use by another process "
                               f"(pid {holder if holder is not None else 'unknown'}); wait for it to end, "
                               "or choose another --run-name")
 
@@ -112,7 +132,7 @@ class RunFolders:
                 pass  # not empty, or gone: leave it
 
 
-def reserve_new_run(config: Config) -> RunFolders:
+def reserve_new_run(config: Config) -> Run:
     """Reserve the folders of a new run and lock them.
 
     With `--run-name` the name is taken as given (its folders may exist, e.g. after a run that failed
@@ -120,10 +140,7 @@ def reserve_new_run(config: Config) -> RunFolders:
     when another run took that name in the same second: both folders must be new.
     """
     if config.run_name is not None:
-        created = _make_missing(models_dir(config, config.run_name), config.log_dir / config.run_name)
-        folders = RunFolders(config, config.run_name, created)
-        folders.lock()
-        return folders
+        return open_existing_run(config)
     base = default_run_name(config)
     for number in itertools.count(1):
         name = base if number == 1 else f"{base}-{number}"
@@ -146,18 +163,18 @@ def reserve_new_run(config: Config) -> RunFolders:
         except OSError as e:
             models.rmdir()
             raise ConfigError(f"{logs}: cannot create the run's log folder ({e.strerror or e})") from None
-        folders = RunFolders(config, name, [models, logs])
-        folders.lock()
-        return folders
+        run = Run(config, name, [models, logs])
+        run.lock()
+        return run
     raise AssertionError("unreachable")
 
 
-def open_existing_run(config: Config, run_name: str) -> RunFolders:
-    """The folders of a run being resumed, locked."""
-    created = _make_missing(models_dir(config, run_name), config.log_dir / run_name)
-    folders = RunFolders(config, run_name, created)
-    folders.lock()
-    return folders
+def open_existing_run(config: Config) -> Run:
+    """The run named `config.run_name` (resumed, or named by --run-name), its folders made where missing; locked."""
+    created = _make_missing(models_dir(config, config.run_name), config.log_dir / config.run_name)
+    run = Run(config, config.run_name, created)
+    run.lock()
+    return run
 
 
 def _make_missing(*folders: Path) -> list[Path]:
@@ -176,19 +193,6 @@ def _make_missing(*folders: Path) -> list[Path]:
 
 
 # --------------------------------------------------------------------------- resume
-
-
-def resolve_resume(output_dir: Path, resume: str) -> Path:
-    """`--resume PATH`, or `--resume last`: the newest run's last.pt in the output dir."""
-    if resume != "last":
-        path = Path(resume)
-        if not path.is_file():
-            raise CheckpointError(f"{path}: no such checkpoint to resume from")
-        return path
-    candidates = sorted((Path(output_dir) / "models").glob(f"*/{LAST_NAME}"), key=lambda p: p.stat().st_mtime)
-    if not candidates:
-        raise CheckpointError(f"{Path(output_dir) / 'models'}: no run with a {LAST_NAME} to resume")
-    return candidates[-1]
 
 
 def _shown(value: Any) -> str:

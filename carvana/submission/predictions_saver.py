@@ -77,9 +77,9 @@ class PredictionsSaver(PredictCallback):
             raise RuntimeError("PredictionsSaver: on_predict_end before on_predict_begin")
         writer, self._writer = self._writer, None
         self.rows_written = writer.close()  # aborts (removes the temp file) itself if it fails
-        log.info("%s: %d rows written", self.path, self.rows_written)
+        log.debug("%s: %d rows written", self.path, self.rows_written)
 
-    def on_predict_interrupted(self, state: PredictState) -> None:
+    def on_exception(self, state: PredictState, exception: BaseException) -> None:
         """Prediction stopped early (Ctrl-C, an error): drop the partial file."""
         self.abort()
 

@@ -170,7 +170,7 @@ class ValidationSearch(PredictCallback):
             self.abort()
             raise
 
-    def on_predict_interrupted(self, state: PredictState) -> None:
+    def on_exception(self, state: PredictState, exception: BaseException) -> None:
         self.abort()
 
     def abort(self) -> None:

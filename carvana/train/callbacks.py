@@ -1,14 +1,20 @@
 """The training callback interface: named hooks that receive an explicit state object.
 
 `CarvanaClassifier.train` calls these hooks with a `TrainState`; a callback overrides only the
-hooks it needs. They run in the callbacks' `order` (see `carvana.core.hooks`): checkpoints first.
+hooks it needs. They run in the callbacks' `order` (see `carvana.core.hooks`): early stopping's
+counters, then the checkpoints, then the rest, loggers last.
 The prediction hooks are `carvana.predict.hooks`.
+
+A callback owns its state (the checkpoint's best score, early stopping's counters): it hands it
+out as `state_dict()` and takes it back with `load_state_dict()`, Lightning's way. Every checkpoint
+saves those under "callbacks", by each callback's `state_key`, and the classifier gives them back
+before `on_train_begin` of a resumed run.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterable
 
 import torch
 
@@ -36,7 +42,7 @@ class ValidationBatch:
 @dataclass
 class TrainState:
     config: Config
-    run_name: str
+    run_name: str | None  # the run's name (carvana.run.identity names runs); None for a classifier outside one
     model: torch.nn.Module
     optimizer: torch.optim.Optimizer
     scheduler: Any  # a torch LR scheduler or None
@@ -46,14 +52,12 @@ class TrainState:
     epoch: int = 0  # last completed epoch, 1-based; 0 before the first ends
     global_step: int = 0  # optimiser steps taken so far, over the whole run
     metrics: dict[str, float] = field(default_factory=dict)  # this epoch: train_loss, val_dice, lr, ...
-    best_score: float | None = None  # best value of the checkpoint's monitored metric so far
-    stop_training: bool = False  # set by a callback (early stopping) to end after this epoch
+    should_stop: bool = False  # set by a callback (early stopping) to end training after this epoch
     validation_batch: ValidationBatch | None = None  # during validation: the batch just evaluated
-    # Added for resuming and interruptions:
+    callbacks: list[Any] = field(default_factory=list)  # the run's callbacks, in hook order
+    # Resuming and interruptions:
     history: list[dict[str, float]] = field(default_factory=list)  # `metrics` of every completed epoch, in order
     mid_epoch: bool = False  # True once the weights have moved past the end of `epoch` (an epoch is running)
-    last_checkpoint: Path | None = None  # the newest checkpoint this run can be resumed from
-    last_checkpoint_epoch: int = 0  # the epoch that checkpoint holds
     # The training budget (carvana.train.budget):
     train_seconds: float = 0.0  # seconds spent training this run so far, over every process that trained it
     epoch_steps: int = 0  # the steps epoch `epoch` took (fewer than a full pass when a budget ended it)
@@ -68,9 +72,22 @@ class TrainState:
 
 
 class Callback:
-    """Base class of training callbacks: every hook does nothing. `order`: when its hooks run (`carvana.core.hooks`)."""
+    """Base class of training callbacks: every hook does nothing and there is no state to save.
+    `order`: when its hooks run (`carvana.core.hooks`)."""
 
     order: int = CONTROL
+
+    @property
+    def state_key(self) -> str:
+        """The name its `state_dict()` is saved under in a checkpoint's "callbacks": its class name."""
+        return type(self).__name__
+
+    def state_dict(self) -> dict[str, Any]:
+        """What every checkpoint saves of it, so that a resumed run takes up where it was (primitives only)."""
+        return {}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Take up a saved `state_dict()`; called before `on_train_begin` of a resumed run."""
 
     def on_train_begin(self, state: TrainState) -> None:
         pass
@@ -84,5 +101,24 @@ class Callback:
     def on_train_end(self, state: TrainState) -> None:
         pass
 
-    def on_train_interrupted(self, state: TrainState) -> None:
-        """Training stopped early by Ctrl-C or a diverged loss; `state.epoch` is the last complete epoch."""
+    def on_exception(self, state: TrainState, exception: BaseException) -> None:
+        """Training stopped by `exception`: Ctrl-C or SIGTERM (a KeyboardInterrupt), a diverged loss or any
+        error; `state.epoch` is the last complete epoch, and `on_train_end` will not be called."""
+
+
+def callback_states(callbacks: Iterable[Any]) -> dict[str, dict[str, Any]]:
+    """The `state_dict()` of each callback that has state, by `state_key` (a checkpoint's "callbacks")."""
+    states = {}
+    for callback in callbacks:
+        state = callback.state_dict() if hasattr(callback, "state_dict") else {}
+        if state:
+            states[callback.state_key] = state
+    return states
+
+
+def load_callback_states(callbacks: Iterable[Any], states: dict[str, dict[str, Any]]) -> None:
+    """Give each callback its state saved in `states` (by `state_key`); one with none saved keeps its own."""
+    for callback in callbacks:
+        saved = states.get(getattr(callback, "state_key", ""))
+        if saved is not None and hasattr(callback, "load_state_dict"):
+            callback.load_state_dict(saved)

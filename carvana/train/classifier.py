@@ -1,8 +1,9 @@
 """`CarvanaClassifier`: the training loop, validation and resume, with named callback hooks.
 
 The classifier owns the model and everything that changes while it learns (optimiser, LR scheduler,
-fp16 loss scaler, epoch and step counters, best score, metrics history); callbacks observe and
-persist that state (TensorBoard, checkpoints, early stopping) without the loop knowing about them.
+fp16 loss scaler, epoch and step counters, metrics history); callbacks observe and persist that
+state (TensorBoard, checkpoints, early stopping) without the loop knowing about them, and own their
+own (the best score, early stopping's counters: see `carvana.train.callbacks`).
 Its `forward` (carvana.models.forward_pass) holds the model on its device, in its precision and
 memory format: training and validation run the model through it, as prediction does.
 
@@ -11,7 +12,7 @@ epochs 9..12. Each epoch's randomness (shuffle order, augmentation) is seeded fr
 so a resumed run sees the same batches as one that never stopped.
 
 Interruptions:
-- Ctrl-C, or SIGTERM (raised as `process_lifetime.Terminated`): the callbacks' `on_train_interrupted`
+- Ctrl-C, or SIGTERM (raised as `process_lifetime.Terminated`): the callbacks' `on_exception`
   runs (the checkpoint keeps `last.pt` at the last COMPLETED epoch, never half an epoch, so a resume
   redoes the interrupted epoch from its start), then `TrainingInterruptedError` (a
   KeyboardInterrupt) is raised, carrying where to resume from and the exit code (130 or 143).
@@ -19,11 +20,12 @@ Interruptions:
   optimiser step and before every epoch; a budget spent mid-epoch ends that epoch early, which is
   then validated and checkpointed; `TrainState.stop_reason` says why training ended.
 - A NaN/inf loss: `TrainingDiverged` naming the epoch and step, raised before that step updates
-  the weights; `on_train_interrupted` runs first, and as the weights are mid-epoch nothing is saved:
+  the weights; `on_exception` runs first (as for any other error), and as the weights are mid-epoch nothing is saved:
   `last.pt` and `best.pt` keep the last good epoch.
 """
 from __future__ import annotations
 
+import logging
 import math
 import random
 import time
@@ -42,14 +44,15 @@ from carvana.core.hooks import call_cleanup_hook, call_hook, in_hook_order
 from carvana.core.process_lifetime import EXIT_INTERRUPTED, interrupt_exit_code, stopped_by
 from carvana.models.forward_pass import ForwardPass
 from carvana.models.input_sizes import coarse_input_size
-from carvana.models.specs import model_geometry
-from carvana.run.checkpoint import load_checkpoint, load_model_weights
+from carvana.run.checkpoint import Checkpoint
 from carvana.run.config import Config
-from carvana.run.identity import default_run_name
 from carvana.train.budget import TrainingBudget, TrainingClock
-from carvana.train.callbacks import Callback, TrainState, ValidationBatch
+from carvana.train.callbacks import Callback, TrainState, ValidationBatch, callback_states, load_callback_states
 from carvana.train.losses import BCEDiceLoss
 from carvana.train.metrics import dice_from_logits
+from carvana.train.model_checkpoint import ModelCheckpoint, saved_callback_states
+
+log = logging.getLogger(__name__)
 
 # ReduceLROnPlateau on validation Dice: halve the LR after 2 epochs without a new best.
 PLATEAU_FACTOR = 0.5
@@ -214,7 +217,7 @@ class CarvanaClassifier:
         """`model` defaults to `build_model(config.model, config.width)` (seeded by `config.seed`);
         `device` to `config.device`; `progress`: tqdm bars (None = only on a terminal)."""
         self.config = config
-        self.geometry = model_geometry(config.model, config.input_size)
+        self.geometry = config.geometry
         if model is None:
             from carvana.models import build_model
 
@@ -227,12 +230,12 @@ class CarvanaClassifier:
         self.scheduler = build_scheduler(config, self.optimizer)
         self.scaler = self.forward.precision.grad_scaler()
         self.progress = progress
-        self.run_name = config.run_name or default_run_name(config)
+        self.run_name = config.run_name  # named by its run (carvana.run.identity); None outside one
         # Progress over the whole run (restored by resume_from):
         self.epoch = 0
         self.global_step = 0
-        self.best_score: float | None = None
         self.history: list[dict[str, float]] = []
+        self.callback_states: dict[str, dict[str, Any]] = {}  # by state_key; given back when training begins
         self.train_seconds = 0.0  # time spent training the run, every process that trained it included
         self.epoch_steps = 0  # the steps the last completed epoch took
         self.resumed_from: Path | None = None
@@ -264,32 +267,31 @@ class CarvanaClassifier:
         budget = TrainingBudget.of(self.config, epochs)
         steps_per_epoch = _batches(train_loader)
         clock = TrainingClock(self.train_seconds)
+        callbacks = in_hook_order(callbacks)
         state = TrainState(
             config=self.config, run_name=self.run_name, model=self.model, optimizer=self.optimizer,
             scheduler=self.scheduler, scaler=self.scaler, device=self.device,
             epochs=budget.planned_epochs(self.epoch, self.global_step, self.train_seconds, steps_per_epoch),
-            epoch=self.epoch, global_step=self.global_step, best_score=self.best_score,
-            history=list(self.history), last_checkpoint=self.resumed_from,
-            last_checkpoint_epoch=self.epoch if self.resumed_from else 0,
+            epoch=self.epoch, global_step=self.global_step, callbacks=callbacks, history=list(self.history),
             train_seconds=self.train_seconds, epoch_steps=self.epoch_steps,
         )
         reason = budget.stop_reason(state.epoch, state.global_step, state.train_seconds, state.epoch_steps,
                                     steps_per_epoch)
         if reason is not None:
             state.stop_reason = reason
-            tqdm.write(f"nothing to train: the run is already at epoch {state.epoch} ({reason})")
+            log.info(f"nothing to train: the run is already at epoch {state.epoch} ({reason})")
             return state
         # The curve ends where the run is planned to: a budget's plan, else the config's epochs (a run
         # cut by a budget and resumed without one goes on along the curve of its whole length).
         self._follow_plan(state, state.epochs if budget.limited else self.config.epochs)
-        callbacks = in_hook_order(callbacks)
+        load_callback_states(callbacks, self.callback_states)
         call_hook(callbacks, "on_train_begin", state)
         try:
             while reason is None:
                 in_coarse = coarse is not None and state.epoch < self.config.coarse_phase_epochs
                 loaders = (coarse.train_loader, coarse.valid_loader) if in_coarse else (train_loader, valid_loader)
                 self._run_epoch(state, state.epoch + 1, *loaders, callbacks, budget, steps_per_epoch, clock)
-                if state.stop_training:
+                if state.should_stop:
                     of = f" of {budget.epochs}" if budget.epochs is not None else ""
                     reason = f"stopped early after epoch {state.epoch}{of} (early stopping)"
                     break
@@ -297,13 +299,12 @@ class CarvanaClassifier:
                 reason = budget.stop_reason(state.epoch, state.global_step, state.train_seconds, state.epoch_steps,
                                             steps_per_epoch)
             state.stop_reason = reason
-        except KeyboardInterrupt as interrupt:  # Ctrl-C, or SIGTERM raised as `Terminated`
-            call_cleanup_hook(callbacks, "on_train_interrupted", state)
-            raise TrainingInterruptedError(
-                state.epoch + 1, state.epochs, state.last_checkpoint, state.last_checkpoint_epoch, cause=interrupt
-            ) from None
-        except BaseException:
-            call_cleanup_hook(callbacks, "on_train_interrupted", state)
+        except BaseException as error:  # Ctrl-C, SIGTERM raised as `Terminated`, a diverged loss, any error
+            call_cleanup_hook(callbacks, "on_exception", state, error)
+            if isinstance(error, KeyboardInterrupt):
+                raise TrainingInterruptedError(
+                    state.epoch + 1, state.epochs, *self._resume_point(callbacks), cause=error
+                ) from None
             raise
         finally:
             self._keep_progress(state)
@@ -311,9 +312,17 @@ class CarvanaClassifier:
         return state
 
     def _keep_progress(self, state: TrainState) -> None:
-        self.epoch, self.global_step = state.epoch, state.global_step
-        self.best_score, self.history = state.best_score, list(state.history)
+        self.epoch, self.global_step, self.history = state.epoch, state.global_step, list(state.history)
         self.train_seconds, self.epoch_steps = state.train_seconds, state.epoch_steps
+        self.callback_states = {**self.callback_states, **callback_states(state.callbacks)}
+
+    def _resume_point(self, callbacks: Sequence[Callback]) -> tuple[Path | None, int]:
+        """The newest checkpoint the run can be resumed from and the epoch it holds: the checkpoint
+        callback's last.pt once it wrote one, else the file this classifier was resumed from."""
+        for callback in callbacks:
+            if isinstance(callback, ModelCheckpoint) and callback.last_model_epoch is not None:
+                return callback.last_model_path, callback.last_model_epoch
+        return self.resumed_from, self.epoch if self.resumed_from is not None else 0
 
     def _follow_plan(self, state: TrainState, planned: int) -> None:
         """Point a cosine schedule at the run's planned end (a budget's), positioned at `state.epoch`."""
@@ -354,7 +363,7 @@ class CarvanaClassifier:
         state.epoch, state.mid_epoch = epoch, False
         seconds = time.monotonic() - started
         size = f" at {coarse_input_size(self.config.model, self.config.input_size)}" if state.coarse_epoch else ""
-        tqdm.write(
+        log.info(
             f"epoch {epoch}/{state.epochs}{size}  train loss {train_loss:.4f} dice {train_dice:.4f}  "
             f"val loss {valid['val_loss']:.4f} dice {valid['val_dice']:.4f}  lr {lr:.2e}  "
             f"{seconds:.1f}s ({steps / max(seconds, 1e-9):.2f} steps/s)"
@@ -454,20 +463,25 @@ class CarvanaClassifier:
 
     # ------------------------------------------------------------------ checkpoints
 
-    def load_weights(self, path: str | Path) -> dict[str, Any]:
-        """Load only the model weights of a checkpoint (for prediction or fine-tuning); returns it."""
-        payload = load_checkpoint(path, expected_model=self.config.model)
-        load_model_weights(self.model, payload, path)
-        return payload
+    def load_weights(self, source: str | Path | Checkpoint) -> Checkpoint:
+        """Load only the model weights of a checkpoint (a file, or one already read: not read again); returns it."""
+        if isinstance(source, Checkpoint):
+            source.check_model(self.config.model)
+            checkpoint = source
+        else:
+            checkpoint = Checkpoint.load(source, expected_model=self.config.model)
+        checkpoint.load_weights_into(self.model)
+        return checkpoint
 
-    def resume_from(self, path: str | Path) -> dict[str, Any]:
-        """Continue a run: weights, optimiser, scheduler, loss scaler, counters, best score, history.
+    def resume_from(self, source: str | Path | Checkpoint) -> dict[str, Any]:
+        """Continue a run: weights, optimiser, scheduler, loss scaler, counters, history, the callbacks' states.
 
         An optimiser or scheduler of another kind than the checkpoint's (changed by a flag) starts
-        fresh; otherwise its saved state, learning rate included, carries on.
+        fresh; otherwise its saved state, learning rate included, carries on. `source`: a checkpoint
+        file, or one already read; returns its entries.
         """
-        path = Path(path)
-        payload = self.load_weights(path)
+        checkpoint = self.load_weights(source)
+        path, payload = checkpoint.path, checkpoint.payload
         saved = payload["config"]
         if saved.get("optimizer") == self.config.optimizer and payload.get("optimizer_state") is not None:
             try:
@@ -475,7 +489,7 @@ class CarvanaClassifier:
             except (ValueError, KeyError) as e:
                 raise CheckpointError(f"{path}: the optimiser state does not fit this model ({e})") from None
         else:
-            tqdm.write(f"{path}: optimiser {saved.get('optimizer')} -> {self.config.optimizer}: starting it afresh")
+            log.info(f"{path}: optimiser {saved.get('optimizer')} -> {self.config.optimizer}: starting it afresh")
         self.epoch = int(payload["epoch"])
         self._restore_schedule(saved, payload.get("scheduler_state"))
         if self.scaler is not None and payload.get("scaler_state"):
@@ -483,13 +497,13 @@ class CarvanaClassifier:
         self.global_step = int(payload["global_step"])
         self.train_seconds = float(payload.get("train_seconds", 0.0))
         self.epoch_steps = int(payload.get("epoch_steps", 0))
-        self.best_score = payload.get("best_score")
         self.history = [dict(entry) for entry in payload.get("history", [])]
-        self.run_name = payload.get("run_name") or self.run_name
+        self.callback_states = saved_callback_states(payload)
+        self.run_name = checkpoint.run_name or self.run_name
         self.resumed_from = path
-        best = "none yet" if self.best_score is None else f"{self.best_score:.4f}"
-        tqdm.write(f"resuming run {self.run_name} from {path}: epoch {self.epoch}, "
-                   f"step {self.global_step}, best {best}")
+        best = "none yet" if payload.get("best_score") is None else f"{payload['best_score']:.4f}"
+        log.info(f"resuming run {self.run_name} from {path}: epoch {self.epoch}, "
+                 f"step {self.global_step}, best {best}")
         return payload
 
     def _restore_schedule(self, saved: dict[str, Any], scheduler_state: dict[str, Any] | None) -> None:

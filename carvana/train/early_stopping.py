@@ -1,23 +1,34 @@
 """Stop training when a metric has stopped improving (Keras/Lightning `EarlyStopping` semantics)."""
 from __future__ import annotations
 
+import logging
 import math
-
-from tqdm import tqdm
+from typing import Any
 
 from carvana.core.errors import ConfigError
+from carvana.core.hooks import TRACK
 from carvana.train.callbacks import Callback, TrainState
+
+log = logging.getLogger(__name__)
 
 MODES = ("max", "min")
 
 
 class EarlyStopping(Callback):
-    """Sets `state.stop_training` after `patience` epochs without an improvement over `min_delta`.
+    """Sets `state.should_stop` after `patience` epochs without an improvement over `min_delta`.
 
-    Its counters are rebuilt from `state.history` when training begins, so a resumed run counts the
-    epochs without improvement from before the interruption too. The epochs of a coarse phase are
-    not counted: their scores are at the coarse size.
+    `best_score` is the best value of `monitor` so far, `wait_count` the epochs since it was reached
+    and `stopped_epoch` the epoch that stopped training (None until one does). They are its
+    `state_dict()`, saved in every checkpoint, so a resumed run counts the epochs without improvement
+    from before the interruption too; resumed from a checkpoint without them, it counts those epochs
+    again from `state.history`. The epochs of a coarse phase are not counted: their scores are at the
+    coarse size.
+
+    Its hooks run before the checkpoint's (`order` TRACK), so an epoch's checkpoint holds the
+    counters with that epoch counted.
     """
+
+    order = TRACK
 
     def __init__(self, monitor: str = "val_dice", patience: int = 5, min_delta: float = 0.0, mode: str = "max"):
         if mode not in MODES:
@@ -30,15 +41,34 @@ class EarlyStopping(Callback):
         self.patience = patience
         self.min_delta = min_delta
         self.mode = mode
-        self.best: float | None = None
-        self.wait = 0  # epochs since the last improvement
+        self.best_score: float | None = None
+        self.wait_count = 0  # epochs since the last improvement
         self.stopped_epoch: int | None = None
+        self._restored = False  # load_state_dict gave it a resumed run's counters
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"monitor": self.monitor, "mode": self.mode, "min_delta": float(self.min_delta),
+                "patience": int(self.patience), "best_score": self.best_score, "wait_count": int(self.wait_count),
+                "stopped_epoch": self.stopped_epoch}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Take up a resumed run's counters. Counted for another `monitor`, `mode` or `min_delta` they do
+        not apply: they are counted again from the history. The `patience` stays this callback's own."""
+        if any(state_dict.get(name) != getattr(self, name) for name in ("monitor", "mode", "min_delta")):
+            return
+        best, stopped = state_dict.get("best_score"), state_dict.get("stopped_epoch")
+        self.best_score = None if best is None else float(best)
+        self.wait_count = int(state_dict.get("wait_count", 0))
+        self.stopped_epoch = None if stopped is None else int(stopped)
+        self._restored = True
 
     def on_train_begin(self, state: TrainState) -> None:
-        self.best, self.wait, self.stopped_epoch = None, 0, None
-        for metrics in state.history[state.config.coarse_phase_epochs:]:
-            if self.monitor in metrics:
-                self._update(metrics[self.monitor])
+        if not self._restored:
+            self.best_score, self.wait_count, self.stopped_epoch = None, 0, None
+            for metrics in state.history[state.config.coarse_phase_epochs:]:
+                if self.monitor in metrics:
+                    self._update(metrics[self.monitor])
+        self._restored = False
 
     def on_epoch_end(self, state: TrainState) -> None:
         if self.monitor not in state.metrics:
@@ -48,25 +78,25 @@ class EarlyStopping(Callback):
         if state.coarse_epoch:
             return
         self._update(state.metrics[self.monitor])
-        if self.wait >= self.patience:
-            state.stop_training = True
+        if self.wait_count >= self.patience:
+            state.should_stop = True
             self.stopped_epoch = state.epoch
-            tqdm.write(
-                f"early stopping: {self.monitor} has not improved on {self.best:.4f} "
-                f"for {self.wait} epochs (patience {self.patience})"
+            log.info(
+                f"early stopping: {self.monitor} has not improved on {self.best_score:.4f} "
+                f"for {self.wait_count} epochs (patience {self.patience})"
             )
 
     def _update(self, score: float) -> None:
         if self._improves(score):
-            self.best, self.wait = float(score), 0
+            self.best_score, self.wait_count = float(score), 0
         else:
-            self.wait += 1
+            self.wait_count += 1
 
     def _improves(self, score: float) -> bool:
         if math.isnan(score):
             return False
-        if self.best is None:
+        if self.best_score is None:
             return True
         if self.mode == "max":
-            return score > self.best + self.min_delta
-        return score < self.best - self.min_delta
+            return score > self.best_score + self.min_delta
+        return score < self.best_score - self.min_delta

@@ -12,7 +12,7 @@ checkpoints go on; the checkpoint callback runs first at every epoch's end anywa
 """
 from __future__ import annotations
 
-import sys
+import logging
 import threading
 import time
 from dataclasses import dataclass
@@ -24,8 +24,8 @@ import numpy as np
 import torch
 from tensorboard.compat.proto.summary_pb2 import Summary
 from torch.utils.tensorboard import SummaryWriter
-from tqdm import tqdm
 
+from carvana.core.errors import ConfigError
 from carvana.core.geometry import Size
 from carvana.core.hooks import OBSERVE
 from carvana.data.images import read_image, read_mask
@@ -33,6 +33,8 @@ from carvana.kaggle.files import car_id
 from carvana.train.callbacks import Callback, TrainState, ValidationBatch
 from carvana.train.metrics import dice_score
 from carvana.train.overlays import validation_picture
+
+log = logging.getLogger(__name__)
 
 # state.metrics key -> TensorBoard tag; train and val curves of one quantity share a section.
 SCALAR_TAGS = {
@@ -124,8 +126,8 @@ WRITERS = _SharedWriters()
 
 
 def _report(run_dir: Path, error: Exception) -> None:
-    tqdm.write(f"warning: TensorBoard logging to {run_dir} failed ({_reason(error)[:160]}); logging is off for "
-               "the rest of the run, training goes on", file=sys.stderr)
+    log.warning(f"warning: TensorBoard logging to {run_dir} failed ({_reason(error)[:160]}); logging is off for "
+                "the rest of the run, training goes on")
 
 
 def _reason(error: Exception) -> str:
@@ -188,7 +190,11 @@ class _TensorBoardCallback(Callback):
         self._run_dir: Path | None = None
 
     def run_dir(self, state: TrainState) -> Path:
-        return self.log_dir / (self.run_name or state.run_name)
+        name = self.run_name or state.run_name
+        if not name:
+            raise ConfigError(f"{self.log_dir}: TensorBoard needs the run's name; give the callback one, or train "
+                              "a config with run_name set")
+        return self.log_dir / name
 
     @property
     def writer(self) -> SummaryWriter | None:
@@ -210,7 +216,7 @@ class _TensorBoardCallback(Callback):
     def on_train_end(self, state: TrainState) -> None:
         self._close()
 
-    def on_train_interrupted(self, state: TrainState) -> None:
+    def on_exception(self, state: TrainState, exception: BaseException) -> None:
         self._close()
 
     def _log_and_flush(self, writer: SummaryWriter, state: TrainState) -> None:
@@ -347,9 +353,9 @@ class TensorBoardVisualizer(_TensorBoardCallback):
         self._forget()
         super().on_train_end(state)
 
-    def on_train_interrupted(self, state: TrainState) -> None:
+    def on_exception(self, state: TrainState, exception: BaseException) -> None:
         self._forget()
-        super().on_train_interrupted(state)
+        super().on_exception(state, exception)
 
     def _forget(self) -> None:
         self._worst, self._fixed, self._fixed_keys = [], [], set()
