@@ -1,6 +1,6 @@
 """Run every benchmark in order, print their tables, and record the figures in bench/results.json.
 
-    .venv/bin/python bench/run_all.py            # full (about 30 minutes on 2 cores, most of it "accuracy")
+    .venv/bin/python bench/run_all.py            # full (about 35 minutes on 2 cores, most of it "accuracy")
     .venv/bin/python bench/run_all.py --quick    # smaller samples, for a smoke run (a few minutes)
     .venv/bin/python bench/run_all.py --only rle postprocess
 
@@ -20,9 +20,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.common import RESULTS, machine  # noqa: E402
 
-# Speed and memory first (RLE, post-processing, loading, train step, pipeline, memory), then the
-# accuracy on real photos, which trains models and takes longest.
-BENCHMARKS = ("rle", "postprocess", "loading", "train_step", "pipeline", "memory", "accuracy")
+# Speed and memory first (RLE, post-processing, loading, train step, pipeline, memory, 1 vs 2
+# processes under torchrun), then the accuracy on real photos, which trains models and takes longest.
+BENCHMARKS = ("rle", "postprocess", "loading", "train_step", "pipeline", "memory", "ddp", "accuracy")
 
 
 def run(names: list[str], quick: bool) -> dict[str, dict]:

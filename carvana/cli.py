@@ -7,17 +7,20 @@ turns the errors a user can act on into one line and an exit code.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import sys
 from pathlib import Path
-from typing import Any, NoReturn, Sequence
+from typing import Any, Iterator, NoReturn, Sequence
 
+from carvana.core import distributed
 from carvana.core.errors import CarvanaError
 from carvana.core.geometry import Size
 from carvana.core.process_lifetime import Terminated, interrupt_exit_code, sigterm_as_interrupt
 from carvana.run.config import Config, preset
 from carvana.run.flags import GROUPS, TRAINING, flags_of, positive_float, positive_int, size
 from carvana.run.flags import given_settings as flag_settings
+from carvana.run.settings_file import read_settings_file, settings_yaml
 
 log = logging.getLogger(__name__)
 
@@ -35,7 +38,7 @@ Each subcommand has its own --help, e.g.  python main.py predict --help
 Watch training:  tensorboard --logdir ./logs
 """
 
-SUBCOMMANDS = ("run", "fetch", "train", "predict", "validate", "score", "submit")
+SUBCOMMANDS = ("run", "fetch", "train", "predict", "cutout", "runs", "validate", "score", "submit")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -44,15 +47,46 @@ def main(argv: Sequence[str] | None = None) -> int:
         argv.insert(0, "run")
     parser = build_parser()
     args = parser.parse_args(argv)
+    if args.command not in DISTRIBUTED_COMMANDS and not distributed.is_main():
+        return 0  # under torchrun, fetch/validate/score/submit run once: in rank 0
     try:
         with sigterm_as_interrupt():  # docker stop, Slurm, `timeout`: clean up as for Ctrl-C
-            return args.handler(args)
+            with _process_group(args):
+                return args.handler(args)
     except CarvanaError as e:
-        log.error(f"error: {e}")
+        from carvana.pipeline import PredictionStopped, TrainingInterrupted
+
+        # Under torchrun every process gets the signal: one says what happened.
+        if distributed.is_main() or not isinstance(e, (TrainingInterrupted, PredictionStopped)):
+            log.error(f"error: {e}")
         return e.exit_code  # 130 (Ctrl-C) or 143 (SIGTERM) during training, after last.pt was saved
     except KeyboardInterrupt as e:
-        log.error("\ninterrupted" if not isinstance(e, Terminated) else str(e))
+        if distributed.is_main():  # under torchrun every process gets the signal: one says so
+            log.error("\ninterrupted" if not isinstance(e, Terminated) else str(e))
         return interrupt_exit_code(e)
+
+
+# The subcommands that run as several processes under torchrun; rank 0 alone runs the others.
+DISTRIBUTED_COMMANDS = ("run", "train", "predict")
+
+
+@contextlib.contextmanager
+def _process_group(args: argparse.Namespace) -> Iterator[None]:
+    """Under torchrun, join the processes of the run for the command (gloo on the CPU, nccl on CUDA)."""
+    if args.command not in DISTRIBUTED_COMMANDS or not distributed.current().distributed:
+        yield
+        return
+    from carvana.core.device import select_device
+
+    distributed.start(select_device(getattr(args, "device", None) or Config.device).type)
+    try:
+        yield
+    except Exception as error:  # noqa: BLE001 - only a lost process is turned into a line; others go on up
+        if distributed.is_lost_process(error):
+            raise CarvanaError(distributed.lost_process_message(error)) from None
+        raise
+    finally:
+        distributed.stop()
 
 
 # --------------------------------------------------------------------------- parser
@@ -96,16 +130,44 @@ def build_parser() -> argparse.ArgumentParser:
     train.set_defaults(handler=_train)
 
     predict = sub.add_parser("predict", help="predict the test set into a submission", description=(
-        "Predict every test image listed in sample_submission.csv with a checkpoint, stream the RLE "
-        "rows into the submission file (written atomically), then validate it. The model and its "
+        "Predict every test image listed in sample_submission.csv with a checkpoint (or the ensemble of "
+        "several), stream the RLE rows into the submission file (written atomically), then validate it. "
+        "The model and its "
         "settings come from the checkpoint; the folders, device and workers from the flags or their "
         "defaults, never from the checkpoint (which may come from another machine)."))
-    predict.add_argument("--checkpoint", type=Path, default=None,
-                         help="checkpoint, or a run's folder, to predict with (default: best.pt of the latest run)")
+    models = predict.add_mutually_exclusive_group()
+    models.add_argument("--checkpoint", type=Path, nargs="+", default=None, metavar="PATH", help=(
+        "checkpoint, or a run's folder (its best.pt), to predict with (default: best.pt of the latest run); "
+        "several: their ensemble, the mean of their probabilities (models of one input and output size), "
+        "thresholded and cleaned up as the first one's unless --threshold / --mask-cleanup say otherwise"))
+    models.add_argument("--ensemble", type=Path, default=None, metavar="RUN_DIR", help=(
+        "predict with the ensemble of every best.pt one level below RUN_DIR: a fold run's folds "
+        "(RUN_DIR/fold-1/best.pt, ...), or each run's under OUTPUT/models"))
     predict.add_argument("--submission", type=Path, default=None, help=(
         "submission path, gzip-compressed if it ends in .gz, plain if in .csv (default: OUTPUT/submit.csv.gz)"))
     _add_flags(predict, "predict")
     predict.set_defaults(handler=_predict)
+
+    cutout = sub.add_parser("cutout", help="cut the car out of photos (mask + transparent PNG)", description=(
+        "For each JPEG/PNG photo (of any size) given, or in each folder given, write NAME_mask.png (255 = "
+        "car) and NAME_cutout.png (the photo with a transparent background) into --out. The model and "
+        "its settings come from the checkpoint. A file that cannot be read is reported in one line and "
+        "the others go on; the exit code is 1 when any was skipped."))
+    cutout.add_argument("photos", type=Path, nargs="+", metavar="PHOTO_OR_DIR")
+    cutout.add_argument("--checkpoint", type=Path, default=None,
+                        help="checkpoint, or a run's folder, to predict with (default: best.pt of the latest run)")
+    cutout.add_argument("--out", type=Path, default=Path("output") / "cutouts",
+                        help="folder for the masks and cutouts (default: output/cutouts)")
+    _add_flags(cutout, "cutout")
+    cutout.set_defaults(handler=_cutout)
+
+    runs = sub.add_parser("runs", help="a table of the runs in the output dir, best first", description=(
+        "List the runs under OUTPUT/models: status, preset, model, input size, epochs done, the best "
+        "epoch's validation Dice, the full-resolution validation Dice and threshold of its best "
+        "checkpoint, the time trained and the best checkpoint's path; sorted by Dice."))
+    runs.add_argument("--output-dir", type=Path, default=None, help="where the runs are (default: output)")
+    runs.add_argument("--csv", type=Path, default=None, metavar="PATH", help="also write the table as CSV to PATH")
+    runs.set_defaults(handler=_runs)
 
     validate = sub.add_parser("validate", help="check a submission file", description=(
         "Check a submission the way Kaggle will: readable gzip/CSV, header img,rle_mask, every id of "
@@ -158,6 +220,11 @@ def _add_flags(p: argparse.ArgumentParser, command: str) -> None:
     if command in TRAINING:
         group("training").add_argument("--resume", default=None, metavar="PATH", help=(
             "continue a run from its checkpoint (a last.pt or a run's folder, or 'last' for the latest run's)"))
+        group("training").add_argument("--config", type=Path, default=None, metavar="FILE", help=(
+            "start from the settings of a YAML file (a run's config.yaml, or your own with some of the "
+            "settings), the flags given overriding it"))
+        group("training").add_argument("--print-config", action="store_true", help=(
+            "print the resolved settings as YAML (what a config.yaml would hold) and exit"))
 
 
 def _add_data_flags(g: argparse._ArgumentGroup) -> None:
@@ -173,8 +240,14 @@ def _add_data_flags(g: argparse._ArgumentGroup) -> None:
 
 
 def given_settings(args: argparse.Namespace) -> dict[str, Any]:
-    """The Config fields the command line set explicitly (flags left out are absent, not defaults)."""
-    given = flag_settings(vars(args), args.command)
+    """The Config fields the command line set explicitly: a --config file's settings, then the flags
+    given on top (flags left out are absent, not defaults)."""
+    config_file = getattr(args, "config", None)
+    if config_file is not None and getattr(args, "resume", None):
+        raise CarvanaError("--config with --resume: a resumed run keeps its own settings; change single "
+                           "ones with their flags")
+    given = read_settings_file(config_file) if config_file is not None else {}
+    given.update(flag_settings(vars(args), args.command))
     if "epochs" not in given and ("max_steps" in given or "max_time" in given) and not getattr(args, "resume", None):
         # A new run with a budget and no --epochs: the preset's epoch count does not cut it short.
         # A resumed run keeps whether its epochs cap it, as it keeps its other settings.
@@ -183,10 +256,10 @@ def given_settings(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def config_from_args(args: argparse.Namespace, base: Config | None = None) -> Config:
-    """The preset (or `base`) with every flag that was given applied on top."""
-    if base is None:
-        base = preset(args.preset or _default_preset_name())
+    """The preset (or `base`) with every setting given (a --config file's, the flags) applied on top."""
     changes = given_settings(args)
+    if base is None:
+        base = preset(changes.get("preset") or _default_preset_name(changes.get("device")))
     changes.pop("preset", None)
     if changes.get("model") and changes["model"] != base.model:
         # A different model than the preset's: take that model's own preset size and coarse phase as well.
@@ -196,10 +269,12 @@ def config_from_args(args: argparse.Namespace, base: Config | None = None) -> Co
     return base.replace(**changes)
 
 
-def _default_preset_name() -> str:
+def _default_preset_name(device: str | None = None) -> str:
+    """unet1024 where the run gets a GPU (CUDA here, and no `--device cpu`), else cpu."""
     import torch
 
-    return "unet1024" if torch.cuda.is_available() else "cpu"
+    on_cpu = device is not None and device.split(":")[0] == "cpu"
+    return "unet1024" if torch.cuda.is_available() and not on_cpu else "cpu"
 
 
 # --------------------------------------------------------------------------- handlers
@@ -208,15 +283,36 @@ def _default_preset_name() -> str:
 def _run(args: argparse.Namespace) -> int:
     from carvana import pipeline
 
-    pipeline.run_all(config_from_args(args), _data_options(args), args.resume, changes=given_settings(args))
+    config = config_from_args(args)
+    if args.print_config:
+        return _print_config(config)
+    pipeline.run_all(config, _data_options(args), args.resume, changes=given_settings(args))
+    return 0
+
+
+def _print_config(config: Config) -> int:
+    log.info(settings_yaml(config, "settings resolved from the preset, --config and the flags "
+                                   "(a new run fits the input size to its photos' shape unless input_size is set)")
+             .rstrip("\n"))
     return 0
 
 
 def _train(args: argparse.Namespace) -> int:
     from carvana import pipeline
 
-    result = pipeline.run_training(config_from_args(args), _data_options(args), args.resume,
-                                   changes=given_settings(args))
+    config = config_from_args(args)
+    if args.print_config:
+        return _print_config(config)
+    result = pipeline.run_training(config, _data_options(args), args.resume, changes=given_settings(args))
+    if result.fold_checkpoints:
+        folder = result.fold_checkpoints[0].parent.parent
+        log.info("\n".join([
+            f"Fold checkpoints: {', '.join(str(path) for path in result.fold_checkpoints)}",
+            f"Out-of-fold Dice: {result.validation_dice:.4f} over {result.validation_images} images",
+            f"Predict the test set with every fold:  python main.py predict --ensemble {folder}",
+            f"TensorBoard:           {pipeline.tensorboard_command(result.config.log_dir)}",
+        ]))
+        return 0
     log.info("\n".join([
         f"Best checkpoint: {result.checkpoint.path}",
         f"Predict the test set:  python main.py predict --checkpoint {result.checkpoint.path}",
@@ -238,9 +334,32 @@ def _predict(args: argparse.Namespace) -> int:
 
     pipeline.run_prediction(
         checkpoint=args.checkpoint,
+        ensemble=args.ensemble,
         overrides=given_settings(args),
         submission=args.submission,
     )
+    return 0
+
+
+def _cutout(args: argparse.Namespace) -> int:
+    from carvana import pipeline
+
+    skipped = pipeline.run_cutout(args.photos, args.out, args.checkpoint, overrides=given_settings(args))
+    return 1 if skipped else 0
+
+
+def _runs(args: argparse.Namespace) -> int:
+    from carvana.runs_table import format_table, list_runs, write_csv
+
+    output_dir = args.output_dir or Config.output_dir
+    rows = list_runs(output_dir)
+    if not rows:
+        log.info(f"No runs in {output_dir / 'models'} yet: start one with  python main.py train")
+    else:
+        log.info(format_table(rows))
+    if args.csv is not None:
+        write_csv(rows, args.csv)
+        log.info(f"CSV: {args.csv} ({len(rows)} run{'' if len(rows) == 1 else 's'})")
     return 0
 
 

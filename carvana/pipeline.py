@@ -2,10 +2,18 @@
 
 Each function is one step a user can run on its own (see `carvana.cli`); `run_all` chains them.
 The functions log what they are doing and where things were written (carvana.core.console prints it).
+
+Under torchrun (`carvana.core.distributed`) every process runs the same function: rank 0 reserves
+the run and gets the data first, every process trains and validates its share, rank 0 alone scores
+the validation cars at full resolution and hands the result (and the scored weights) to the others,
+and every process predicts its share of the test set into a part file that rank 0 merges into the
+submission (`carvana.submission.parts`).
 """
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import json
 import logging
 import math
 import os
@@ -14,12 +22,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from carvana.core import distributed
+from carvana.core.atomic import atomic_write_bytes
 from carvana.core.errors import CarvanaError, ConfigError, DataError
 from carvana.core.geometry import Size
+from carvana.core.process_lifetime import Terminated
 from carvana.kaggle import files as layout_names
-from carvana.run.config import Config, Environment
-from carvana.run.identity import (BEST_NAME, LAST_NAME, Run, RunRecord, finished_message, open_existing_run,
-                                  reserve_new_run, resumed_config)
+from carvana.run.config import ENVIRONMENT_FIELDS, Config, Environment
+from carvana.run.identity import (BEST_NAME, LAST_NAME, Run, RunRecord, finished_message, follow_run,
+                                  open_existing_run, reserve_new_run, resumed_config)
 from carvana.train.budget import TrainingBudget
 
 if TYPE_CHECKING:
@@ -29,6 +40,14 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 SUBMISSION_NAME = "submit.csv.gz"
+# In a run's validation folder: the validation cars' true masks and its best checkpoint's predictions
+# of them; a fold run's out-of-fold ones put every fold's together.
+VALIDATION_TRUTH = "valid_truth.csv"
+VALIDATION_PREDICTIONS = "valid_predictions.csv.gz"
+OUT_OF_FOLD_TRUTH = "oof_truth.csv"
+OUT_OF_FOLD_PREDICTIONS = "oof_predictions.csv.gz"
+# In a fold run's checkpoint folder: its out-of-fold result (read by `python main.py runs`).
+OUT_OF_FOLD_RECORD = "out_of_fold.json"
 
 
 class TrainingInterrupted(CarvanaError):
@@ -39,6 +58,12 @@ class TrainingInterrupted(CarvanaError):
     def __init__(self, message: str, exit_code: int = 130):
         super().__init__(message)
         self.exit_code = exit_code  # 130 Ctrl-C, 143 SIGTERM
+
+
+class PredictionStopped(CarvanaError):
+    """SIGTERM while several processes (torchrun) predict the test set: no submission was written."""
+
+    exit_code = 143
 
 
 @dataclass(frozen=True)
@@ -68,6 +93,9 @@ class TrainingResult:
     validation_images: int
     validation_cars: int
     training_ended: str = ""  # why training ended: "finished all 20 epochs", "stopped at the time budget ..."
+    photo_size: Size | None = None  # the training photos' size, at which the validation was scored
+    # A fold run (--folds K): each fold's best checkpoint, and `validation_dice` is the out-of-fold Dice.
+    fold_checkpoints: tuple[Path, ...] = ()
 
 
 def tensorboard_command(log_dir: Path) -> str:
@@ -182,15 +210,146 @@ def run_training(config: Config, options: DataOptions, resume: str | None = None
         _check_resume_data_options(options, checkpoint.run, checkpoint.path)
         for note in notes:
             log.info(note)
+    fold_series = config.folds > 1
+    if fold_series:  # the run of all its folds, whichever fold's checkpoint `resume` found
+        config = dataclasses.replace(config, fold=None)
     # Fail now, not after the first epoch (or the download): outputs must be writable.
     check_writable_dir(config.output_dir / "models", "checkpoints")
     check_writable_dir(config.log_dir, "TensorBoard logs")
-    run = open_existing_run(config) if checkpoint is not None else reserve_new_run(config)
+    run = _reserve_run(config, resumed=checkpoint is not None)
     try:
         fit_input = checkpoint is None and "input_size" not in (changes or {})
+        if fold_series:
+            return _train_folds(run, options, need_test, dict(changes or {}), fit_input)
         return _train_in(run, options, need_test, checkpoint, fit_input)
     finally:
         run.release()
+
+
+def _train_folds(run: Run, options: DataOptions, need_test: bool, changes: dict[str, Any],
+                 fit_input: bool) -> TrainingResult:
+    """Train and score every fold of the fold run `run` in turn, then score the out-of-fold predictions.
+
+    A fold whose last.pt exists continues from it (one that finished is not trained again, only
+    scored), so `--resume` of a fold run continues the fold that was cut and skips finished ones.
+    The input size fitted to the photos for fold 1 is every fold's.
+    """
+    from carvana.run.checkpoint import Checkpoint
+    from carvana.run.identity import fold_run, models_dir
+
+    config = run.config
+    results: list[TrainingResult] = []
+    for fold in range(1, config.folds + 1):
+        fold_config = config.replace(fold=fold)
+        last = models_dir(fold_config, run.name) / LAST_NAME
+        checkpoint = Checkpoint.load(last) if last.is_file() else None
+        if checkpoint is not None:
+            fold_config, notes = resumed_config(checkpoint.run_config(), changes, checkpoint.path)
+            for note in notes:
+                log.info(note)
+        log.info(f"\nFold {fold}/{config.folds} of run {run.name}" + (f" (from {last})" if checkpoint else ""))
+        result = _train_in(fold_run(fold_config, run.name, fold), options, need_test, checkpoint,
+                           fit_input=fit_input and fold == 1 and checkpoint is None)
+        if fold == 1:
+            config = dataclasses.replace(config, input_size=result.config.input_size)
+        if results:
+            results[-1] = dataclasses.replace(results[-1], classifier=None)  # one model in memory at a time
+        results.append(result)
+    dice, images, cars = _score_out_of_fold(run, results)
+    last_fold = results[-1]
+    return dataclasses.replace(last_fold, config=config, validation_dice=dice, validation_images=images,
+                               validation_cars=cars, fold_checkpoints=tuple(r.checkpoint.path for r in results),
+                               training_ended=f"trained {len(results)} folds ({last_fold.training_ended} last)")
+
+
+def _score_out_of_fold(run: Run, folds: list[TrainingResult]) -> tuple[float, int, int]:
+    """Every fold's model on the validation cars it never saw, scored as one set: the out-of-fold Dice.
+
+    One pass over the folds' validation photos (each by its own fold's best checkpoint) into one
+    threshold search (`ValidationSearch`), so the threshold for the folds' ensemble is chosen on
+    out-of-fold predictions of every car. Writes `oof_predictions.csv.gz` (at that threshold) and
+    `oof_truth.csv` (train_masks.csv-style, for `score`) in the run's validation folder, and the
+    result (`out_of_fold.json`, with the threshold) beside the folds' checkpoints; returns (Dice,
+    images, cars). Under torchrun rank 0 scores and tells the others.
+    """
+    if distributed.is_main():
+        shared = _out_of_fold_search(run, folds)
+    return distributed.broadcast(shared if distributed.is_main() else None)
+
+
+def _out_of_fold_search(run: Run, folds: list[TrainingResult]) -> tuple[float, int, int]:
+    from carvana.data.datasets import make_test_loader
+    from carvana.kaggle.rle_csv import read_rle_rows, write_rle_rows
+    from carvana.predict.predictor import Predictor, predict_in_parts
+    from carvana.predict.threshold import thresholds_to_try
+    from carvana.run.identity import fold_name
+    from carvana.submission.score import score_submission
+    from carvana.submission.validation_search import ValidationSearch
+
+    config = run.config
+    folder = config.output_dir / "validation" / run.name
+    predictions, truth_path = folder / OUT_OF_FOLD_PREDICTIONS, folder / OUT_OF_FOLD_TRUTH
+    size = folds[0].photo_size
+    fold_truth = [list(read_rle_rows(folder / fold_name(k) / VALIDATION_TRUTH)) for k in range(1, len(folds) + 1)]
+    write_rle_rows(truth_path, ((row.img, row.rle_mask) for rows in fold_truth for row in rows))
+    parts = []
+    for result, rows in zip(folds, fold_truth):
+        predictor = Predictor.from_checkpoint(result.config, result.checkpoint.path)
+        photos = [result.data_dir / layout_names.TRAIN_DIR / row.img for row in rows]
+        parts.append((predictor, make_test_loader(_existing_photos(result, photos), config.geometry, config)))
+    thresholds = thresholds_to_try(config.threshold, config.tune_threshold)
+    search = ValidationSearch(predictions, {row.img: row.rle_mask for rows in fold_truth for row in rows}, size,
+                              thresholds, preferred=config.threshold, cleanup=config.mask_cleanup)
+    images = sum(len(rows) for rows in fold_truth)
+    log.info(f"\nScoring the {len(folds)} folds out of fold: each fold's best checkpoint on its own validation "
+             f"cars, {images} images at {size} ({len(thresholds)} threshold{'s' if len(thresholds) > 1 else ''}) ...")
+    with explain_out_of_memory(config, "scoring the folds out of fold"):
+        predict_in_parts(parts, callbacks=[search], tta=config.tta)
+    cars = sum(result.validation_cars for result in folds)
+    report = score_submission(predictions, truth_path, size)
+    assert search.result is not None
+    log.info("\n".join([
+        f"  {search.result.threshold_line(cars)}", f"  {search.result.cleanup_line(cars)}",
+        f"Out-of-fold validation Dice at {size}: {report.mean_dice:.4f} over {report.n_images} images of {cars} "
+        "cars, each predicted by the fold that never saw it",
+        f"  predictions: {predictions}  (python main.py score {predictions} --truth {truth_path} --image-size {size})",
+    ]))
+    atomic_write_bytes(run.models_dir / OUT_OF_FOLD_RECORD, json.dumps({
+        "folds": len(folds), "dice": report.mean_dice, "images": report.n_images, "cars": cars,
+        "threshold": search.result.threshold, "mask_cleanup": config.mask_cleanup, "photo_size": str(size),
+        "predictions": str(predictions), "truth": str(truth_path),
+        "checkpoints": [str(result.checkpoint.path) for result in folds]}, indent=1).encode())
+    return report.mean_dice, report.n_images, cars
+
+
+def _existing_photos(result: TrainingResult, photos: list[Path]) -> list[Path]:
+    """The validation photos as files (a JPEG of the training folder; the HQ folder's when the run used it)."""
+    from carvana.data.layout import load_carvana_data
+
+    if all(photo.is_file() for photo in photos):
+        return photos
+    data = load_carvana_data(result.data_dir, need_test=False)
+    return [data.train_image_path(photo.name) for photo in photos]
+
+
+def _reserve_run(config: Config, resumed: bool) -> Run:
+    """The run's folders reserved and locked (by rank 0 under torchrun, which tells the others its name)."""
+    if distributed.is_main():
+        run = open_existing_run(config) if resumed else reserve_new_run(config)
+        distributed.broadcast(run.name)
+        return run
+    name = distributed.broadcast(None)
+    return follow_run(config.replace(run_name=name), name)
+
+
+def _main_first(step: Any) -> Any:
+    """`step()` on rank 0 first, then on the others (which find its work done: a download, the built-in sample)."""
+    if not distributed.is_main():
+        distributed.barrier()
+    result = step()
+    if distributed.is_main():
+        distributed.barrier()
+    return result
 
 
 def resume_checkpoint(output_dir: Path, resume: str) -> Checkpoint:
@@ -198,8 +357,13 @@ def resume_checkpoint(output_dir: Path, resume: str) -> Checkpoint:
     run's last.pt in the output dir."""
     from carvana.run.checkpoint import Checkpoint
 
-    if resume == "last":
-        return Checkpoint.latest(Path(output_dir) / "models", LAST_NAME, missing=f"no run with a {LAST_NAME} to resume")
+    if resume == "last":  # the newest last.pt of a run, or of a fold of a fold run
+        models = Path(output_dir) / "models"
+        found = sorted([*models.glob(f"*/{LAST_NAME}"), *models.glob(f"*/fold-*/{LAST_NAME}")],
+                       key=lambda path: path.stat().st_mtime)
+        if found:
+            return Checkpoint.load(found[-1])
+        return Checkpoint.latest(models, LAST_NAME, missing=f"no run with a {LAST_NAME} to resume")
     return Checkpoint.latest(Path(resume), LAST_NAME)
 
 
@@ -210,7 +374,7 @@ def _train_in(run: Run, options: DataOptions, need_test: bool, checkpoint: Check
     `fit_input`: take the input size for the data's photos (their shape, the preset's pixel count).
     """
     from carvana.data.layout import load_carvana_data
-    from carvana.data.split import split_by_car
+    from carvana.data.split import fold_split, split_by_car
     from carvana.predict.postprocess import probabilities_to_mask
     from carvana.train.classifier import CarvanaClassifier, CoarsePhase, TrainingInterruptedError
     from carvana.train.early_stopping import EarlyStopping
@@ -223,14 +387,16 @@ def _train_in(run: Run, options: DataOptions, need_test: bool, checkpoint: Check
         if checkpoint is None and any(path.exists() for path in (run.last_path, run.best_path)):
             raise ConfigError(f"{run.models_dir}: run {run.name} already has checkpoints; continue it with "
                               f"--resume {run.last_path}, or choose another --run-name")
-        source = _resumed_data(config, options, record) if checkpoint is not None else get_data(config.data_dir,
-                                                                                                options)
+        source = _main_first(lambda: _resumed_data(config, options, record) if checkpoint is not None
+                             else get_data(config.data_dir, options))
         data = load_carvana_data(source.data_dir, need_test=need_test)
         input_note = ""
         if fit_input:
             config, input_note = _input_for_photos(config, data.image_size)
             run.config = config
-        split = split_by_car(data.train_names, config.validation_size, config.sample_size, config.seed)
+        split = (fold_split(data.train_names, config.folds, config.fold, config.sample_size, config.seed)
+                 if config.fold is not None else
+                 split_by_car(data.train_names, config.validation_size, config.sample_size, config.seed))
         if record is not None and record.valid_cars:
             _check_same_split(record, split, source.data_dir, run.name)
         classifier = CarvanaClassifier(config)
@@ -260,14 +426,13 @@ def _train_in(run: Run, options: DataOptions, need_test: bool, checkpoint: Check
         ended = f"had already {ended}"
     else:
         trained = True
-        checkpointer = ModelCheckpoint(run.models_dir, monitor="val_dice", mode="max",
-                                       run_record=run_record.to_dict())
         # Hooks run by each callback's `order` whatever this list's order: the checkpoint first.
+        # Rank 0 alone writes the run's files; early stopping decides on metrics every process shares.
         callbacks = [
-            checkpointer,
-            TensorBoardLogger(config.log_dir, run.name),
-            TensorBoardVisualizer(config.log_dir, run.name, upsample=probabilities_to_mask),
-        ]
+            ModelCheckpoint(run.models_dir, monitor="val_dice", mode="max", run_record=run_record.to_dict()),
+            TensorBoardLogger(config.log_dir, str(run.folder)),
+            TensorBoardVisualizer(config.log_dir, str(run.folder), upsample=probabilities_to_mask),
+        ] if distributed.is_main() else []
         if config.early_stopping_patience:
             callbacks.append(EarlyStopping(monitor="val_dice", patience=config.early_stopping_patience, mode="max"))
 
@@ -281,21 +446,75 @@ def _train_in(run: Run, options: DataOptions, need_test: bool, checkpoint: Check
                 ended = classifier.train(train_loader, valid_loader, callbacks=callbacks, coarse=coarse).stop_reason
         except TrainingInterruptedError as e:
             raise TrainingInterrupted(e.resume_hint, exit_code=e.exit_code) from None
+        finally:
+            _write_run_settings(run)  # once the run has a checkpoint, however training ended
         log.info(f"Training {ended}")
+    if not trained:
+        _write_run_settings(run)
 
-    chosen = run.best_path if run.best_path.exists() else run.last_path
-    if not chosen.exists() and checkpoint is not None:
-        chosen = checkpoint.path
-    if not trained and checkpoint is not None and chosen == checkpoint.path:
-        scored = checkpoint  # the classifier holds its weights already: the file is not read again
-    else:
-        scored = classifier.load_weights(chosen)
+    dice, scored = _score_chosen(run, classifier, checkpoint, trained, data, split, config)
+    return TrainingResult(config, classifier, scored, source.data_dir, dice, len(split.valid),
+                          len({layout_names.car_id(n) for n in split.valid}), training_ended=ended or "",
+                          photo_size=data.image_size)
+
+
+def _write_run_settings(run: Run) -> None:
+    """The run's resolved settings as `config.yaml` in its checkpoint folder, to start the same recipe again
+    (by rank 0, once the run has a checkpoint: a run that failed before its first epoch leaves no file)."""
+    from carvana.run.settings_file import CONFIG_FILE_NAME, write_settings_file
+
+    path = run.models_dir / CONFIG_FILE_NAME
+    if distributed.is_main() and run.last_path.exists():
+        write_settings_file(path, run.config, title=f"run {run.name}; the same recipe again:  "
+                                                    f"python main.py train --config {path}")
+
+
+def _score_chosen(run: Run, classifier, checkpoint: Checkpoint | None, trained: bool, data, split,
+                  config: Config) -> tuple[float, Checkpoint]:
+    """Load the run's best checkpoint (else its last) into the classifier and score it on the validation cars.
+
+    Under torchrun rank 0 does it and hands the others its Dice, the checkpoint's entries (weights
+    and optimiser state left out) and the weights, so that every process predicts with them.
+    """
     from carvana.predict.predictor import Predictor
 
-    dice, scored = score_validation(Predictor(classifier.forward, tta=config.tta), data, split.valid, config,
-                                    run.validation_dir, checkpoint=scored)
-    return TrainingResult(config, classifier, scored, source.data_dir, dice, len(split.valid),
-                          len({layout_names.car_id(n) for n in split.valid}), training_ended=ended or "")
+    if distributed.is_main():
+        chosen = run.best_path if run.best_path.exists() else run.last_path
+        if not chosen.exists() and checkpoint is not None:
+            chosen = checkpoint.path
+        if not trained and checkpoint is not None and chosen == checkpoint.path:
+            scored = checkpoint  # the classifier holds its weights already: the file is not read again
+        else:
+            scored = classifier.load_weights(chosen)
+        dice, scored = score_validation(Predictor(classifier.forward, tta=config.tta), data, split.valid, config,
+                                        run.validation_dir, checkpoint=scored)
+        _log_hparams(run, scored, dice)
+    if not distributed.current().distributed:
+        return dice, scored
+    shared = distributed.broadcast((dice, _without_state(scored)) if distributed.is_main() else None)
+    distributed.broadcast_module(classifier.model)
+    return shared if not distributed.is_main() else (dice, scored)
+
+
+def _log_hparams(run: Run, scored: Checkpoint, dice: float) -> None:
+    """The run's settings and results in TensorBoard's HParams tab."""
+    from carvana.predict.threshold import ThresholdRecord
+    from carvana.train.tensorboard import log_hparams
+
+    history = scored.payload.get("history") or []
+    epoch_dice = [entry["val_dice"] for entry in history if isinstance(entry.get("val_dice"), float)]
+    record = ThresholdRecord.from_payload(scored.payload)
+    log_hparams(run.config.log_dir, str(run.folder), run.config.to_dict(),
+                {"validation_dice": dice, "best_epoch_dice": max(epoch_dice) if epoch_dice else None,
+                 "threshold": record.threshold if record else None,
+                 "train_hours": float(scored.payload.get("train_seconds", 0.0)) / 3600},
+                step=int(scored.payload.get("epoch", 0)))
+
+
+def _without_state(checkpoint: Checkpoint) -> Checkpoint:
+    """`checkpoint` without its tensors (weights, optimiser and scaler state): what the other processes need of it."""
+    heavy = ("model_state", "optimizer_state", "scaler_state")
+    return dataclasses.replace(checkpoint, payload={k: v for k, v in checkpoint.payload.items() if k not in heavy})
 
 
 def _loaders(data, split, geometry, config: Config) -> tuple[Any, Any]:
@@ -306,7 +525,7 @@ def _loaders(data, split, geometry, config: Config) -> tuple[Any, Any]:
     if cache_note:
         log.info(cache_note)
     return (make_train_loader(data, split.train, geometry, config, cache=cache),
-            make_valid_loader(data, split.valid, geometry, config, cache=cache))
+            make_valid_loader(data, split.valid, geometry, config, cache=cache, shard=True))
 
 
 def _input_for_photos(config: Config, photos: Size) -> tuple[Config, str]:
@@ -460,8 +679,8 @@ def score_validation(predictor: Predictor, data, valid_names: list[str], config:
     from carvana.submission.score import read_truth, score_submission
     from carvana.submission.validation_search import ValidationSearch
 
-    truth = out_dir / "valid_truth.csv"
-    predictions = out_dir / "valid_predictions.csv.gz"
+    truth = out_dir / VALIDATION_TRUTH
+    predictions = out_dir / VALIDATION_PREDICTIONS
     _write_truth_csv(data, valid_names, truth)
     loader = make_test_loader([data.train_dir / n for n in valid_names], config.geometry, config)
     thresholds = thresholds_to_try(config.threshold, config.tune_threshold)
@@ -506,47 +725,92 @@ def predict_test_set(predictor: Predictor, config: Config, data_dir: Path, submi
 
     `trained_photos`: the size of the photos the model was trained on, when known; test photos of a
     clearly different shape are warned about (they are resized to the same input all the same).
+
+    Under torchrun each process predicts its share into a part file that rank 0 merges; whatever
+    stops one of them (torchrun ends the others with SIGTERM when one fails), no part is left behind
+    and a previous submission stays as it was.
     """
+    from carvana.submission.parts import part_path, remove_parts
+
+    ranks = distributed.current()
+    if not ranks.distributed:
+        return _predict_test_set(predictor, config, data_dir, submission, trained_photos, threshold_note)
+    try:
+        distributed.barrier()  # every process is here before any writes a part
+        return _predict_test_set(predictor, config, data_dir, submission, trained_photos, threshold_note)
+    except BaseException as error:
+        part_path(submission, ranks.rank, ranks.world_size).unlink(missing_ok=True)
+        if isinstance(error, Terminated):
+            kept = f"{submission} is kept as it was" if submission.exists() else f"no {submission} was written"
+            raise PredictionStopped(f"prediction stopped by SIGTERM (under torchrun: another process of the run "
+                                    f"failed, or the run was stopped); {kept}") from None
+        raise
+    finally:
+        if ranks.is_main:
+            remove_parts(submission)  # merged, or never to be
+
+
+def _predict_test_set(predictor: Predictor, config: Config, data_dir: Path, submission: Path,
+                      trained_photos: Size | None, threshold_note: str) -> int:
     from carvana.data.datasets import make_test_loader
     from carvana.data.layout import load_carvana_data
+    from carvana.submission.parts import merge_parts, part_path
     from carvana.submission.predictions_saver import PredictionsSaver
 
     data = load_carvana_data(data_dir, need_train=False)
     if trained_photos is not None:
         _warn_of_another_shape(data.image_size, trained_photos, config.input_size, data_dir)
-    loader = make_test_loader(data, config.geometry, config)
+    loader = make_test_loader(data, config.geometry, config, shard=True)
+    ranks = distributed.current()
+    processes = f" by {ranks.world_size} processes" if ranks.distributed else ""
+    log.info(f"Predicting {len(data.test_names)} test images{processes} into {submission} "
+             f"({'; '.join(_prediction_settings(config, threshold_note))}) ...")
+    written = part_path(submission, ranks.rank, ranks.world_size) if ranks.distributed else submission
+    saver = PredictionsSaver(written, data.image_size, threshold=config.threshold, cleanup=config.mask_cleanup)
+    with explain_out_of_memory(config, "predicting the test set"):
+        predictor.predict(loader, tta=config.tta, callbacks=[saver])
+    if ranks.distributed:
+        distributed.barrier()  # every part is complete
+        if ranks.is_main:
+            merge_parts(submission, data.test_names, ranks.world_size)
+    if ranks.is_main:
+        validate_file(submission, data.data_dir / layout_names.SAMPLE_SUBMISSION_CSV, image_size=data.image_size)
+    return len(data.test_names)
+
+
+def _prediction_settings(config: Config, threshold_note: str) -> list[str]:
+    """How the masks are made, for a banner: the threshold and where it comes from, the clean-up, TTA."""
     settings = [f"threshold {config.threshold:g}" + (f": {threshold_note}" if threshold_note else "")]
     if config.mask_cleanup != "none":
         settings.append(f"mask cleanup {config.mask_cleanup}")
     if config.tta:
         settings.append("flip TTA")
-    log.info(f"Predicting {len(data.test_names)} test images into {submission} ({'; '.join(settings)}) ...")
-    saver = PredictionsSaver(submission, data.image_size, threshold=config.threshold, cleanup=config.mask_cleanup)
-    with explain_out_of_memory(config, "predicting the test set"):
-        predictor.predict(loader, tta=config.tta, callbacks=[saver])
-    validate_file(submission, data.data_dir / layout_names.SAMPLE_SUBMISSION_CSV, image_size=data.image_size)
-    return len(data.test_names)
+    return settings
 
 
-def run_prediction(checkpoint: Path | None, overrides: dict[str, Any], submission: Path | None = None) -> Path:
-    """`predict`: load a checkpoint, predict the test set, validate the file.
+def run_prediction(checkpoint: Path | list[Path] | None, overrides: dict[str, Any],
+                   submission: Path | None = None, ensemble: Path | None = None) -> Path:
+    """`predict`: load a checkpoint (or several: an ensemble), predict the test set, validate the file.
 
-    `checkpoint`: a file, or a run's folder (its best.pt); default the newest run's best.pt in the
-    output dir. The model and its settings are the checkpoint's recipe; where it runs (data and
-    output dirs, device, workers) is `overrides` (the flags) else the defaults, never the
+    `checkpoint`: a file, or a run's folder (its best.pt), or a list of them; default the newest
+    run's best.pt in the output dir. `ensemble`: a folder whose subfolders' best.pt are the models
+    (a fold run's folds). Two or more models predict as their ensemble (`_predict_with_ensemble`);
+    one predicts as itself. The model and its settings are the checkpoint's recipe; where it runs
+    (data and output dirs, device, workers) is `overrides` (the flags) else the defaults, never the
     checkpoint's: a checkpoint from another machine needs none of its paths.
     """
     from carvana.kaggle.rle_csv import is_gzip_name
     from carvana.predict.predictor import Predictor
-    from carvana.run.checkpoint import Checkpoint
 
     if submission is not None:
         is_gzip_name(submission)  # a name its content could not agree with is refused before any work
-    if checkpoint is not None:
-        saved = Checkpoint.latest(checkpoint, BEST_NAME)
-    else:
-        saved = Checkpoint.latest(Path(overrides.get("output_dir") or Environment.output_dir) / "models", BEST_NAME,
-                                  missing="no trained model yet; run `python main.py train` first or pass --checkpoint")
+    members = ensemble_member_paths(checkpoint, ensemble)
+    if len(members) > 1:
+        record = _out_of_fold_record(ensemble) if ensemble is not None else None
+        submission, rows = _predict_with_ensemble(members, overrides, submission, record)
+        _report_submission(submission, rows)
+        return submission
+    saved = saved_model(members[0] if members else None, overrides.get("output_dir"))
     config = saved.recipe.replace(**overrides)
     config, threshold_note = prediction_config(config, saved.payload, given_threshold=overrides.get("threshold"))
     predictor = Predictor.from_checkpoint(config, saved.path, payload=saved.payload)
@@ -554,9 +818,113 @@ def run_prediction(checkpoint: Path | None, overrides: dict[str, Any], submissio
     submission = submission or config.output_dir / SUBMISSION_NAME
     rows = predict_test_set(predictor, config, data_dir, submission, trained_photos=_trained_photos(saved.run),
                             threshold_note=threshold_note)
+    _report_submission(submission, rows)
+    return submission
+
+
+def _report_submission(submission: Path, rows: int) -> None:
     log.info(f"Submission: {submission} ({rows} rows, valid). "
              f"Upload with:  python main.py submit {submission} -m \"...\"")
-    return submission
+
+
+def ensemble_member_paths(checkpoint: Path | list[Path] | None, ensemble: Path | None) -> list[Path]:
+    """The checkpoints (files or run folders) `predict` was given: `--ensemble`'s best.pt files, else
+    `--checkpoint`'s paths; empty for neither (the newest run's best.pt)."""
+    from carvana.predict.ensemble import ensemble_checkpoints
+
+    if ensemble is not None:
+        return ensemble_checkpoints(ensemble, BEST_NAME)
+    if checkpoint is None:
+        return []
+    return [Path(checkpoint)] if isinstance(checkpoint, (str, os.PathLike)) else [Path(p) for p in checkpoint]
+
+
+def _out_of_fold_record(run_dir: Path) -> dict[str, Any] | None:
+    """A fold run's out-of-fold result (`OUT_OF_FOLD_RECORD`), None when `run_dir` has none."""
+    try:
+        record = json.loads((Path(run_dir) / OUT_OF_FOLD_RECORD).read_text())
+    except (OSError, ValueError):
+        return None
+    return record if isinstance(record, dict) and isinstance(record.get("threshold"), float) else None
+
+
+def _predict_with_ensemble(paths: list[Path], overrides: dict[str, Any], submission: Path | None,
+                           out_of_fold: dict[str, Any] | None = None) -> tuple[Path, int]:
+    """`predict` with the ensemble of the checkpoints at `paths`: the mean of their probabilities
+    (carvana.predict.ensemble), thresholded and cleaned up as chosen on the folds' out-of-fold
+    predictions (`out_of_fold`, a fold run's record), else as the first checkpoint's are, unless
+    --threshold / --mask-cleanup say otherwise, streamed into one submission; returns it and its rows."""
+    from carvana.predict.ensemble import EnsembleForward, EnsembleMember, check_same_sizes
+    from carvana.predict.predictor import Predictor
+    from carvana.run.checkpoint import Checkpoint
+
+    first: Checkpoint | None = None
+    first_config: Config | None = None
+    members: list[EnsembleMember] = []
+    described: list[str] = []
+    for path in paths:
+        saved = Checkpoint.latest(path, BEST_NAME)
+        config = saved.recipe.replace(**overrides)
+        if first is None:
+            first, first_config = saved, config
+        check_same_sizes([(first.path, first_config.geometry), (saved.path, config.geometry)])
+        forward = Predictor.from_checkpoint(config, saved.path, payload=saved.payload).forward
+        members.append(EnsembleMember(saved.path, forward, config.tta))
+        described.append(f"{saved.path} ({config.model} width {config.width:g}{', flip TTA' if config.tta else ''})")
+    assert first is not None and first_config is not None
+    ensemble = EnsembleForward(members)
+    # Every member flipping is the ensemble's TTA; otherwise each member keeps its own (the banner lists which).
+    config, threshold_note = prediction_config(first_config.replace(tta=ensemble.tta), first.payload,
+                                               given_threshold=overrides.get("threshold"))
+    threshold_source = "--threshold" if "threshold" in overrides else "the first model's"
+    cleanup_source = "--mask-cleanup" if "mask_cleanup" in overrides else "the first model's"
+    if out_of_fold is not None and "threshold" not in overrides:
+        chosen = (f"chosen out of fold on {out_of_fold.get('cars')} cars (Dice {float(out_of_fold['dice']):.4f})"
+                  if isinstance(out_of_fold.get("dice"), float) else "chosen out of fold")
+        config, threshold_source, threshold_note = config.replace(threshold=out_of_fold["threshold"]), chosen, chosen
+    elif "threshold" not in overrides:
+        threshold_note = f"the first model's, {threshold_note}"
+    if out_of_fold is not None and "mask_cleanup" not in overrides and out_of_fold.get("mask_cleanup"):
+        config, cleanup_source = config.replace(mask_cleanup=out_of_fold["mask_cleanup"]), "the folds' run's"
+    geometry = first_config.geometry
+    log.info(f"Ensemble of {len(members)} models, their probabilities averaged at their output size "
+             f"{geometry.output_size} (input {geometry.input_size}): {', '.join(described)}; threshold "
+             f"{config.threshold:g} ({threshold_source}), mask clean-up {config.mask_cleanup} ({cleanup_source})")
+    data_dir = _prediction_data_dir(config.data_dir)
+    submission = submission or config.output_dir / SUBMISSION_NAME
+    rows = predict_test_set(Predictor(ensemble, tta=config.tta), config, data_dir, submission,  # type: ignore[arg-type]
+                            trained_photos=_trained_photos(first.run), threshold_note=threshold_note)
+    return submission, rows
+
+
+def saved_model(checkpoint: Path | None, output_dir: Path | None) -> Checkpoint:
+    """The checkpoint to predict with: `checkpoint` (a file, or a run's folder: its best.pt), else the
+    newest run's best.pt under `output_dir` (default: output)."""
+    from carvana.run.checkpoint import Checkpoint
+
+    if checkpoint is not None:
+        return Checkpoint.latest(checkpoint, BEST_NAME)
+    return Checkpoint.latest(Path(output_dir or Environment.output_dir) / "models", BEST_NAME,
+                             missing="no trained model yet; run `python main.py train` first or pass --checkpoint")
+
+
+def run_cutout(photos: list[Path], out_dir: Path, checkpoint: Path | None, overrides: dict[str, Any]) -> int:
+    """`cutout`: the mask and the transparent-background photo of each photo (files or folders of JPEG/PNG,
+    any size) into `out_dir`; returns how many could not be read (each reported in one line)."""
+    from carvana.cutout.cutouts import find_photos, write_cutouts
+    from carvana.predict.predictor import Predictor
+
+    found = find_photos(photos)
+    saved = saved_model(checkpoint, overrides.get("output_dir"))
+    config = saved.recipe.replace(**overrides)
+    config, threshold_note = prediction_config(config, saved.payload, given_threshold=overrides.get("threshold"))
+    predictor = Predictor.from_checkpoint(config, saved.path, payload=saved.payload)
+    log.info(f"Cutting out {len(found)} photo{'s' if len(found) != 1 else ''} into {out_dir} with {saved.path} "
+             f"({'; '.join(_prediction_settings(config, threshold_note))}) ...")
+    report = write_cutouts(predictor, found, out_dir, config.geometry, config.threshold, config.mask_cleanup)
+    skipped = f"; {len(report.failed)} skipped (see above)" if report.failed else ""
+    log.info(f"Cutouts: {len(report.written)} photos in {out_dir} (NAME_mask.png and NAME_cutout.png each){skipped}")
+    return len(report.failed)
 
 
 def prediction_config(config: Config, payload: dict[str, Any], given_threshold: float | None) -> tuple[Config, str]:
@@ -614,17 +982,24 @@ def run_all(config: Config, options: DataOptions, resume: str | None = None,
 
     config, threshold_note = prediction_config(result.config, result.checkpoint.payload, None)
     submission = config.output_dir / SUBMISSION_NAME
-    rows = predict_test_set(Predictor(result.classifier.forward, tta=config.tta), config, result.data_dir, submission,
-                            threshold_note=threshold_note)
+    if result.fold_checkpoints:  # a fold run predicts with every fold, at the out-of-fold threshold
+        folds_dir = result.fold_checkpoints[0].parent.parent
+        where = {name: getattr(result.config, name) for name in ENVIRONMENT_FIELDS}
+        submission, rows = _predict_with_ensemble(list(result.fold_checkpoints), where, submission,
+                                                  _out_of_fold_record(folds_dir))
+    else:
+        rows = predict_test_set(Predictor(result.classifier.forward, tta=config.tta), config, result.data_dir,
+                                submission, threshold_note=threshold_note)
     minutes, seconds = divmod(int(time.monotonic() - start), 60)
     log.info("\n".join([
         "",
         f"Done in {minutes}m{seconds:02d}s.",
         f"  Submission:      {submission} ({rows} rows, valid)",
-        f"  Validation Dice: {result.validation_dice:.4f} at full resolution on {result.validation_cars} unseen cars "
-        f"({result.validation_images} images)",
+        f"  {'Out-of-fold Dice' if result.fold_checkpoints else 'Validation Dice'}: {result.validation_dice:.4f} "
+        f"at full resolution on {result.validation_cars} unseen cars ({result.validation_images} images)",
         f"  Training:        {result.training_ended}",
-        f"  Best checkpoint: {result.checkpoint.path}",
+        f"  Best checkpoint: {result.checkpoint.path}" if not result.fold_checkpoints else
+        f"  Fold checkpoints: {result.fold_checkpoints[0].parent.parent}/fold-*/best.pt (predicted as their ensemble)",
         f"  TensorBoard:     {tensorboard_command(config.log_dir)}",
         f"  Upload:          python main.py submit {submission} -m \"{config.run_name}\"",
     ]))

@@ -89,6 +89,55 @@ def test_tensorboard_events_and_checkpoints_are_written(tiny_run):
     assert (models / "last.pt").is_file() and (models / "best.pt").is_file()
 
 
+def test_the_runs_settings_and_results_reach_tensorboards_hparams_tab(tiny_run):
+    from tensorboard.plugins.hparams import plugin_data_pb2
+
+    workdir, _ = tiny_run
+    events = EventAccumulator(str(workdir / "logs" / "tiny"))
+    events.Reload()
+    sessions = [plugin_data_pb2.HParamsPluginData.FromString(content).session_start_info
+                for content in events.PluginTagToContent("hparams").values()
+                if plugin_data_pb2.HParamsPluginData.FromString(content).HasField("session_start_info")]
+    assert sessions, "a session with the run's hyper-parameters"
+    shown = sessions[-1].hparams
+    assert shown["model"].string_value == "unet1024" and shown["input_size"].string_value == "128x64"
+    assert shown["lr"].number_value > 0
+    dice = events.Scalars("hparam/validation_dice")
+    assert dice and 0.0 < dice[-1].value <= 1.0
+
+
+def test_the_runs_table_lists_the_run_with_its_validation_dice(tiny_run):
+    workdir, _ = tiny_run
+    result = run_main(["runs"], workdir)
+    assert result.returncode == 0, result.stderr
+    row = next(line for line in result.stdout.splitlines() if line.startswith("tiny "))
+    assert "finished" in row and "output/models/tiny/best.pt" in row
+
+
+def test_the_readme_workflow_commands_work_as_written_after_a_default_run(tiny_run):
+    """`## The competitor's workflow`, in the folder of a finished run (small flags for speed)."""
+    workdir, _ = tiny_run
+
+    printed = run_main(["train", "--config", "output/models/tiny/config.yaml", "--print-config"], workdir)
+    assert printed.returncode == 0, printed.stderr
+    assert "input_size: 128x64" in printed.stdout, "the run's recorded recipe, fitted input size included"
+
+    cutout = run_main(["cutout", "input/sample/test", "--out", "output/cutouts"], workdir)
+    assert cutout.returncode == 0, cutout.stderr
+    photos = list((workdir / "input" / "sample" / "test").iterdir())
+    assert len(list((workdir / "output" / "cutouts").glob("*_cutout.png"))) == len(photos)
+
+    folds = run_main(["train", "--folds", "2", "--epochs", "1", "--workers", "0", "--input-size", "128x64",
+                      "--run-name", "k2"], workdir)
+    assert folds.returncode == 0, folds.stderr
+    assert "Out-of-fold validation Dice" in folds.stdout
+
+    ensemble = run_main(["predict", "--ensemble", "output/models/k2", "--workers", "0",
+                         "--submission", "output/ensemble.csv.gz"], workdir)
+    assert ensemble.returncode == 0, ensemble.stderr
+    assert run_main(["validate", "output/ensemble.csv.gz"], workdir).returncode == 0
+
+
 def test_validate_refuses_a_broken_submission(tiny_run, tmp_path):
     workdir, _ = tiny_run
     rows = read_submission(workdir / "output" / "submit.csv.gz")

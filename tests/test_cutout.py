@@ -13,10 +13,14 @@ from carvana.core.device import resolve_precision
 from carvana.core.errors import ConfigError
 from carvana.core.geometry import Size
 from carvana.cutout.cutouts import CUTOUT_SUFFIX, MASK_SUFFIX, find_photos, write_cutouts
+from carvana.models import build_model
 from carvana.models.forward_pass import ForwardPass
 from carvana.models.specs import model_geometry
 from carvana.predict.predictor import Predictor
+from carvana.run.checkpoint import save_checkpoint
+from cli_helpers import run_cli
 from data_factory import write_jpeg
+from training_helpers import tiny_config
 
 GEOMETRY = model_geometry("unet1024", Size(128, 64))
 
@@ -114,3 +118,56 @@ def test_two_photos_with_the_same_name_from_two_folders_keep_both_cutouts(tmp_pa
     write_cutouts(bright_is_car_predictor(), paths, tmp_path / "out", GEOMETRY, 0.5)
 
     assert (tmp_path / "out" / f"car{MASK_SUFFIX}").exists() and (tmp_path / "out" / f"car-2{MASK_SUFFIX}").exists()
+
+
+def _trained_checkpoint(tmp_path: Path) -> Path:
+    """A checkpoint of a tiny model, as `train` leaves one in the output dir (its weights untrained)."""
+    config = tiny_config(tmp_path)
+    torch.manual_seed(0)
+    model = build_model(config.model, config.width)
+    path = tmp_path / "output" / "models" / "tiny" / "best.pt"
+    path.parent.mkdir(parents=True)
+    save_checkpoint(path, {"format": 1, "model_name": config.model, "width": config.width, "epoch": 1,
+                           "global_step": 1, "config": config.to_dict(), "model_state": model.state_dict()})
+    return path
+
+
+def test_the_cutout_command_cuts_out_photos_and_folders_with_the_latest_run_by_default(tmp_path, capsys,
+                                                                                       monkeypatch):
+    _trained_checkpoint(tmp_path)
+    monkeypatch.chdir(tmp_path)
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    write_jpeg(folder / "wide.jpg", photo_with_a_bright_box(Size(300, 100), (20, 50, 80, 250)))
+    single = write_png(tmp_path / "tall.png", photo_with_a_bright_box(Size(90, 170), (30, 10, 150, 80)))
+
+    code, out, err = run_cli(["cutout", folder, single, "--out", "cut"], capsys)
+
+    assert code == 0, err
+    assert "output/models/tiny/best.pt" in out and "2 photos in cut" in out
+    for stem, (width, height) in (("wide", (300, 100)), ("tall", (90, 170))):
+        mask, cutout = read_png(tmp_path / "cut" / f"{stem}{MASK_SUFFIX}"), read_png(tmp_path / "cut" / f"{stem}{CUTOUT_SUFFIX}")
+        assert mask.shape == (height, width) and cutout.shape == (height, width, 4)
+        assert np.array_equal(cutout[..., 3], mask)
+
+
+def test_the_cutout_command_reports_an_unreadable_photo_in_one_line_and_exits_1(tmp_path, capsys):
+    checkpoint = _trained_checkpoint(tmp_path)
+    good = write_jpeg(tmp_path / "a.jpg", photo_with_a_bright_box(Size(200, 120), (30, 50, 90, 150)))
+    broken = tmp_path / "b.jpg"
+    broken.write_bytes(good.read_bytes()[:300])
+
+    code, out, err = run_cli(["cutout", good, broken, "--checkpoint", checkpoint, "--out", tmp_path / "cut",
+                              "--threshold", "0.4"], capsys)
+
+    assert code == 1
+    assert err.strip().count("\n") == 0 and str(broken) in err, err
+    assert "threshold 0.4" in out and "1 skipped" in out
+    assert sorted(p.name for p in (tmp_path / "cut").iterdir()) == [f"a{CUTOUT_SUFFIX}", f"a{MASK_SUFFIX}"]
+
+
+def test_the_cutout_command_refuses_a_missing_photo_in_one_line(tmp_path, capsys):
+    checkpoint = _trained_checkpoint(tmp_path)
+    code, _, err = run_cli(["cutout", tmp_path / "nowhere.jpg", "--checkpoint", checkpoint], capsys)
+
+    assert code != 0 and "nowhere.jpg: no such photo or folder" in err and err.strip().count("\n") == 0

@@ -199,7 +199,8 @@ def test_two_runs_started_together_get_two_names_and_both_succeed(mydata, tmp_pa
     assert len(runs) == 2, runs
     for name in runs:
         assert (tmp_path / "output" / "models" / name / "best.pt").is_file()
-        assert len(list((tmp_path / "logs" / name).glob("events.out.tfevents.*"))) == 1
+        # One event file from training, one with the HParams summary written once the run was scored.
+        assert len(list((tmp_path / "logs" / name).glob("events.out.tfevents.*"))) == 2
     assert sorted(out.split("Run: ")[1].split()[0] for out, _ in results) == runs
 
 

@@ -9,6 +9,9 @@ and pytest's caplog see them.
 The handler writes through `tqdm.write`, which clears the progress bars, writes the line and draws
 the bars again below it, and it looks sys.stdout and sys.stderr up at each message, so a stream
 replaced after the import (pytest's capsys, contextlib.redirect_stdout) receives it.
+
+Under torchrun one process speaks for the run: the others (rank > 0, `carvana.core.distributed`)
+show errors only, and no progress bars (`bars_disabled`).
 """
 from __future__ import annotations
 
@@ -16,6 +19,8 @@ import logging
 import sys
 
 from tqdm import tqdm
+
+from carvana.core import distributed
 
 PACKAGE_LOGGER = "carvana"
 
@@ -38,9 +43,10 @@ class ConsoleHandler(logging.Handler):
 
 
 def setup_console(level: int = logging.INFO) -> ConsoleHandler:
-    """Show the package's messages from `level` up on the console; calling it again changes only the level."""
+    """Show the package's messages from `level` up on the console (errors only on a rank other than 0);
+    calling it again changes only the level."""
     logger = logging.getLogger(PACKAGE_LOGGER)
-    logger.setLevel(level)
+    logger.setLevel(level if distributed.is_main() else max(level, logging.ERROR))
     for handler in logger.handlers:
         if isinstance(handler, ConsoleHandler):
             return handler
@@ -48,3 +54,11 @@ def setup_console(level: int = logging.INFO) -> ConsoleHandler:
     handler.setFormatter(logging.Formatter("%(message)s"))
     logger.addHandler(handler)
     return handler
+
+
+def bars_disabled(progress: bool | None) -> bool | None:
+    """tqdm's `disable` for a progress setting (True/False; None = only on a terminal), never a bar
+    on a rank other than 0."""
+    if not distributed.is_main():
+        return True
+    return None if progress is None else not progress

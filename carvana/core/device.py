@@ -14,6 +14,7 @@ from typing import ContextManager
 
 import torch
 
+from carvana.core.distributed import local_device
 from carvana.core.errors import ConfigError
 
 # CPU feature flags (as Linux names them in /proc/cpuinfo) that give native bf16 matrix maths.
@@ -23,9 +24,12 @@ CPUINFO = Path("/proc/cpuinfo")
 
 
 def select_device(name: str = "auto") -> torch.device:
-    """`auto` (CUDA when present, else CPU), `cpu`, `cuda` or `cuda:N`; ConfigError if unavailable."""
+    """`auto` (CUDA when present, else CPU), `cpu`, `cuda` or `cuda:N`; ConfigError if unavailable.
+
+    Under torchrun a bare `cuda` (or `auto` on a GPU machine) is the GPU of the process's local rank.
+    """
     if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        return local_device(torch.device("cuda" if torch.cuda.is_available() else "cpu"))
     try:
         device = torch.device(name)
     except RuntimeError:
@@ -40,7 +44,7 @@ def select_device(name: str = "auto") -> torch.device:
                 f"device {name!r}: this machine has {torch.cuda.device_count()} CUDA device(s), "
                 f"numbered from 0"
             )
-        return device
+        return local_device(device)
     raise ConfigError(f"device {name!r}: unsupported (use auto, cpu, cuda or cuda:N)")
 
 

@@ -19,6 +19,7 @@ import numpy as np
 from tqdm import tqdm
 
 from carvana.core.atomic import atomic_write_bytes
+from carvana.core.console import bars_disabled
 from carvana.core.errors import ConfigError, DataError
 from carvana.core.geometry import Geometry, Size
 from carvana.data.datasets import photo_input
@@ -92,7 +93,7 @@ def write_cutouts(predictor: Predictor, photos: Sequence[Path], out_dir: Path, g
     out_dir.mkdir(parents=True, exist_ok=True)
     report = CutoutReport(out_dir)
     bar = tqdm(list(zip(photos, output_stems(photos))), desc="cutout", unit="photo",
-               disable=None if progress is None else not progress)
+               disable=bars_disabled(progress))
     for photo_path, stem in bar:
         try:
             photo_bgr, _ = decode_image(photo_path)

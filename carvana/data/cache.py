@@ -38,6 +38,7 @@ from typing import NamedTuple
 import numpy as np
 
 from carvana.core.atomic import atomic_path
+from carvana.core.console import bars_disabled
 from carvana.core.errors import DataError
 from carvana.core.geometry import Size
 from carvana.core.locks import FolderLock
@@ -223,7 +224,7 @@ def _build(path: Path, image_paths: list[Path], mask_paths: list[Path], size: Si
         array = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=shape)
         try:
             with tqdm(total=len(jobs), desc="Decoding photos for the cache", unit="img", leave=False,
-                      disable=None if progress else True) as bar, \
+                      disable=bars_disabled(None) if progress else True) as bar, \
                     contextlib.closing(_decoded_rows(jobs, workers)) as rows:
                 for row, decoded in enumerate(rows):
                     if isinstance(decoded, _Failure):

@@ -20,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
+from carvana.core.console import bars_disabled
 from carvana.core.errors import DataError
 from carvana.core.geometry import Size
 from carvana.data.images import MASK_FORMATS, PHOTO_FORMATS, header_size, read_mask
@@ -72,7 +73,7 @@ def check_one_size(root: Path, photos: Sequence[Path], masks: Sequence[Path] = (
 
     total = len(photos) + len(masks)
     with tqdm(total=total, desc="Checking photo and mask sizes", unit="file", delay=1.0, leave=False,
-              disable=None if progress else True, file=sys.stderr) as bar:
+              disable=bars_disabled(None) if progress else True, file=sys.stderr) as bar:
         photo_sizes = _sizes(photos, PHOTO_FORMATS, bar.update)
         mask_sizes = _sizes(masks, MASK_FORMATS, bar.update)
     if not photo_sizes:

@@ -33,8 +33,9 @@ from typing import Any, Protocol
 import cv2
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset, get_worker_info
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler, get_worker_info
 
+from carvana.core import distributed
 from carvana.core.errors import ConfigError, DataError
 from carvana.core.geometry import Geometry
 from carvana.core.process_lifetime import interrupts_deferred
@@ -237,6 +238,24 @@ class CarvanaLoader(DataLoader):
             yield batch
 
 
+class ShardSampler(Sampler[int]):
+    """This rank's share of a dataset under torchrun, in order: items rank, rank + world_size, ...
+
+    Every item is read by exactly one rank and none twice (DistributedSampler would pad the shares
+    to one length with repeated items, which a metric or a submission must not count twice).
+    `indices` are the dataset's indices of the items, in the order the loader yields them.
+    """
+
+    def __init__(self, count: int, ranks: distributed.Ranks | None = None):
+        self.indices = list(distributed.shard(count, ranks))
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(self.indices)
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+
 def _loader(
     dataset: Dataset,
     *,
@@ -246,6 +265,7 @@ def _loader(
     seed: int,
     pin_memory: bool | None,
     drop_last: bool = False,
+    sampler: Sampler[int] | None = None,
 ) -> CarvanaLoader:
     if workers < 0:
         raise ConfigError(f"workers {workers}: must be 0 (load in the main process) or more")
@@ -254,7 +274,8 @@ def _loader(
     return CarvanaLoader(
         dataset,
         batch_size=batch_size,
-        shuffle=shuffle,
+        shuffle=shuffle and sampler is None,
+        sampler=sampler,
         num_workers=workers,
         collate_fn=collate,
         pin_memory=torch.cuda.is_available() if pin_memory is None else pin_memory,
@@ -295,6 +316,8 @@ def make_train_loader(
     Settings not given come from `config` (batch_size, workers, seed, soft_targets, augment: a
     default `Augmenter()` when `config.augment`); without a config, `augment` defaults to none and
     targets are 0/1. `cache`: a decoded cache holding these photos (see `open_training_cache`).
+    Under torchrun each rank gets its share of every epoch's shuffle (a DistributedSampler, moved on
+    each epoch by its `set_epoch`).
     """
     if augment is None:
         augment = config is not None and config.augment
@@ -304,6 +327,9 @@ def make_train_loader(
     names = list(image_names)
     dataset = CarvanaTrainDataset(data.train_image_paths(names), data.mask_paths(names), geometry, augmenter, seed,
                                   soft_targets=_soft_targets(soft_targets, config), cache=cache)
+    ranks = distributed.current()
+    sampler = DistributedSampler(dataset, num_replicas=ranks.world_size, rank=ranks.rank, shuffle=True, seed=seed,
+                                 drop_last=drop_last) if ranks.distributed else None
     return _loader(
         dataset,
         batch_size=_setting("batch_size", batch_size, config),
@@ -312,6 +338,7 @@ def make_train_loader(
         seed=seed,
         pin_memory=pin_memory,
         drop_last=drop_last,
+        sampler=sampler,
     )
 
 
@@ -326,11 +353,13 @@ def make_valid_loader(
     pin_memory: bool | None = None,
     soft_targets: bool | None = None,
     cache: DecodedCache | None = None,
+    shard: bool = False,
 ) -> CarvanaLoader:
     """Batches of (images, masks) of the validation photos `image_names`, in order, never augmented.
 
     Targets are of the training loader's kind (`soft_targets`, from `config` if not given), so the
-    validation loss compares with the training loss.
+    validation loss compares with the training loss. `shard`: under torchrun, only this rank's share
+    (`ShardSampler`).
     """
     names = list(image_names)
     dataset = CarvanaTrainDataset(data.train_image_paths(names), data.mask_paths(names), geometry,
@@ -342,6 +371,7 @@ def make_valid_loader(
         shuffle=False,
         seed=0,
         pin_memory=pin_memory,
+        sampler=ShardSampler(len(dataset)) if shard else None,
     )
 
 
@@ -374,12 +404,13 @@ def make_test_loader(
     workers: int | None = None,
     image_names: Sequence[str] | None = None,
     pin_memory: bool | None = None,
+    shard: bool = False,
 ) -> CarvanaLoader:
     """Batches of (images, file names) for prediction, in order.
 
     `photos` is a CarvanaData (its test photos in sample_submission.csv order, or `image_names`
     of them) or any list of photo paths (e.g. validation photos, to score a model the way Kaggle
-    would).
+    would). `shard`: under torchrun, only this rank's share (`ShardSampler`).
     """
     if isinstance(photos, CarvanaData):
         paths = photos.test_image_paths(None if image_names is None else list(image_names))
@@ -392,4 +423,5 @@ def make_test_loader(
         shuffle=False,
         seed=0,
         pin_memory=pin_memory,
+        sampler=ShardSampler(len(paths)) if shard else None,
     )

@@ -72,3 +72,33 @@ def split_by_car(
         train=sorted(names[i] for i in train_index),
         valid=sorted(names[i] for i in valid_index),
     )
+
+
+def fold_split(image_names: Sequence[str], folds: int, fold: int, sample_size: float = 1.0, seed: int = 42) -> Split:
+    """Fold `fold` (1..`folds`) of a K-fold split by car: its cars validate, every other fold's cars train.
+
+    The kept cars (`sample_size`, drawn as `split_by_car` draws them) are shuffled by `seed` and dealt
+    to the folds in turn, so fold sizes differ by at most one car and over the K folds every kept car
+    validates exactly once. The result depends only on the set of names, `folds` and `seed`.
+    """
+    if folds < 2:
+        raise ConfigError(f"folds {folds}: a K-fold split needs 2 or more")
+    if not 1 <= fold <= folds:
+        raise ConfigError(f"fold {fold}: must be one of 1..{folds}")
+    if not 0.0 < sample_size <= 1.0:
+        raise ConfigError(f"sample size {sample_size}: must be in (0, 1]")
+    names = sorted(set(image_names))
+    cars = sorted({car_id(n) for n in names})
+    kept_count = min(len(cars), max(2, math.ceil(sample_size * len(cars) - 1e-9)))
+    if kept_count < folds:
+        raise ConfigError(f"--folds {folds}: the training photos show {kept_count} car(s) to use; each fold needs "
+                          "at least one car to validate on (use fewer folds)")
+    rng = np.random.default_rng(seed)
+    kept = rng.choice(np.array(cars), size=kept_count, replace=False).tolist()
+    order = [kept[i] for i in rng.permutation(len(kept))]
+    valid_cars = set(order[fold - 1::folds])
+    kept_set = set(kept)
+    return Split(
+        train=[n for n in names if car_id(n) in kept_set and car_id(n) not in valid_cars],
+        valid=[n for n in names if car_id(n) in valid_cars],
+    )

@@ -14,6 +14,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
+from carvana.core.console import bars_disabled
 from carvana.core.hooks import call_cleanup_hook, call_hook, in_hook_order
 from carvana.models.forward_pass import ForwardPass
 from carvana.predict.hooks import PredictCallback, PredictState
@@ -82,22 +83,33 @@ class Predictor:
     def predict(self, test_loader: Iterable, callbacks: Sequence[PredictCallback] = (),
                 tta: bool | None = None) -> PredictState:
         """Predict batches of `(images, file_names)`, handing each batch to the callbacks' hooks."""
-        state = PredictState(model=self.model, total=_count(test_loader))
-        callbacks = in_hook_order(callbacks)
-        call_hook(callbacks, "on_predict_begin", state)
-        try:
-            for images, names in tqdm(test_loader, desc="predict", unit="batch", disable=self._bars_disabled()):
+        return predict_in_parts([(self, test_loader)], callbacks, tta)
+
+    def _bars_disabled(self) -> bool | None:
+        return bars_disabled(self.progress)
+
+
+def predict_in_parts(parts: Sequence[tuple[Predictor, Iterable]], callbacks: Sequence[PredictCallback] = (),
+                     tta: bool | None = None) -> PredictState:
+    """One prediction pass over several loaders, each predicted by its own predictor, for one set of
+    callbacks (begun once, ended once): e.g. each fold's model on the validation cars it never saw,
+    streamed into one out-of-fold file. `tta` defaults to each predictor's."""
+    state = PredictState(model=parts[0][0].model, total=sum(_count(loader) for _, loader in parts))
+    callbacks = in_hook_order(callbacks)
+    call_hook(callbacks, "on_predict_begin", state)
+    try:
+        for predictor, loader in parts:
+            state.model = predictor.model
+            flip = predictor.tta if tta is None else tta
+            for images, names in tqdm(loader, desc="predict", unit="batch", disable=predictor._bars_disabled()):
                 # Left on the model's device: the savers post-process it there (a GPU) or on the CPU.
-                state.probabilities = self.forward.probabilities(images, self.tta if tta is None else tta)
+                state.probabilities = predictor.forward.probabilities(images, flip)
                 state.names = [str(name) for name in names]
                 state.done += len(state.names)
                 call_hook(callbacks, "on_predict_batch_end", state)
-        except BaseException as error:
-            # Ctrl-C, a bad image, a full disk: let the savers drop their partial files.
-            call_cleanup_hook(callbacks, "on_exception", state, error)
-            raise
-        call_hook(callbacks, "on_predict_end", state)
-        return state
-
-    def _bars_disabled(self) -> bool | None:
-        return None if self.progress is None else not self.progress
+    except BaseException as error:
+        # Ctrl-C, a bad image, a full disk: let the savers drop their partial files.
+        call_cleanup_hook(callbacks, "on_exception", state, error)
+        raise
+    call_hook(callbacks, "on_predict_end", state)
+    return state

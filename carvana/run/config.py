@@ -47,6 +47,8 @@ class Environment:
     workers: int = 2
     # Decode and resize the training photos once into output/cache (carvana.data.cache).
     cache: bool = True
+    # Under torchrun with CUDA: batch norm statistics over every GPU's batch (SyncBatchNorm).
+    sync_bn: bool = False
 
     def to_dict(self) -> dict[str, Any]:
         """Primitives only, so a checkpoint holding it loads with torch.load(weights_only=True)."""
@@ -133,6 +135,10 @@ class Config:
     output_dir: Path = Environment.output_dir
     log_dir: Path = Environment.log_dir
     validation_size: float = 0.2
+    # K-fold by car (--folds K): K models, each validated on its own 1/K of the cars; `fold` is the
+    # one (1..K) a model of such a run is (validation_size is then not used).
+    folds: int = 1
+    fold: int | None = None
     sample_size: float = 1.0  # fraction of the cars to use
     augment: bool = True
     # Targets as the car's share of each output pixel (0..1) instead of 0/1 (carvana.data.datasets).
@@ -141,6 +147,7 @@ class Config:
     seed: int = 42
     workers: int = Environment.workers
     device: str = Environment.device
+    sync_bn: bool = Environment.sync_bn
     # Prediction
     threshold: float = 0.5
     # After training, choose the threshold on the validation cars (carvana.predict.threshold) and save
@@ -219,6 +226,10 @@ class Config:
             raise ConfigError(f"workers {self.workers}: must be 0 (load in the main process) or more")
         if self.coarse_epochs < 0:
             raise ConfigError(f"coarse epochs {self.coarse_epochs}: must be 0 (none) or more")
+        if not _is_int(self.folds) or self.folds < 1:
+            raise ConfigError(f"folds {self.folds!r}: must be a whole number of at least 1 (1 = one split, no folds)")
+        if self.fold is not None and (not _is_int(self.fold) or not 1 <= self.fold <= self.folds or self.folds < 2):
+            raise ConfigError(f"fold {self.fold!r}: must be one of 1..{self.folds} of a run with --folds 2 or more")
 
     @property
     def coarse_phase_epochs(self) -> int:

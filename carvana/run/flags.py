@@ -106,6 +106,7 @@ def run_name(text: str) -> str:
 
 TRAINING = ("run", "train")  # the subcommands that train
 PREDICTING = ("run", "train", "predict")  # the subcommands that predict (train: the validation cars)
+CUTTING_OUT = (*PREDICTING, "cutout")  # ... and the flags of those that `cutout` takes as well
 
 # The --help section of each group of flags, in the order they are listed.
 GROUPS = {
@@ -177,31 +178,36 @@ FLAGS: tuple[Flag, ...] = (
     Flag("--validation-size", "validation_size", TRAINING, "training", type=open_fraction,
          help="fraction of cars held out (0.2)"),
     Flag("--sample-size", "sample_size", TRAINING, "training", type=share, help="fraction of the cars to use (1.0)"),
+    Flag("--folds", "folds", TRAINING, "training", type=positive_int, metavar="K", help=(
+        "train K models on a K-fold split by car, each validated on its own unseen cars, then score the "
+        "out-of-fold predictions of every car (default: 1, one split by --validation-size)")),
     Flag("--no-augment", "augment", TRAINING, "training", switch=False, help="train without augmentation"),
     Flag("--soft-targets", "soft_targets", TRAINING, "training", negatable=True, help=(
         "train on the car's share of each output pixel (0..1) instead of 0/1 masks: sharper edges once "
         "up-sampled (default: the preset's)")),
     Flag("--seed", "seed", TRAINING, "training", type=seed_int),
-    Flag("--amp", "amp", PREDICTING, "running", choices=AMP_MODES,
+    Flag("--amp", "amp", CUTTING_OUT, "running", choices=AMP_MODES,
          help="mixed precision: auto (bf16/fp16 on CUDA, bf16 on CPUs that have it), off, fp16, bf16"),
     Flag("--no-channels-last", "channels_last", TRAINING, "running", switch=False, help="keep NCHW memory format"),
     Flag("--run-name", "run_name", TRAINING, "training", type=run_name,
          help="name of the run's log and checkpoint folders"),
     Flag("--workers", "workers", PREDICTING, "running", type=non_negative_int,
          help="data-loading worker processes"),
-    Flag("--device", "device", PREDICTING, "running", help="auto, cpu, cuda, cuda:1, ..."),
+    Flag("--device", "device", CUTTING_OUT, "running", help="auto, cpu, cuda, cuda:1, ..."),
+    Flag("--sync-bn", "sync_bn", TRAINING, "running", switch=True, help=(
+        "under torchrun on GPUs: batch norm statistics over all the processes' batches (SyncBatchNorm)")),
     Flag("--no-cache", "cache", TRAINING, "running", switch=False, help=(
         "decode the photos every epoch instead of once into OUTPUT/cache (rebuilt by itself when a file changes)")),
-    Flag("--output-dir", "output_dir", PREDICTING, "running", type=Path,
+    Flag("--output-dir", "output_dir", CUTTING_OUT, "running", type=Path,
          help="checkpoints, cache and the submission (default: output)"),
     Flag("--log-dir", "log_dir", TRAINING, "running", type=Path, help="TensorBoard logs (default: logs)"),
-    Flag("--threshold", "threshold", PREDICTING, "prediction", type=open_fraction, implies={"tune_threshold": False},
+    Flag("--threshold", "threshold", CUTTING_OUT, "prediction", type=open_fraction, implies={"tune_threshold": False},
          help=("probability above which a pixel is the car (default: chosen on the validation cars after training "
                "and saved with the checkpoint; 0.5 for a checkpoint without one)")),
-    Flag("--mask-cleanup", "mask_cleanup", PREDICTING, "prediction", choices=MASK_CLEANUPS, help=(
+    Flag("--mask-cleanup", "mask_cleanup", CUTTING_OUT, "prediction", choices=MASK_CLEANUPS, help=(
         "before up-sampling: keep only the largest car region (largest), fill holes enclosed by the car "
         "(fill), or both (default: none; every run prints each one's validation Dice)")),
-    Flag("--tta", "tta", PREDICTING, "prediction", negatable=True, help=(
+    Flag("--tta", "tta", CUTTING_OUT, "prediction", negatable=True, help=(
         "average with the horizontally flipped image: one more pass of the model (default: the preset's)")),
 )
 

@@ -21,6 +21,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from carvana.core import distributed
 from carvana.core.durations import format_duration
 from carvana.core.errors import ConfigError
 from carvana.core.geometry import Geometry
@@ -34,15 +35,24 @@ BEST_NAME = "best.pt"  # the epoch of the best monitored score: what scoring and
 # Changing these on resume would build another network: the saved weights would not fit it.
 WEIGHT_FIELDS = ("model", "input_size", "width")
 # Changing these on resume would draw another split: cars the run validated on would be trained on.
-SPLIT_FIELDS = ("validation_size", "sample_size", "seed")
+SPLIT_FIELDS = ("validation_size", "sample_size", "seed", "folds", "fold")
 # A resumed run keeps its name and the preset its settings came from.
 IDENTITY_FIELDS = ("run_name", "preset")
 # Fields that set which epochs ran at which input size: fixed once the run has started.
 PHASE_FIELDS = ("coarse_epochs",)
 
 
+def run_folder(config: Config, run_name: str) -> Path:
+    """A run's folder below OUTPUT/models, logs and OUTPUT/validation: its name, and `fold-N` of a fold's model."""
+    return Path(run_name) / fold_name(config.fold) if config.fold is not None else Path(run_name)
+
+
+def fold_name(fold: int) -> str:
+    return f"fold-{fold}"
+
+
 def models_dir(config: Config, run_name: str) -> Path:
-    return config.output_dir / "models" / run_name
+    return config.output_dir / "models" / run_folder(config, run_name)
 
 
 def default_run_name(config: Config) -> str:
@@ -98,8 +108,9 @@ class Run:
         # The run's settings; the pipeline sets them once more when it fits the input size to the photos.
         self.config = config.replace(run_name=name)
         self.models_dir = models_dir(config, name)
-        self.log_dir = config.log_dir / name
-        self.validation_dir = config.output_dir / "validation" / name
+        self.folder = run_folder(config, name)  # its folder under OUTPUT/models, logs and OUTPUT/validation
+        self.log_dir = config.log_dir / self.folder
+        self.validation_dir = config.output_dir / "validation" / self.folder
         self.last_path = self.models_dir / LAST_NAME
         self.best_path = self.models_dir / BEST_NAME
         self._created = created  # folders this process made, removed again if the run never starts
@@ -175,6 +186,21 @@ def open_existing_run(config: Config) -> Run:
     run = Run(config, config.run_name, created)
     run.lock()
     return run
+
+
+def fold_run(config: Config, name: str, fold: int) -> Run:
+    """Fold `fold` of the fold run `name` (whose lock its caller holds): its folders made where missing."""
+    config = config.replace(fold=fold, run_name=name)
+    if not distributed.is_main():  # under torchrun rank 0 makes the folders and alone writes in them
+        return Run(config, name, [])
+    created = _make_missing(models_dir(config, name), config.log_dir / run_folder(config, name))
+    return Run(config, name, created)
+
+
+def follow_run(config: Config, name: str) -> Run:
+    """The run `name` as a process other than rank 0 of a torchrun sees it: its names and paths, none of
+    its folders made or locked (rank 0 reserved them and alone writes in them)."""
+    return Run(config, name, [])
 
 
 def _make_missing(*folders: Path) -> list[Path]:

@@ -11,6 +11,14 @@ Epochs are counted absolutely: `train(..., epochs=12)` on a classifier resumed a
 epochs 9..12. Each epoch's randomness (shuffle order, augmentation) is seeded from (seed, epoch),
 so a resumed run sees the same batches as one that never stopped.
 
+Under torchrun (`carvana.core.distributed`) every process runs this loop on its share of the
+batches, the model wrapped in DistributedDataParallel (its gradients averaged over the processes;
+`self.model` stays the bare model, which is what checkpoints hold). The epoch's training loss and
+Dice are summed over the processes, and validation runs on each one's share of the validation
+photos with the per-image Dice gathered, each photo counted once: every process sees the same
+metrics, so early stopping, the LR scheduler and the best checkpoint decide alike everywhere. A NaN
+loss on any process stops all of them at the same step, and a time budget follows rank 0's clock.
+
 Interruptions:
 - Ctrl-C, or SIGTERM (raised as `process_lifetime.Terminated`): the callbacks' `on_exception`
   runs (the checkpoint keeps `last.pt` at the last COMPLETED epoch, never half an epoch, so a resume
@@ -39,7 +47,9 @@ from torch import nn
 from torch.utils.data import SequentialSampler
 from tqdm import tqdm
 
-from carvana.core.errors import CheckpointError, TrainingDiverged
+from carvana.core import distributed
+from carvana.core.console import bars_disabled
+from carvana.core.errors import CheckpointError, ConfigError, TrainingDiverged
 from carvana.core.hooks import call_cleanup_hook, call_hook, in_hook_order
 from carvana.core.process_lifetime import EXIT_INTERRUPTED, interrupt_exit_code, stopped_by
 from carvana.models.forward_pass import ForwardPass
@@ -162,15 +172,16 @@ def cosine_at_epoch(optimizer: torch.optim.Optimizer, base_lr: float, epochs: in
     return scheduler
 
 
-def seed_epoch(seed: int, epoch: int, loader: Any) -> None:
-    """Make an epoch's randomness a function of (seed, epoch) alone.
+def seed_epoch(seed: int, epoch: int, loader: Any, rank: int = 0) -> None:
+    """Make an epoch's randomness a function of (seed, epoch) alone (and the process's rank under torchrun).
 
     Reseeds the global RNGs (which the default sampler, the worker seeds and main-process
     augmentation draw from) and a generator the loader or its sampler owns, and calls a
     `set_epoch(epoch)` hook of the sampler or dataset (the DistributedSampler convention) for
-    randomness they keep themselves.
+    randomness they keep themselves. `rank` gives each process of a torchrun its own augmentation
+    (the DistributedSampler's shuffle is seeded by itself, alike on every process).
     """
-    epoch_seed = (seed * 1_000_003 + epoch) % 2**32
+    epoch_seed = (seed * 1_000_003 + epoch + rank * 7_919) % 2**32
     torch.manual_seed(epoch_seed)
     np.random.seed(epoch_seed)
     random.seed(epoch_seed)
@@ -191,9 +202,22 @@ def _files_in_order(loader: Any) -> tuple[list[Path], list[Path]] | None:
     """
     dataset = getattr(loader, "dataset", None)
     images, masks = getattr(dataset, "image_paths", None), getattr(dataset, "mask_paths", None)
-    if not isinstance(getattr(loader, "sampler", None), SequentialSampler) or images is None or masks is None:
+    if images is None or masks is None:
         return None
-    return list(images), list(masks)
+    order = _item_order(loader)
+    if order is None:
+        return None
+    return [images[i] for i in order], [masks[i] for i in order]
+
+
+def _item_order(loader: Any) -> list[int] | None:
+    """The dataset indices of a loader's items in the order it yields them (a sequential loader, or
+    one rank's share: `ShardSampler.indices`); None when it cannot say."""
+    sampler = getattr(loader, "sampler", None)
+    if isinstance(sampler, SequentialSampler):
+        return list(range(len(loader.dataset)))
+    indices = getattr(sampler, "indices", None)
+    return list(indices) if isinstance(indices, list) else None
 
 
 def _batches(loader: Any) -> int | None:
@@ -223,8 +247,13 @@ class CarvanaClassifier:
 
             torch.manual_seed(config.seed)  # the same seed gives the same initial weights
             model = build_model(config.model, config.width)
+        self.ranks = distributed.current()
+        if config.sync_bn and self.ranks.distributed:
+            model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
         self.forward = ForwardPass.with_settings(model, device or config.device, config.amp, config.channels_last)
-        self.model = self.forward.model
+        self.model = self.forward.model  # the bare model, whose weights checkpoints hold
+        # The forward pass that trains: through DistributedDataParallel under torchrun.
+        self.train_forward = self._distributed_forward() if self.ranks.distributed else self.forward
         self.loss_fn = BCEDiceLoss(config.bce_weight, config.dice_weight)
         self.optimizer = build_optimizer(config, self.model.parameters())
         self.scheduler = build_scheduler(config, self.optimizer)
@@ -243,6 +272,16 @@ class CarvanaClassifier:
     @property
     def device(self) -> torch.device:
         return self.forward.device
+
+    def _distributed_forward(self) -> ForwardPass:
+        """The model wrapped in DistributedDataParallel (the process group started: `distributed.start`)."""
+        if self.config.sync_bn and self.device.type != "cuda":
+            raise ConfigError("--sync-bn: SyncBatchNorm needs CUDA devices; on the CPU leave it off")
+        if not distributed.is_started():
+            raise RuntimeError("torchrun's process group is not started (carvana.core.distributed.start)")
+        wrapped = nn.parallel.DistributedDataParallel(
+            self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
+        return ForwardPass(wrapped, self.device, self.forward.precision, self.forward.channels_last)
 
     # ------------------------------------------------------------------ training
 
@@ -346,7 +385,7 @@ class CarvanaClassifier:
             valid = self._evaluate(valid_loader, desc=f"valid {epoch}/{state.epochs}", on_batch=validation_batch_end)
         finally:
             state.validation_batch = None  # the batch's tensors are not kept past the pass
-        state.train_seconds, state.epoch_steps = clock.seconds(), steps
+        state.train_seconds, state.epoch_steps = self._run_seconds(clock), steps
         planned = budget.planned_epochs(epoch, state.global_step, state.train_seconds, steps_per_epoch)
         state.epochs = planned
         cosine = isinstance(self.scheduler, torch.optim.lr_scheduler.CosineAnnealingLR)
@@ -374,19 +413,21 @@ class CarvanaClassifier:
                          clock: TrainingClock) -> tuple[float, float, int]:
         """One pass over `loader`, or less when the budget is spent; returns the per-image mean loss and Dice
         and the steps taken."""
-        seed_epoch(self.config.seed, epoch, loader)
-        self.model.train()
+        seed_epoch(self.config.seed, epoch, loader, self.ranks.rank)
+        self.train_forward.model.train()
         loss_sum = dice_sum = 0.0
         seen = step = 0
         with tqdm(loader, desc=f"epoch {epoch}/{state.epochs}", leave=False, unit="batch",
                   disable=self._bars_disabled()) as bar:
             for step, (images, masks) in enumerate(bar, start=1):
-                images = self.forward.inputs(images)
+                images = self.train_forward.inputs(images)
                 masks = masks.to(self.device, non_blocking=True)
-                logits = self.forward.logits(images)
+                logits = self.train_forward.logits(images)
                 loss = self.loss_fn(logits, masks)  # float32 whatever the autocast dtype
                 loss_value = float(loss.detach())
-                if not math.isfinite(loss_value):
+                if distributed.any_rank(not math.isfinite(loss_value)):
+                    if math.isfinite(loss_value):
+                        loss_value = float("nan")  # another process's loss: the run stops as one
                     kept = (f"the weights of epoch {state.epoch} are the last good ones (last.pt/best.pt are "
                             "not overwritten)" if state.epoch else "no epoch was completed, so nothing was saved")
                     raise TrainingDiverged(
@@ -399,11 +440,19 @@ class CarvanaClassifier:
                 loss_sum += loss_value * batch
                 dice_sum += float(dice_from_logits(logits.detach(), masks, self.config.threshold).sum())
                 bar.set_postfix(loss=f"{loss_sum / seen:.4f}", dice=f"{dice_sum / seen:.4f}")
-                if budget.limited and budget.spent(state.global_step, clock.seconds()):
+                if budget.limited and budget.spent(state.global_step, self._run_seconds(clock)):
                     break  # the epoch ends here; it is validated and checkpointed like a full one
         if seen == 0:
             raise ValueError(f"epoch {epoch}: the training loader gave no batches")
+        if self.ranks.distributed:
+            loss_sum, dice_sum, seen = distributed.sum_over_ranks([loss_sum, dice_sum, seen])
+            # Batch norm's running statistics as rank 0 has them (the ones its checkpoint saves), everywhere.
+            distributed.broadcast_module(self.model, buffers_only=True)
         return loss_sum / seen, dice_sum / seen, step
+
+    def _run_seconds(self, clock: TrainingClock) -> float:
+        """The run's training time so far: rank 0's clock on every process under torchrun."""
+        return distributed.from_main([clock.seconds()])[0] if self.ranks.distributed else clock.seconds()
 
     def _step(self, loss: torch.Tensor, state: TrainState) -> None:
         self.optimizer.zero_grad(set_to_none=True)
@@ -436,8 +485,9 @@ class CarvanaClassifier:
     ) -> dict[str, float]:
         """Validation loss and Dice; `on_batch` sees each batch (see `ValidationBatch`)."""
         self.model.eval()
-        loss_sum = dice_sum = 0.0
+        loss_sum = 0.0
         seen = 0
+        dices: list[float] = []  # per image, in the loader's order
         files = _files_in_order(loader) if on_batch is not None else None
         for images, masks in tqdm(loader, desc=desc, leave=False, unit="batch", disable=self._bars_disabled()):
             photos = images
@@ -447,7 +497,7 @@ class CarvanaClassifier:
             batch = images.shape[0]
             loss_sum += float(self.loss_fn(logits, masks)) * batch
             dice = dice_from_logits(logits, masks, self.config.threshold)
-            dice_sum += float(dice.sum())
+            dices.extend(dice.float().tolist())
             if on_batch is not None:
                 on_batch(ValidationBatch(
                     first=seen, photos=self.geometry.crop_to_output(photos),
@@ -457,9 +507,24 @@ class CarvanaClassifier:
                     mask_paths=None if files is None else files[1][seen:seen + batch],
                 ))
             seen += batch
+        if self.ranks.distributed:
+            return self._gathered_metrics(loader, loss_sum, dices)
         if seen == 0:
             raise ValueError("the validation loader gave no batches")
-        return {"val_loss": loss_sum / seen, "val_dice": dice_sum / seen}
+        return {"val_loss": loss_sum / seen, "val_dice": math.fsum(dices) / seen}
+
+    def _gathered_metrics(self, loader: Iterable, loss_sum: float, dices: list[float]) -> dict[str, float]:
+        """The validation metrics over every process's share (torchrun), alike on each: the per-image Dice
+        of all shares put in the photos' order, so each photo counts once whichever process scored it."""
+        order = _item_order(loader) or list(range(len(dices)))
+        scored = sorted(pair for share in distributed.gather(list(zip(order, dices))) for pair in share)
+        if len({index for index, _ in scored}) != len(scored):
+            raise ValueError("validation: the processes' shares of the validation photos overlap (shard the "
+                             "validation loader: make_valid_loader(..., shard=True))")
+        loss_sum, seen = distributed.sum_over_ranks([loss_sum, len(dices)])
+        if not scored:
+            raise ValueError("the validation loader gave no batches")
+        return {"val_loss": loss_sum / seen, "val_dice": math.fsum(dice for _, dice in scored) / len(scored)}
 
     # ------------------------------------------------------------------ checkpoints
 
@@ -531,4 +596,4 @@ class CarvanaClassifier:
             self.scheduler = cosine_for_run(self.optimizer, self.config, self.config.epochs, self.epoch)
 
     def _bars_disabled(self) -> bool | None:
-        return None if self.progress is None else not self.progress
+        return bars_disabled(self.progress)

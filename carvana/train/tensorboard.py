@@ -71,6 +71,7 @@ class _SharedWriters:
 
     def __init__(self) -> None:
         self._open: dict[Path, _Shared] = {}
+        self.failed: set[Path] = set()  # run dirs whose logging failed in this process: off for the rest of it
 
     def acquire(self, run_dir: Path, purge_step: int | None) -> SummaryWriter | None:
         """The run dir's writer (opened by the first user), or None when logging there has failed."""
@@ -101,6 +102,7 @@ class _SharedWriters:
         if shared is None or shared.writer is None:
             return
         writer, shared.writer = shared.writer, None
+        self.failed.add(run_dir.resolve())
         _report(run_dir, error)
         try:
             writer.close()
@@ -425,3 +427,41 @@ def _add_jpeg(writer: SummaryWriter, tag: str, picture: np.ndarray, step: int) -
                           encoded_image_string=encoded.tobytes())
     # The call `add_image` makes, with our encoding instead of its PNG.
     writer._get_file_writer().add_summary(Summary(value=[Summary.Value(tag=tag, image=image)]), step)
+
+
+# The settings shown as columns of TensorBoard's HParams tab, and the results beside them.
+HPARAM_FIELDS = ("preset", "model", "input_size", "width", "optimizer", "lr", "scheduler", "batch_size", "epochs",
+                 "coarse_epochs", "soft_targets", "augment", "tta", "mask_cleanup", "bce_weight", "dice_weight",
+                 "seed")
+
+
+def log_hparams(log_dir: Path, run_name: str, settings: dict[str, object], results: dict[str, float],
+                step: int) -> None:
+    """Add the run's settings and final results to its TensorBoard run, for the HParams tab.
+
+    `settings`: a Config's `to_dict()` (the `HPARAM_FIELDS` of it are shown); `results`: e.g.
+    {"validation_dice": ..., "best_epoch_dice": ...}, shown as `hparam/<name>` at `step` (the last
+    epoch). Written after training, in an event file of its own; failing to write is one line on
+    stderr, never an error, and nothing is tried once the run's logging failed during training.
+    """
+    from torch.utils.tensorboard.summary import hparams
+
+    run_dir = Path(log_dir) / run_name
+    if run_dir.resolve() in WRITERS.failed:
+        return  # logging to it failed during training, and that was said: it stays off
+    shown = {name: (f"{value[0]}x{value[1]}" if isinstance(value, (list, tuple)) else value)
+             for name, value in settings.items() if name in HPARAM_FIELDS and value is not None}
+    metrics = {f"hparam/{name}": float(value) for name, value in results.items() if value is not None}
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        _wait_for_a_later_file_name(run_dir)
+        writer = SummaryWriter(log_dir=str(run_dir))
+        try:
+            for summary in hparams(shown, metrics):
+                writer.file_writer.add_summary(summary)
+            for tag, value in metrics.items():
+                writer.add_scalar(tag, value, global_step=step)
+        finally:
+            writer.close()
+    except Exception as error:  # noqa: BLE001 - the HParams tab is a view; the run's results are on disk
+        log.warning(f"{run_dir}: TensorBoard hyper-parameters not written ({_reason(error)})")

@@ -1,0 +1,205 @@
+"""Several processes, one run: the process group that `torchrun` launches, and what its ranks agree on.
+
+`torchrun --nproc_per_node=N main.py ...` starts N copies of the same command with RANK, WORLD_SIZE,
+LOCAL_RANK and the rendezvous address in their environment; `python main.py` starts one, with none
+of them. `current()` reads which process this is (a world of one outside torchrun) and `start()`
+joins the group: gloo on the CPU, nccl on CUDA, one GPU per local rank.
+
+Everything here is a no-op in a world of one, so callers need no second code path: `agree`,
+`gather` and `broadcast` return their input, `barrier` returns at once.
+
+Who does what (`carvana.pipeline`, `carvana.train.classifier`):
+- every rank trains on its share of the batches (DistributedDataParallel averages the gradients),
+  validates its share of the validation photos, and predicts its share of the test set;
+- only rank 0 (`is_main()`) writes checkpoints, TensorBoard events, the validation files and the
+  submission, and prints; the others show errors only (`carvana.core.console`);
+- decisions that end a loop (a NaN loss, a spent time budget, early stopping) are taken on values
+  every rank holds alike, so no rank is left waiting in a collective for one that stopped.
+"""
+from __future__ import annotations
+
+import datetime
+import os
+from dataclasses import dataclass
+from typing import Any, Sequence, TypeVar
+
+import torch
+
+T = TypeVar("T")
+
+# How long a rank waits in a collective for the others (e.g. while rank 0 scores the validation
+# cars at full resolution or merges the submission) before the run is declared stuck.
+TIMEOUT = datetime.timedelta(hours=2)
+
+
+@dataclass(frozen=True)
+class Ranks:
+    """Which process of the run this is: `rank` of `world_size`, `local_rank` on its machine."""
+
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+
+    @property
+    def distributed(self) -> bool:
+        return self.world_size > 1
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def _environment_int(name: str, default: int) -> int:
+    try:
+        return int(os.environ.get(name, default))
+    except ValueError:
+        return default
+
+
+def current() -> Ranks:
+    """This process's place in the run, from the variables torchrun sets (a world of one without them)."""
+    world = max(1, _environment_int("WORLD_SIZE", 1))
+    if world == 1:
+        return Ranks()
+    return Ranks(_environment_int("RANK", 0), world, _environment_int("LOCAL_RANK", 0))
+
+
+def is_main() -> bool:
+    """True in the process that writes the run's files and speaks (the only one outside torchrun)."""
+    return current().is_main
+
+
+def is_started() -> bool:
+    return torch.distributed.is_available() and torch.distributed.is_initialized()
+
+
+def backend_for(device_type: str) -> str:
+    """nccl between GPUs, gloo between CPUs."""
+    return "nccl" if device_type == "cuda" else "gloo"
+
+
+def local_device(device: torch.device) -> torch.device:
+    """The device of this rank: a bare `cuda` becomes the GPU of its local rank; others stay as they are."""
+    ranks = current()
+    if device.type == "cuda" and device.index is None and ranks.distributed:
+        return torch.device("cuda", ranks.local_rank)
+    return device
+
+
+def start(device_type: str) -> Ranks:
+    """Join the process group torchrun set up (once; nothing to do in a world of one)."""
+    ranks = current()
+    if not ranks.distributed or is_started():
+        return ranks
+    backend = backend_for(device_type)
+    if backend == "nccl":
+        torch.cuda.set_device(ranks.local_rank)
+    torch.distributed.init_process_group(backend=backend, timeout=TIMEOUT)
+    return ranks
+
+
+def stop() -> None:
+    """Leave the process group (at the end of a command)."""
+    if is_started():
+        torch.distributed.destroy_process_group()
+
+
+def is_lost_process(error: BaseException) -> bool:
+    """Whether `error` is a collective failing because another process of the run is gone (killed,
+    crashed, unreachable): what gloo and nccl raise then."""
+    if isinstance(error, getattr(torch.distributed, "DistError", ())):
+        return True
+    signs = ("Connection closed by peer", "Connection reset by peer", "Broken pipe", "gloo/transport", "NCCL")
+    return isinstance(error, RuntimeError) and any(sign in str(error) for sign in signs)
+
+
+def lost_process_message(error: BaseException) -> str:
+    """One line for a run that stopped because another of its processes is gone."""
+    detail = str(error).strip().splitlines()[0][:160] if str(error).strip() else type(error).__name__
+    return (f"rank {current().rank}: another process of the run stopped or cannot be reached ({detail}); "
+            "the run stops (torchrun names the process that failed)")
+
+
+def _live() -> bool:
+    return is_started() and torch.distributed.get_world_size() > 1
+
+
+def barrier() -> None:
+    """Wait until every rank is here."""
+    if _live():
+        torch.distributed.barrier()
+
+
+def gather(value: T) -> list[T]:
+    """Every rank's `value` (any picklable object), in rank order, on every rank."""
+    if not _live():
+        return [value]
+    values: list[Any] = [None] * torch.distributed.get_world_size()
+    torch.distributed.all_gather_object(values, value)
+    return values
+
+
+def broadcast(value: T, source: int = 0) -> T:
+    """Rank `source`'s `value` (any picklable object) on every rank."""
+    if not _live():
+        return value
+    box = [value]
+    torch.distributed.broadcast_object_list(box, src=source)
+    return box[0]
+
+
+def _collective_device() -> torch.device:
+    """Where the small tensors of a collective live: the GPU for nccl, the CPU for gloo."""
+    if torch.distributed.get_backend() == "nccl":
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
+
+
+def any_rank(flag: bool) -> bool:
+    """True on every rank when `flag` is True on at least one (cheap enough to ask at every step)."""
+    if not _live():
+        return bool(flag)
+    value = torch.tensor([1.0 if flag else 0.0], device=_collective_device())
+    torch.distributed.all_reduce(value, op=torch.distributed.ReduceOp.MAX)
+    return bool(value.item() > 0)
+
+
+def from_main(values: Sequence[float]) -> list[float]:
+    """Rank 0's `values` (the same length on every rank) on every rank, e.g. its clock, so that a time
+    budget ends training at the same step everywhere."""
+    if not _live():
+        return [float(v) for v in values]
+    tensor = torch.tensor([float(v) for v in values], dtype=torch.float64, device=_collective_device())
+    torch.distributed.broadcast(tensor, src=0)
+    return [float(v) for v in tensor.tolist()]
+
+
+def sum_over_ranks(values: Sequence[float]) -> list[float]:
+    """The element-wise sums of each rank's `values` (the same length on every rank), on every rank."""
+    if not _live():
+        return [float(v) for v in values]
+    return [float(sum(column)) for column in zip(*gather([float(v) for v in values]))]
+
+
+def broadcast_module(module: torch.nn.Module, source: int = 0, buffers_only: bool = False) -> None:
+    """Give every rank rank `source`'s parameters and buffers (e.g. the weights it loaded from a file);
+    `buffers_only`: its buffers alone (batch norm's running statistics, which each rank updates on its
+    own batches)."""
+    if not _live():
+        return
+    tensors = [*([] if buffers_only else module.parameters()), *module.buffers()]
+    with torch.no_grad():
+        for tensor in tensors:
+            if tensor.is_contiguous():
+                torch.distributed.broadcast(tensor.data, src=source)
+            else:  # e.g. a channels_last weight: sent in the standard layout, copied back into its own
+                sent = tensor.data.contiguous()
+                torch.distributed.broadcast(sent, src=source)
+                tensor.data.copy_(sent)
+
+
+def shard(count: int, ranks: Ranks | None = None) -> range:
+    """The indices of `count` items that this rank handles: every `world_size`-th from its rank, so
+    each item is handled by exactly one rank (no padding, unlike DistributedSampler)."""
+    ranks = ranks or current()
+    return range(ranks.rank, count, ranks.world_size)
