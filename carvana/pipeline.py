@@ -222,6 +222,10 @@ def run_training(config: Config, options: DataOptions, resume: str | None = None
         if fold_series:
             return _train_folds(run, options, need_test, dict(changes or {}), fit_input)
         return _train_in(run, options, need_test, checkpoint, fit_input)
+    except BaseException:
+        if fold_series and not any(run.models_dir.glob(f"fold-*/{LAST_NAME}")):
+            run.forget()  # a fold run none of whose folds started leaves no empty folders behind
+        raise
     finally:
         run.release()
 
@@ -252,6 +256,8 @@ def _train_folds(run: Run, options: DataOptions, need_test: bool, changes: dict[
                            fit_input=fit_input and fold == 1 and checkpoint is None)
         if fold == 1:
             config = dataclasses.replace(config, input_size=result.config.input_size)
+            run.config = config
+        _write_fold_run_settings(run)
         if results:
             results[-1] = dataclasses.replace(results[-1], classifier=None)  # one model in memory at a time
         results.append(result)
@@ -260,6 +266,17 @@ def _train_folds(run: Run, options: DataOptions, need_test: bool, changes: dict[
     return dataclasses.replace(last_fold, config=config, validation_dice=dice, validation_images=images,
                                validation_cars=cars, fold_checkpoints=tuple(r.checkpoint.path for r in results),
                                training_ended=f"trained {len(results)} folds ({last_fold.training_ended} last)")
+
+
+def _write_fold_run_settings(run: Run) -> None:
+    """A fold run's settings as `config.yaml` beside its folds (each fold's own names its fold): what
+    `train --config` takes to train all the folds again."""
+    from carvana.run.settings_file import CONFIG_FILE_NAME, write_settings_file
+
+    path = run.models_dir / CONFIG_FILE_NAME
+    if distributed.is_main():
+        write_settings_file(path, run.config, title=f"fold run {run.name}; all its folds again:  "
+                                                    f"python main.py train --config {path}")
 
 
 def _score_out_of_fold(run: Run, folds: list[TrainingResult]) -> tuple[float, int, int]:

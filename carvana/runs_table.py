@@ -139,7 +139,7 @@ def fold_run_row(folder: Path) -> RunRow:
         width=first.width, epochs=sum(row.epochs for row in rows),
         planned_epochs=sum(row.planned_epochs or 0 for row in rows) or None,
         best_epoch_dice=sum(scores) / len(scores) if scores else None,
-        dice=_float(record.get("dice")) if record else None, threshold=None,
+        dice=_float(record.get("dice")) if record else None, threshold=_float(record.get("threshold")) if record else None,
         train_seconds=sum(row.train_seconds for row in rows), best_checkpoint=folder,
     )
 

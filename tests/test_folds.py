@@ -8,6 +8,7 @@ import json
 import shutil
 
 import pytest
+import yaml
 
 from carvana.core.geometry import Size
 from carvana.data.split import fold_split
@@ -32,11 +33,13 @@ def test_every_car_is_validated_by_exactly_one_fold_and_never_trained_on_by_it()
     assert folds[0] != fold_split(names, 4, 1, seed=8)
 
 
-def test_more_folds_than_cars_is_refused_in_one_line(tmp_path, capsys):
+def test_more_folds_than_cars_is_refused_in_one_line_and_leaves_no_run_behind(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
     data_dir = make_tiny_carvana(tmp_path, cars=2, views=2)
     code, _, err = run_cli(["train", "--data-dir", data_dir, "--folds", "3", "--workers", "0"], capsys)
 
     assert code != 0 and "--folds 3" in err and err.strip().count("\n") == 0
+    assert not any((tmp_path / "output" / "models").iterdir()) and not any((tmp_path / "logs").iterdir())
 
 
 TINY = ["--preset", "cpu", "--input-size", "64x64", "--width", "0.125", "--epochs", "1", "--batch-size", "4",
@@ -63,6 +66,9 @@ def test_a_fold_run_scores_every_car_out_of_fold_and_resume_skips_finished_folds
     trained_on = sorted(p.name for p in (data_dir / "train").iterdir())
     assert sorted(predicted) == trained_on, "every training photo is predicted once, by the fold that never saw it"
     dice = oof_dice(out)
+    settings = yaml.safe_load((folder / "config.yaml").read_text())
+    assert settings["folds"] == 3 and settings["fold"] is None, "the run's settings train all its folds again"
+    assert yaml.safe_load((folder / "fold-2" / "config.yaml").read_text())["fold"] == 2
     record = json.loads((folder / "out_of_fold.json").read_text())
     assert record["dice"] == pytest.approx(dice, abs=1e-4) and 0 < record["threshold"] < 1, record
     assert record["checkpoints"] == [str(folder / f"fold-{k}" / "best.pt").replace(str(tmp_path) + "/", "")
