@@ -462,12 +462,11 @@ def _train_in(run: Run, options: DataOptions, need_test: bool, checkpoint: Check
                 # The config's cap and budget decide the length (carvana.train.budget).
                 ended = classifier.train(train_loader, valid_loader, callbacks=callbacks, coarse=coarse).stop_reason
         except TrainingInterruptedError as e:
+            with contextlib.suppress(CarvanaError, OSError):  # the interruption is what to report
+                _write_run_settings(run)  # a run that can be resumed has its settings beside its last.pt
             raise TrainingInterrupted(e.resume_hint, exit_code=e.exit_code) from None
-        finally:
-            _write_run_settings(run)  # once the run has a checkpoint, however training ended
         log.info(f"Training {ended}")
-    if not trained:
-        _write_run_settings(run)
+    _write_run_settings(run)
 
     dice, scored = _score_chosen(run, classifier, checkpoint, trained, data, split, config)
     return TrainingResult(config, classifier, scored, source.data_dir, dice, len(split.valid),
