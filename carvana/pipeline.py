@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import json
 import logging
 import math
 import os
@@ -23,14 +22,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from carvana.core import distributed
-from carvana.core.atomic import atomic_write_bytes
 from carvana.core.errors import CarvanaError, ConfigError, DataError
 from carvana.core.geometry import Size
 from carvana.core.process_lifetime import Terminated
 from carvana.kaggle import files as layout_names
 from carvana.run.config import ENVIRONMENT_FIELDS, Config, Environment
-from carvana.run.identity import (BEST_NAME, LAST_NAME, Run, RunRecord, finished_message, follow_run,
-                                  open_existing_run, reserve_new_run, resumed_config)
+from carvana.run.identity import (BEST_NAME, FOLD_PREFIX, LAST_NAME, Run, RunRecord, finished_message,
+                                  follow_run, open_existing_run, read_out_of_fold_record, reserve_new_run,
+                                  resumed_config, write_out_of_fold_record)
 from carvana.train.budget import TrainingBudget
 
 if TYPE_CHECKING:
@@ -46,8 +45,6 @@ VALIDATION_TRUTH = "valid_truth.csv"
 VALIDATION_PREDICTIONS = "valid_predictions.csv.gz"
 OUT_OF_FOLD_TRUTH = "oof_truth.csv"
 OUT_OF_FOLD_PREDICTIONS = "oof_predictions.csv.gz"
-# In a fold run's checkpoint folder: its out-of-fold result (read by `python main.py runs`).
-OUT_OF_FOLD_RECORD = "out_of_fold.json"
 
 
 class TrainingInterrupted(CarvanaError):
@@ -223,7 +220,7 @@ def run_training(config: Config, options: DataOptions, resume: str | None = None
             return _train_folds(run, options, need_test, dict(changes or {}), fit_input)
         return _train_in(run, options, need_test, checkpoint, fit_input)
     except BaseException:
-        if fold_series and not any(run.models_dir.glob(f"fold-*/{LAST_NAME}")):
+        if fold_series and not any(run.models_dir.glob(f"{FOLD_PREFIX}*/{LAST_NAME}")):
             run.forget()  # a fold run none of whose folds started leaves no empty folders behind
         raise
     finally:
@@ -257,7 +254,7 @@ def _train_folds(run: Run, options: DataOptions, need_test: bool, changes: dict[
         if fold == 1:
             config = dataclasses.replace(config, input_size=result.config.input_size)
             run.config = config
-        _write_fold_run_settings(run)
+        _write_run_settings(run, fold_run=True)
         if results:
             results[-1] = dataclasses.replace(results[-1], classifier=None)  # one model in memory at a time
         results.append(result)
@@ -266,17 +263,6 @@ def _train_folds(run: Run, options: DataOptions, need_test: bool, changes: dict[
     return dataclasses.replace(last_fold, config=config, validation_dice=dice, validation_images=images,
                                validation_cars=cars, fold_checkpoints=tuple(r.checkpoint.path for r in results),
                                training_ended=f"trained {len(results)} folds ({last_fold.training_ended} last)")
-
-
-def _write_fold_run_settings(run: Run) -> None:
-    """A fold run's settings as `config.yaml` beside its folds (each fold's own names its fold): what
-    `train --config` takes to train all the folds again."""
-    from carvana.run.settings_file import CONFIG_FILE_NAME, write_settings_file
-
-    path = run.models_dir / CONFIG_FILE_NAME
-    if distributed.is_main():
-        write_settings_file(path, run.config, title=f"fold run {run.name}; all its folds again:  "
-                                                    f"python main.py train --config {path}")
 
 
 def _score_out_of_fold(run: Run, folds: list[TrainingResult]) -> tuple[float, int, int]:
@@ -331,11 +317,11 @@ def _out_of_fold_search(run: Run, folds: list[TrainingResult]) -> tuple[float, i
         "cars, each predicted by the fold that never saw it",
         f"  predictions: {predictions}  (python main.py score {predictions} --truth {truth_path} --image-size {size})",
     ]))
-    atomic_write_bytes(run.models_dir / OUT_OF_FOLD_RECORD, json.dumps({
+    write_out_of_fold_record(run.models_dir, {
         "folds": len(folds), "dice": report.mean_dice, "images": report.n_images, "cars": cars,
         "threshold": search.result.threshold, "mask_cleanup": config.mask_cleanup, "photo_size": str(size),
         "predictions": str(predictions), "truth": str(truth_path),
-        "checkpoints": [str(result.checkpoint.path) for result in folds]}, indent=1).encode())
+        "checkpoints": [str(result.checkpoint.path) for result in folds]})
     return report.mean_dice, report.n_images, cars
 
 
@@ -376,7 +362,7 @@ def resume_checkpoint(output_dir: Path, resume: str) -> Checkpoint:
 
     if resume == "last":  # the newest last.pt of a run, or of a fold of a fold run
         models = Path(output_dir) / "models"
-        found = sorted([*models.glob(f"*/{LAST_NAME}"), *models.glob(f"*/fold-*/{LAST_NAME}")],
+        found = sorted([*models.glob(f"*/{LAST_NAME}"), *models.glob(f"*/{FOLD_PREFIX}*/{LAST_NAME}")],
                        key=lambda path: path.stat().st_mtime)
         if found:
             return Checkpoint.load(found[-1])
@@ -474,14 +460,17 @@ def _train_in(run: Run, options: DataOptions, need_test: bool, checkpoint: Check
                           photo_size=data.image_size)
 
 
-def _write_run_settings(run: Run) -> None:
+def _write_run_settings(run: Run, fold_run: bool = False) -> None:
     """The run's resolved settings as `config.yaml` in its checkpoint folder, to start the same recipe again
-    (by rank 0, once the run has a checkpoint: a run that failed before its first epoch leaves no file)."""
+    (by rank 0, once the run has a checkpoint: a run that failed before its first epoch leaves no file).
+    `fold_run`: the folder of a fold run's folds, whose file trains all of them again (each fold's own
+    names its fold)."""
     from carvana.run.settings_file import CONFIG_FILE_NAME, write_settings_file
 
     path = run.models_dir / CONFIG_FILE_NAME
-    if distributed.is_main() and run.last_path.exists():
-        write_settings_file(path, run.config, title=f"run {run.name}; the same recipe again:  "
+    if distributed.is_main() and (fold_run or run.last_path.exists()):
+        what = "fold run" if fold_run else "run"
+        write_settings_file(path, run.config, title=f"{what} {run.name}; the same recipe again:  "
                                                     f"python main.py train --config {path}")
 
 
@@ -822,7 +811,7 @@ def run_prediction(checkpoint: Path | list[Path] | None, overrides: dict[str, An
         is_gzip_name(submission)  # a name its content could not agree with is refused before any work
     members = ensemble_member_paths(checkpoint, ensemble)
     if len(members) > 1:
-        record = _out_of_fold_record(ensemble) if ensemble is not None else None
+        record = read_out_of_fold_record(ensemble) if ensemble is not None else None
         submission, rows = _predict_with_ensemble(members, overrides, submission, record)
         _report_submission(submission, rows)
         return submission
@@ -853,15 +842,6 @@ def ensemble_member_paths(checkpoint: Path | list[Path] | None, ensemble: Path |
     if checkpoint is None:
         return []
     return [Path(checkpoint)] if isinstance(checkpoint, (str, os.PathLike)) else [Path(p) for p in checkpoint]
-
-
-def _out_of_fold_record(run_dir: Path) -> dict[str, Any] | None:
-    """A fold run's out-of-fold result (`OUT_OF_FOLD_RECORD`), None when `run_dir` has none."""
-    try:
-        record = json.loads((Path(run_dir) / OUT_OF_FOLD_RECORD).read_text())
-    except (OSError, ValueError):
-        return None
-    return record if isinstance(record, dict) and isinstance(record.get("threshold"), float) else None
 
 
 def _predict_with_ensemble(paths: list[Path], overrides: dict[str, Any], submission: Path | None,
@@ -1002,7 +982,7 @@ def run_all(config: Config, options: DataOptions, resume: str | None = None,
         folds_dir = result.fold_checkpoints[0].parent.parent
         where = {name: getattr(result.config, name) for name in ENVIRONMENT_FIELDS}
         submission, rows = _predict_with_ensemble(list(result.fold_checkpoints), where, submission,
-                                                  _out_of_fold_record(folds_dir))
+                                                  read_out_of_fold_record(folds_dir))
     else:
         rows = predict_test_set(Predictor(result.classifier.forward, tta=config.tta), config, result.data_dir,
                                 submission, threshold_note=threshold_note)

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 import math
 import pickle
 import zipfile
@@ -27,14 +26,10 @@ from carvana.core.atomic import atomic_write_bytes
 from carvana.core.durations import format_duration
 from carvana.core.locks import FolderLock
 from carvana.predict.threshold import ThresholdRecord
-from carvana.run.identity import BEST_NAME, LAST_NAME, LOCK_NAME
+from carvana.run.identity import BEST_NAME, FOLD_PREFIX, LAST_NAME, LOCK_NAME, read_out_of_fold_record
 from carvana.train.budget import TrainingBudget
 from carvana.train.early_stopping import EarlyStopping
 
-# A fold run's folds are its subfolders fold-1, fold-2, ... (carvana.run.identity); its out-of-fold
-# result is written beside them by the pipeline.
-FOLD_PREFIX = "fold-"
-OUT_OF_FOLD_RECORD = "out_of_fold.json"
 DONE = ("finished", "early stop", "budget spent")
 
 COLUMNS = ("run", "status", "preset", "model", "input", "width", "epochs", "best epoch dice", "dice",
@@ -124,7 +119,7 @@ def fold_run_row(folder: Path) -> RunRow:
     rows = [row for row in map(run_row, folds) if row is not None]
     entries = read_entries(folds[-1] / LAST_NAME) or {}
     planned = int(entries.get("config", {}).get("folds", len(folds)) or len(folds))
-    record = _out_of_fold_record(folder)
+    record = read_out_of_fold_record(folder)
     if _in_use(folder):
         status = f"running (fold {len(rows)}/{planned})"
     elif record is not None and len(rows) == planned and all(row.status in DONE for row in rows):
@@ -142,14 +137,6 @@ def fold_run_row(folder: Path) -> RunRow:
         dice=_float(record.get("dice")) if record else None, threshold=_float(record.get("threshold")) if record else None,
         train_seconds=sum(row.train_seconds for row in rows), best_checkpoint=folder,
     )
-
-
-def _out_of_fold_record(folder: Path) -> dict[str, Any] | None:
-    try:
-        record = json.loads((folder / OUT_OF_FOLD_RECORD).read_text())
-    except (OSError, ValueError):
-        return None
-    return record if isinstance(record, dict) else None
 
 
 def _float(value: Any) -> float | None:

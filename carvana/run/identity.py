@@ -16,12 +16,14 @@ trained on) are refused.
 from __future__ import annotations
 
 import itertools
+import json
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 from carvana.core import distributed
+from carvana.core.atomic import atomic_write_bytes
 from carvana.core.durations import format_duration
 from carvana.core.errors import ConfigError
 from carvana.core.geometry import Geometry
@@ -47,8 +49,28 @@ def run_folder(config: Config, run_name: str) -> Path:
     return Path(run_name) / fold_name(config.fold) if config.fold is not None else Path(run_name)
 
 
+FOLD_PREFIX = "fold-"  # a fold run's folds are its subfolders fold-1, fold-2, ...
+# Beside a fold run's folds: its out-of-fold result (Dice, threshold, the folds' checkpoints).
+OUT_OF_FOLD_RECORD = "out_of_fold.json"
+
+
 def fold_name(fold: int) -> str:
-    return f"fold-{fold}"
+    return f"{FOLD_PREFIX}{fold}"
+
+
+def write_out_of_fold_record(folder: Path, record: dict[str, Any]) -> None:
+    """A fold run's out-of-fold result as JSON in its checkpoint folder, written atomically."""
+    atomic_write_bytes(Path(folder) / OUT_OF_FOLD_RECORD, json.dumps(record, indent=1).encode())
+
+
+def read_out_of_fold_record(folder: Path) -> dict[str, Any] | None:
+    """The out-of-fold result of the fold run in `folder`; None when it has none (not a fold run, or
+    its folds not all scored yet) or it cannot be read."""
+    try:
+        record = json.loads((Path(folder) / OUT_OF_FOLD_RECORD).read_text())
+    except (OSError, ValueError):
+        return None
+    return record if isinstance(record, dict) and isinstance(record.get("threshold"), float) else None
 
 
 def models_dir(config: Config, run_name: str) -> Path:
