@@ -54,6 +54,7 @@ from carvana.models.input_sizes import input_size_for_photos  # noqa: E402
 from carvana.models.specs import model_geometry  # noqa: E402
 from carvana.predict.postprocess import probabilities_to_mask  # noqa: E402
 from carvana.run.config import preset  # noqa: E402
+from carvana.run.flags import size as parse_size  # noqa: E402
 from carvana.submission.score import score_submission  # noqa: E402
 
 REAL512 = REPO_ROOT.parent / "shared" / "fixtures" / "carvana-real512"
@@ -79,6 +80,7 @@ class Settings:
     input_size: Size | None = None
     sample_cars: int | None = None  # built-in sample's training cars for the transfer figure (None = its default)
     sample_image_size: Size | None = None
+    crop: Size | None = None  # full-resolution training (--crop): random crops of the unresized photos
 
     def flags(self) -> list[str]:
         """main.py training flags that override the preset."""
@@ -87,11 +89,15 @@ class Settings:
             flags += ["--epochs", str(self.epochs)]
         if self.input_size is not None:
             flags += ["--input-size", str(self.input_size)]
+        if self.crop is not None:
+            flags += ["--crop", str(self.crop)]
         return flags
 
     def output_size(self, photos: Size) -> Size:
-        """The model's output size for `photos`: the given input size, else the preset's fitted to their shape
-        as a run fits it (`input_size_for_photos`)."""
+        """The size the model's output covers for `photos`: the photos' own with a crop, else the given
+        input size's output, else the preset's fitted to their shape as a run fits it (`input_size_for_photos`)."""
+        if self.crop is not None:
+            return photos
         config = preset(PRESET)
         size = self.input_size or input_size_for_photos(config.model, config.input_size, photos,
                                                         drawn_for=KAGGLE_SIZE)
@@ -380,7 +386,8 @@ def report(settings: Settings, quick: bool, runs: dict[str, RunResult], transfer
             figures[f"ceiling_{kind}_{variant}"] = {"mean_dice": mean, "worst_dice": worst}
     print_table(
         f"Accuracy on real photos{' (QUICK: tiny settings, not the real figures)' if quick else ''}: "
-        f"preset {PRESET}, {settings.train_cars} training cars, Dice at full resolution on "
+        f"preset {PRESET}{f' with --crop {settings.crop}' if settings.crop else ''}, {settings.train_cars} "
+        "training cars, Dice at full resolution on "
         f"{settings.held_out_cars} held-out cars ({settings.held_out_cars * kl.VIEWS_PER_CAR} images)",
         ["model", "mean Dice", "worst-5 mean", "worst", "input -> output", "train min", "train img/s", "wall min"],
         rows)
@@ -388,7 +395,10 @@ def report(settings: Settings, quick: bool, runs: dict[str, RunResult], transfer
           "wall min: the whole main.py command")
     for label, key, result in labelled:
         print(f"  worst of {key}: " + ", ".join(f"{name} {d:.3f}" for name, d in result.worst))
-    record("accuracy_real_photos" + ("_quick" if quick else ""), figures)
+    if settings.crop is not None:
+        figures["crop"] = str(settings.crop)
+    record("accuracy_real_photos" + (f"_crop{settings.crop}" if settings.crop else "") + ("_quick" if quick else ""),
+           figures)
     return figures
 
 
@@ -400,6 +410,8 @@ def parse_arguments() -> argparse.Namespace:
     parser.add_argument("--seed", type=int, default=None, help="which cars are drawn (0)")
     parser.add_argument("--epochs", type=int, default=None, help="override the preset's epochs")
     parser.add_argument("--only", nargs="+", choices=VARIANTS, default=list(VARIANTS), help="some variants only")
+    parser.add_argument("--crop", type=parse_size, default=None, metavar="WxH", help=(
+        "train at full resolution on WxH crops of the unresized photos (main.py --crop)"))
     parser.add_argument("--keep", type=Path, default=None, help=(
         "work in this folder and keep it (data, logs); a second run there reuses what the first finished"))
     return parser.parse_args()
@@ -411,5 +423,6 @@ if __name__ == "__main__":
     chosen = Settings(
         train_cars=arguments.train_cars or base.train_cars, held_out_cars=arguments.held_out_cars or base.held_out_cars,
         seed=base.seed if arguments.seed is None else arguments.seed, epochs=arguments.epochs or base.epochs,
-        input_size=base.input_size, sample_cars=base.sample_cars, sample_image_size=base.sample_image_size)
+        input_size=None if arguments.crop else base.input_size, sample_cars=base.sample_cars,
+        sample_image_size=base.sample_image_size, crop=arguments.crop)
     main(arguments.quick, chosen, tuple(arguments.only), arguments.keep)

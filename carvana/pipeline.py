@@ -252,7 +252,8 @@ def _train_folds(run: Run, options: DataOptions, need_test: bool, changes: dict[
         result = _train_in(fold_run(fold_config, run.name, fold), options, need_test, checkpoint,
                            fit_input=fit_input and fold == 1 and checkpoint is None)
         if fold == 1:
-            config = dataclasses.replace(config, input_size=result.config.input_size)
+            config = dataclasses.replace(config, input_size=result.config.input_size,
+                                         photo_size=result.config.photo_size)
             run.config = config
         _write_run_settings(run, fold_run=True)
         if results:
@@ -394,9 +395,14 @@ def _train_in(run: Run, options: DataOptions, need_test: bool, checkpoint: Check
                              else get_data(config.data_dir, options))
         data = load_carvana_data(source.data_dir, need_test=need_test)
         input_note = ""
-        if fit_input:
+        if config.crop is not None and config.photo_size is None:
+            config, input_note = _padded_for_photos(config, data.image_size, fit_input)
+            run.config = config
+        elif fit_input:
             config, input_note = _input_for_photos(config, data.image_size)
             run.config = config
+        elif config.crop is not None:
+            input_note = _crop_note(config)
         split = (fold_split(data.train_names, config.folds, config.fold, config.sample_size, config.seed)
                  if config.fold is not None else
                  split_by_car(data.train_names, config.validation_size, config.sample_size, config.seed))
@@ -545,6 +551,21 @@ def _input_for_photos(config: Config, photos: Size) -> tuple[Config, str]:
     return config.replace(input_size=fitted), f" (from the {photos} photos' shape; --input-size overrides)"
 
 
+def _padded_for_photos(config: Config, photos: Size, fit_input: bool) -> tuple[Config, str]:
+    """A --crop run's `config` with its photos' size, padded into the smallest input the net takes
+    (or the --input-size given, which must hold them), and the banner's note on it."""
+    from carvana.models.input_sizes import padded_input_size
+
+    input_size = padded_input_size(config.model, photos) if fit_input else config.input_size
+    config = config.replace(photo_size=photos, input_size=input_size)
+    return config, _crop_note(config)
+
+
+def _crop_note(config: Config) -> str:
+    """The banner's words on a --crop run's sizes."""
+    return f" (the {config.photo_size} photos whole, mirror-padded; training on {config.crop} crops of them)"
+
+
 def _check_resume_data_options(options: DataOptions, record: RunRecord | None, checkpoint: Path) -> None:
     """Data flags on resume: refused where they would change the data the run was split on."""
     if record is None:
@@ -604,9 +625,10 @@ class _OutOfMemory(contextlib.AbstractContextManager):
         if error is None or not _is_out_of_memory(error):
             return None
         device = "GPU" if "CUDA" in str(error) or type(error).__name__ == "OutOfMemoryError" else "memory"
+        size = f"--crop {self.config.crop}" if self.config.crop is not None else f"--input-size {self.config.input_size}"
         raise CarvanaError(
-            f"--batch-size {self.config.batch_size}: out of {device} while {self.stage} at --input-size "
-            f"{self.config.input_size}; lower --batch-size or --input-size, or use --amp bf16"
+            f"--batch-size {self.config.batch_size}: out of {device} while {self.stage} at {size}; lower "
+            f"--batch-size or {size.split()[0]}, or use --amp bf16"
         ) from None
 
 
@@ -660,6 +682,8 @@ def _coarse_note(config: Config) -> str:
     if config.coarse_phase_epochs:
         return (f"; epochs 1-{config.coarse_phase_epochs} at "
                 f"{coarse_input_size(config.model, config.input_size)} (coarse phase; --coarse-epochs 0 turns it off)")
+    if config.coarse_epochs and config.crop is not None:
+        return "; no coarse phase: --crop trains at full resolution"
     if config.coarse_epochs and not config.epochs_cap:
         return "; no coarse phase: a budget alone decides the run's length"
     if config.coarse_epochs:
@@ -765,7 +789,9 @@ def _predict_test_set(predictor: Predictor, config: Config, data_dir: Path, subm
     data = load_carvana_data(data_dir, need_train=False)
     if trained_photos is not None:
         _warn_of_another_shape(data.image_size, trained_photos, config.input_size, data_dir)
-    loader = make_test_loader(data, config.geometry, config, shard=True)
+    # The inputs the model takes: one per distinct geometry of an ensemble's members, else the config's.
+    geometries = predictor.forward.input_geometries or (config.geometry,)
+    loader = make_test_loader(data, geometries[0] if len(geometries) == 1 else geometries, config, shard=True)
     ranks = distributed.current()
     processes = f" by {ranks.world_size} processes" if ranks.distributed else ""
     log.info(f"Predicting {len(data.test_names)} test images{processes} into {submission} "
@@ -850,7 +876,8 @@ def _predict_with_ensemble(paths: list[Path], overrides: dict[str, Any], submiss
     (carvana.predict.ensemble), thresholded and cleaned up as chosen on the folds' out-of-fold
     predictions (`out_of_fold`, a fold run's record), else as the first checkpoint's are, unless
     --threshold / --mask-cleanup say otherwise, streamed into one submission; returns it and its rows."""
-    from carvana.predict.ensemble import EnsembleForward, EnsembleMember, check_same_sizes
+    from carvana.data.layout import load_carvana_data
+    from carvana.predict.ensemble import EnsembleForward, EnsembleMember, describe_mean
     from carvana.predict.predictor import Predictor
     from carvana.run.checkpoint import Checkpoint
 
@@ -863,12 +890,16 @@ def _predict_with_ensemble(paths: list[Path], overrides: dict[str, Any], submiss
         config = saved.recipe.replace(**overrides)
         if first is None:
             first, first_config = saved, config
-        check_same_sizes([(first.path, first_config.geometry), (saved.path, config.geometry)])
         forward = Predictor.from_checkpoint(config, saved.path, payload=saved.payload).forward
         members.append(EnsembleMember(saved.path, forward, config.tta))
-        described.append(f"{saved.path} ({config.model} width {config.width:g}{', flip TTA' if config.tta else ''})")
+        described.append(f"{saved.path} ({config.model} width {config.width:g} at {config.input_size}"
+                         f"{', flip TTA' if config.tta else ''})")
     assert first is not None and first_config is not None
-    ensemble = EnsembleForward(members)
+    data_dir = _prediction_data_dir(first_config.data_dir)
+    covered = {member.forward.geometry.covered_size for member in members if member.forward.geometry is not None}
+    # Members of different covered sizes are averaged at the photos' size: the test photos' (read only for them).
+    photo_size = load_carvana_data(data_dir, need_train=False).image_size if len(covered) > 1 else None
+    ensemble = EnsembleForward(members, photo_size)
     # Every member flipping is the ensemble's TTA; otherwise each member keeps its own (the banner lists which).
     config, threshold_note = prediction_config(first_config.replace(tta=ensemble.tta), first.payload,
                                                given_threshold=overrides.get("threshold"))
@@ -882,11 +913,9 @@ def _predict_with_ensemble(paths: list[Path], overrides: dict[str, Any], submiss
         threshold_note = f"the first model's, {threshold_note}"
     if out_of_fold is not None and "mask_cleanup" not in overrides and out_of_fold.get("mask_cleanup"):
         config, cleanup_source = config.replace(mask_cleanup=out_of_fold["mask_cleanup"]), "the folds' run's"
-    geometry = first_config.geometry
-    log.info(f"Ensemble of {len(members)} models, their probabilities averaged at their output size "
-             f"{geometry.output_size} (input {geometry.input_size}): {', '.join(described)}; threshold "
-             f"{config.threshold:g} ({threshold_source}), mask clean-up {config.mask_cleanup} ({cleanup_source})")
-    data_dir = _prediction_data_dir(config.data_dir)
+    log.info(f"Ensemble of {len(members)} models, their probabilities averaged {describe_mean(ensemble)}: "
+             f"{', '.join(described)}; threshold {config.threshold:g} ({threshold_source}), mask clean-up "
+             f"{config.mask_cleanup} ({cleanup_source})")
     submission = submission or config.output_dir / SUBMISSION_NAME
     rows = predict_test_set(Predictor(ensemble, tta=config.tta), config, data_dir, submission,  # type: ignore[arg-type]
                             trained_photos=_trained_photos(first.run), threshold_note=threshold_note)

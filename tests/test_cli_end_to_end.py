@@ -137,6 +137,17 @@ def test_the_readme_workflow_commands_work_as_written_after_a_default_run(tiny_r
     assert ensemble.returncode == 0, ensemble.stderr
     assert run_main(["validate", "output/ensemble.csv.gz"], workdir).returncode == 0
 
+    crop = run_main(["train", "--preset", "unet1024", "--crop", "128x64", "--width", "0.125", "--epochs", "1",
+                     "--batch-size", "4", "--workers", "0", "--run-name", "crop"], workdir)
+    assert crop.returncode == 0, crop.stderr
+    assert "(the 192x128 photos whole, mirror-padded; training on 128x64 crops of them)" in crop.stdout
+
+    mixed = run_main(["predict", "--checkpoint", "output/models/tiny", "output/models/crop", "--workers", "0",
+                      "--submission", "output/mixed.csv.gz"], workdir)
+    assert mixed.returncode == 0, mixed.stderr
+    assert "averaged at the photos' size 192x128 (the models cover 128x64, 192x128)" in mixed.stdout
+    assert run_main(["validate", "output/mixed.csv.gz"], workdir).returncode == 0
+
 
 def test_validate_refuses_a_broken_submission(tiny_run, tmp_path):
     workdir, _ = tiny_run

@@ -80,7 +80,7 @@ def test_without_resizing_the_mask_is_exactly_the_centre_of_the_padded_photo(tmp
     photo, mask_file = square_photo(tmp_path, covered, top=8, left=61, side=20)
     image, mask = CarvanaTrainDataset([photo], [mask_file], ORIGINAL)[0]
 
-    centre = ORIGINAL.crop_to_output(image)
+    centre = ORIGINAL.crop_to_covered(image)
     assert centre.shape[1:] == mask.shape[1:] == (covered.height, covered.width)
     assert np.array_equal(bright_region(centre), mask[0].numpy().astype(np.uint8))
     assert box(mask[0].numpy()) == (8, 27, 61, 80)
@@ -113,7 +113,7 @@ def test_after_resizing_the_square_lands_where_expected_within_a_pixel(tmp_path:
     image, mask = CarvanaTrainDataset([photo], [mask_file], ORIGINAL)[0]
     sx, sy = covered.width / photo_size.width, covered.height / photo_size.height
     expected = (top * sy, (top + side) * sy - 1, left * sx, (left + side) * sx - 1)
-    for found in (box(mask[0].numpy()), box(bright_region(ORIGINAL.crop_to_output(image)))):
+    for found in (box(mask[0].numpy()), box(bright_region(ORIGINAL.crop_to_covered(image)))):
         assert np.allclose(found, expected, atol=1.0), (found, expected)
 
 
@@ -125,7 +125,7 @@ def test_augmentation_keeps_the_padded_photo_and_the_mask_aligned(tmp_path: Path
     for _ in range(6):
         image, mask = dataset[0]
         target = mask[0].numpy().astype(np.uint8)
-        disagree = bright_region(ORIGINAL.crop_to_output(image)) != target
+        disagree = bright_region(ORIGINAL.crop_to_covered(image)) != target
         assert disagree.sum() <= 2 * (target.sum() ** 0.5) * 4  # only along the square's edges
         moved += box(target) != (8, 27, 61, 80)
     assert moved >= 4

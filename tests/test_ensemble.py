@@ -18,7 +18,8 @@ from carvana.data.layout import load_carvana_data
 from carvana.kaggle.rle_csv import read_rle_rows
 from carvana.models import build_model
 from carvana.predict.ensemble import EnsembleForward, EnsembleMember, ensemble_checkpoints
-from carvana.predict.postprocess import probabilities_to_rle
+from carvana.kaggle import rle
+from carvana.predict.postprocess import probabilities_to_rle, resize_probabilities
 from carvana.predict.predictor import Predictor
 from carvana.predict.threshold import ThresholdRecord, save_threshold
 from carvana.run.checkpoint import save_checkpoint, settings_entries
@@ -153,18 +154,37 @@ def test_a_run_folder_without_best_pt_below_it_is_refused_in_one_line(tmp_path, 
     assert not (tmp_path / "output").exists()
 
 
-def test_checkpoints_of_different_sizes_are_refused_in_one_line_naming_both(tmp_path, data_dir, capsys):
-    square = write_checkpoint(tmp_path / "square.pt", tiny_config(), seed=0)
-    wide = write_checkpoint(tmp_path / "wide.pt", tiny_config(input_size=Size(128, 64)), seed=0)
-    submission = tmp_path / "ensemble.csv.gz"
+def test_checkpoints_of_different_sizes_are_averaged_at_the_photos_size(tmp_path, data_dir, capsys):
+    configs = [tiny_config(), tiny_config(input_size=Size(128, 64), width=0.25)]  # 64x64 and 128x64 models
+    paths = [write_checkpoint(tmp_path / f"model-{i}.pt", config, seed=i) for i, config in enumerate(configs)]
+    data = load_carvana_data(data_dir, need_train=False)
+    # Each model alone: its own loader at its own size, its map up-sampled to the photos' size.
+    alone = []
+    for config, path in zip(configs, paths):
+        member = Predictor.from_checkpoint(config, path)
+        maps = [resize_probabilities(member.predict_probabilities(images, tta=False), data.image_size)
+                for images, _ in make_test_loader(data, config.geometry, config, workers=0)]
+        alone.append(torch.cat(maps))
+    mean = (alone[0] + alone[1]) / 2
+    threshold = round(float(mean.median()), 4)
+    save_threshold(paths[0], ThresholdRecord(threshold, chosen=True, validation_dice=0.9, validation_cars=1))
 
-    code, _, err = run_cli(["predict", "--checkpoint", square, wide, "--data-dir", data_dir, "--submission",
-                            submission, *RUNNING], capsys)
+    out = predict(capsys, data_dir, tmp_path / "ensemble.csv.gz", "--checkpoint", *paths, "--no-tta")
 
-    line = one_line_error(err)
-    assert code == 1 and str(square) in line and str(wide) in line
-    assert "takes 128x64 and gives 128x64" in line and "takes 64x64 and gives 64x64" in line
-    assert not submission.exists()
+    assert f"averaged at the photos' size {data.image_size} (the models cover 64x64, 128x64)" in out
+    expected = {name: rle.encode(p > threshold) for name, p in zip(data.test_names, mean.numpy())}
+    assert rows_of(tmp_path / "ensemble.csv.gz") == expected
+    for own in alone:  # the mean is no member's prediction: the test tells them apart
+        assert {name: rle.encode(p > threshold) for name, p in zip(data.test_names, own.numpy())} != expected
+
+
+def test_a_loader_for_several_geometries_gives_each_model_its_own_input(data_dir):
+    square, wide = tiny_config(), tiny_config(input_size=Size(128, 64))
+    paths = load_carvana_data(data_dir, need_train=False).test_image_paths()[:2]
+    both = next(iter(make_test_loader(paths, [square.geometry, wide.geometry], batch_size=2, workers=0)))[0]
+    for geometry, batch in zip((square.geometry, wide.geometry), both):
+        own = next(iter(make_test_loader(paths, geometry, batch_size=2, workers=0)))[0]
+        assert torch.equal(batch, own) and batch.shape[-2:] == (geometry.input_size.height, geometry.input_size.width)
 
 
 def test_checkpoint_and_ensemble_together_are_refused_in_one_line(tmp_path, capsys):

@@ -5,7 +5,7 @@ model can take, and the geometry it gives, are in its spec (`carvana.models.spec
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import NamedTuple, TypeVar
 
 from carvana.core.errors import ConfigError
@@ -43,23 +43,87 @@ T = TypeVar("T")  # an array-like that slices like numpy (a tensor or an ndarray
 
 @dataclass(frozen=True)
 class Geometry:
-    """How images map onto a model: what size goes in, what comes out, and the border between."""
+    """How images map onto a model: what size goes in, what comes out, and the margins between.
+
+    A photo (and its mask) is resized to the *covered size* and then mirror-padded to the input size.
+    For the paper's valid-convolution net the output is the covered size: the net eats the `border`
+    of padding on each side. For a same-size net the covered size is its output size, unless the
+    geometry has a `content_size`: then the photo is padded into a larger input, unresized (--crop:
+    1918x1280 photos in a 1920x1280 input), and the output's margins are cropped off again. Margins
+    are split evenly between the two sides (the odd pixel on the right, at the bottom), so a mirror
+    image of the input has the photo where the input had it (flip TTA).
+    """
 
     model: str
     input_size: Size
     output_size: Size
-    border: int  # pixels of mirror padding on each side (0 for same-size nets)
+    border: int  # pixels of mirror padding on each side that the net's valid convolutions eat (0 for same-size nets)
+    content_size: Size | None = None  # a photo padded into the output unresized (None: the photo fills the output)
+
+    def __post_init__(self) -> None:
+        content = self.content_size
+        if content is not None and (content.width > self.output_size.width or content.height > self.output_size.height):
+            raise ConfigError(f"photos of {content} do not fit into the output {self.output_size} of {self.model}")
 
     @property
     def covered_size(self) -> Size:
-        """The size an image (and its mask) is resized to; the output covers exactly this."""
-        return self.output_size
+        """The size an image (and its mask) is resized to; the output, its margins cropped, covers exactly this."""
+        return self.content_size or self.output_size
 
-    def crop_to_output(self, inputs: T) -> T:
-        """The part of (..., H_in, W_in) model inputs (tensors or arrays) that the output covers:
-        without the mirror border on each side."""
-        border = self.border
-        return inputs if border == 0 else inputs[..., border:-border, border:-border]
+    @property
+    def input_margins(self) -> Margins:
+        """The mirror padding around a covered-size image that makes the model's input."""
+        return Margins.between(self.input_size, self.covered_size)
+
+    @property
+    def output_margins(self) -> Margins:
+        """What `crop_output` cuts off the model's output: the padding that is not the photo (none but with
+        a `content_size`)."""
+        return Margins.between(self.output_size, self.covered_size)
+
+    def with_content(self, content_size: Size) -> "Geometry":
+        """This geometry with photos of `content_size` padded into its output, unresized (same-size nets only)."""
+        if self.border or self.input_size != self.output_size:
+            raise ConfigError(f"{self.model} takes {self.input_size} and gives {self.output_size}: only a same-size "
+                              "net can predict a padded photo whole")
+        return replace(self, content_size=content_size)
+
+    def crop_to_covered(self, inputs: T) -> T:
+        """The covered-size image inside (..., H_in, W_in) model inputs (tensors or arrays): the inputs
+        without their mirror padding."""
+        return self.input_margins.crop(inputs)
+
+    def crop_output(self, outputs: T) -> T:
+        """The covered-size part of (..., H_out, W_out) model outputs: the outputs without their margins."""
+        return self.output_margins.crop(outputs)
+
+
+class Margins(NamedTuple):
+    """Pixels around an image inside a larger one, on each side."""
+
+    top: int
+    bottom: int
+    left: int
+    right: int
+
+    @classmethod
+    def between(cls, outer: Size, inner: Size) -> "Margins":
+        """`outer` less `inner` split evenly, the odd pixel to the bottom and the right."""
+        across, down = outer.width - inner.width, outer.height - inner.height
+        if across < 0 or down < 0:
+            raise ConfigError(f"size {inner} does not fit into {outer}")
+        return cls(down // 2, down - down // 2, across // 2, across - across // 2)
+
+    @property
+    def none(self) -> bool:
+        return not any(self)
+
+    def crop(self, images: T) -> T:
+        """The inner image of (..., H, W) arrays or tensors."""
+        if self.none:
+            return images
+        height, width = images.shape[-2], images.shape[-1]
+        return images[..., self.top:height - self.bottom, self.left:width - self.right]
 
 
 def aspect(size: Size) -> float:

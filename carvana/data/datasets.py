@@ -37,7 +37,7 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler, g
 
 from carvana.core import distributed
 from carvana.core.errors import ConfigError, DataError
-from carvana.core.geometry import Geometry
+from carvana.core.geometry import Geometry, Margins, Size
 from carvana.core.process_lifetime import interrupts_deferred
 from carvana.data.augment import Augmenter
 from carvana.data.cache import DecodedCache, OpenedCache, open_decoded_cache
@@ -58,24 +58,41 @@ class LoaderSettings(Protocol):
     soft_targets: bool
     cache: bool
     output_dir: Path
+    crop: Size | None
 
-def mirror_pad(image: np.ndarray, border: int) -> np.ndarray:
-    """Pad by `border` px on every side with the image's reflection (edge pixel not repeated)."""
-    if border == 0:
+def mirror_pad(image: np.ndarray, border: int | Margins) -> np.ndarray:
+    """Pad by `border` px on every side (or by each of `Margins`' sides) with the image's reflection
+    (edge pixel not repeated)."""
+    margins = border if isinstance(border, Margins) else Margins(border, border, border, border)
+    if margins.none:
         return image
-    return cv2.copyMakeBorder(image, border, border, border, border, cv2.BORDER_REFLECT_101)
+    return cv2.copyMakeBorder(image, *margins, cv2.BORDER_REFLECT_101)
 
 
 def photo_input(image: np.ndarray, geometry: Geometry) -> torch.Tensor:
     """An RGB uint8 (H, W, 3) photo at the covered size -> the uint8 (3, H_in, W_in) model input, mirror-padded."""
-    padded = mirror_pad(image, geometry.border)
+    padded = mirror_pad(image, geometry.input_margins)
     expected = (geometry.input_size.height, geometry.input_size.width)
-    if padded.shape[:2] != expected:  # a Geometry built by hand with an inconsistent border
+    if padded.shape[:2] != expected:  # a photo not at the covered size
         raise ConfigError(
-            f"geometry {geometry}: covered size {geometry.covered_size} + 2 x border {geometry.border} "
-            f"is not the input size {geometry.input_size}"
+            f"geometry {geometry}: a {image.shape[1]}x{image.shape[0]} photo padded to the input makes "
+            f"{padded.shape[1]}x{padded.shape[0]}, not {geometry.input_size}"
         )
     return torch.from_numpy(np.ascontiguousarray(padded.transpose(2, 0, 1)))
+
+
+def random_crop(image: np.ndarray, mask: np.ndarray, size: Size, margins: Margins,
+                rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """A `size` window, drawn uniformly, of a photo and its mask mirror-padded by `margins` (the padded
+    photo the model predicts whole); the same window of both."""
+    image, mask = mirror_pad(image, margins), mirror_pad(mask, margins)
+    height, width = image.shape[:2]
+    if size.width > width or size.height > height:
+        raise ConfigError(f"crop {size}: larger than the {width}x{height} padded photo")
+    top = int(rng.integers(height - size.height + 1))
+    left = int(rng.integers(width - size.width + 1))
+    window = (slice(top, top + size.height), slice(left, left + size.width))
+    return np.ascontiguousarray(image[window]), np.ascontiguousarray(mask[window])
 
 
 @dataclass(frozen=True)
@@ -101,10 +118,13 @@ def _load_or_failure(load: Callable[[int], Any], index: int) -> Any:
 
 
 class CarvanaTrainDataset(Dataset):
-    """(image (3, H_in, W_in) uint8, mask (1, H_out, W_out) float32 0/1) pairs.
+    """(image (3, H_in, W_in) uint8, mask (1, H, W) float32 0/1) pairs, the mask at the covered size.
 
     With `soft_targets` the mask is the car's share of each pixel, float32 in [0, 1]. With a
     `cache` holding these photos, pairs are read from it instead of decoded (the same pairs).
+    With `crop` (a same-size net, --crop) each pair is a random `crop`-sized window of the photo and
+    its mask, both mirror-padded to the geometry's input (the padded photo the net predicts whole),
+    augmented after cropping: (3, crop) photos and (1, crop) masks.
 
     Random augmentation (when `augment` is given) draws from a numpy Generator owned by the
     process that reads the item: in a DataLoader worker it is seeded from the worker's torch seed
@@ -124,6 +144,7 @@ class CarvanaTrainDataset(Dataset):
         *,
         soft_targets: bool = False,
         cache: DecodedCache | None = None,
+        crop: Size | None = None,
     ):
         if len(image_paths) != len(mask_paths):
             raise ValueError(f"{len(image_paths)} images but {len(mask_paths)} masks")
@@ -137,6 +158,9 @@ class CarvanaTrainDataset(Dataset):
             raise ValueError(f"the decoded cache {cache.path} is at {cache.size}, not the covered size "
                              f"{geometry.covered_size}")
         self.cache = cache
+        if crop is not None and geometry.border:
+            raise ConfigError(f"crop {crop}: {geometry.model} is not a same-size net")
+        self.crop = crop
         self._cache_rows = cache.rows(self.image_paths) if cache is not None else None
         self._rng: np.random.Generator | None = None
         self._rng_owner: tuple[int, int | None] | None = None
@@ -172,12 +196,16 @@ class CarvanaTrainDataset(Dataset):
 
     def _item(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
         image, mask = self.load_pair(index)
+        if self.crop is not None:
+            image, mask = random_crop(image, mask, self.crop, self.geometry.input_margins, self.rng())
         if self.augment is not None:
             image, mask = self.augment(image, mask, self.rng(), soft_mask=self.soft_targets)
         target = mask.astype(np.float32)[np.newaxis]
         if self.soft_targets:
             target *= np.float32(1.0 / 255.0)
-        return photo_input(image, self.geometry), torch.from_numpy(target)
+        photo = (torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1))) if self.crop is not None
+                 else photo_input(image, self.geometry))
+        return photo, torch.from_numpy(target)
 
     def __getstate__(self) -> dict:
         # A worker started by pickling must seed its own generator, not inherit the parent's.
@@ -187,22 +215,31 @@ class CarvanaTrainDataset(Dataset):
 
 
 class CarvanaTestDataset(Dataset):
-    """(image (3, H_in, W_in) uint8, file name) for prediction."""
+    """(image (3, H_in, W_in) uint8, file name) for prediction.
 
-    def __init__(self, image_paths: Sequence[Path], geometry: Geometry):
+    Given several geometries (an ensemble of models of different sizes), each item holds one input per
+    geometry, in their order: a tuple of images, each the very input that geometry's model alone
+    would get.
+    """
+
+    def __init__(self, image_paths: Sequence[Path], geometry: Geometry | Sequence[Geometry]):
         self.image_paths = [Path(p) for p in image_paths]
         self.geometry = geometry
+        self._geometries = (geometry,) if isinstance(geometry, Geometry) else tuple(geometry)
+        if not self._geometries:
+            raise ValueError("a test dataset needs at least one geometry")
 
     def __len__(self) -> int:
         return len(self.image_paths)
 
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, str]:
+    def __getitem__(self, index: int) -> tuple[torch.Tensor | tuple[torch.Tensor, ...], str]:
         return _load_or_failure(self._item, index)
 
-    def _item(self, index: int) -> tuple[torch.Tensor, str]:
+    def _item(self, index: int) -> tuple[torch.Tensor | tuple[torch.Tensor, ...], str]:
         path = self.image_paths[index]
-        image, _ = load_image(path, self.geometry.covered_size)
-        return photo_input(image, self.geometry), path.name
+        inputs = tuple(photo_input(load_image(path, geometry.covered_size)[0], geometry)
+                       for geometry in self._geometries)
+        return (inputs[0] if isinstance(self.geometry, Geometry) else inputs), path.name
 
 
 def collate(batch: list[tuple[Any, Any]]) -> tuple[torch.Tensor, torch.Tensor | list[str]] | LoadFailure:
@@ -213,6 +250,9 @@ def collate(batch: list[tuple[Any, Any]]) -> tuple[torch.Tensor, torch.Tensor | 
     failed = next((item[0] for item in batch if isinstance(item[0], LoadFailure)), None)
     if failed is not None:
         return failed
+    if isinstance(batch[0][0], tuple):  # one input per geometry (CarvanaTestDataset of several)
+        inputs = tuple(_stack([item[0][kind] for item in batch]) for kind in range(len(batch[0][0])))
+        return inputs, [str(item[1]) for item in batch]  # type: ignore[return-value]
     images = _stack([item[0] for item in batch])
     seconds = [item[1] for item in batch]
     if isinstance(seconds[0], torch.Tensor):
@@ -310,12 +350,14 @@ def make_train_loader(
     drop_last: bool = False,
     soft_targets: bool | None = None,
     cache: DecodedCache | None = None,
+    crop: Size | None = None,
 ) -> CarvanaLoader:
     """Shuffled, augmented batches of (images, masks) of the training photos `image_names`.
 
-    Settings not given come from `config` (batch_size, workers, seed, soft_targets, augment: a
+    Settings not given come from `config` (batch_size, workers, seed, soft_targets, crop, augment: a
     default `Augmenter()` when `config.augment`); without a config, `augment` defaults to none and
     targets are 0/1. `cache`: a decoded cache holding these photos (see `open_training_cache`).
+    `crop`: train on random windows of this size of the photos padded to `geometry`'s input.
     Under torchrun each rank gets its share of every epoch's shuffle (a DistributedSampler, moved on
     each epoch by its `set_epoch`).
     """
@@ -326,7 +368,8 @@ def make_train_loader(
         seed = config.seed if config is not None else 42
     names = list(image_names)
     dataset = CarvanaTrainDataset(data.train_image_paths(names), data.mask_paths(names), geometry, augmenter, seed,
-                                  soft_targets=_soft_targets(soft_targets, config), cache=cache)
+                                  soft_targets=_soft_targets(soft_targets, config), cache=cache,
+                                  crop=crop if crop is not None or config is None else config.crop)
     ranks = distributed.current()
     sampler = DistributedSampler(dataset, num_replicas=ranks.world_size, rank=ranks.rank, shuffle=True, seed=seed,
                                  drop_last=drop_last) if ranks.distributed else None
@@ -397,7 +440,7 @@ def open_training_cache(data: CarvanaData, image_names: Sequence[str], geometry:
 
 def make_test_loader(
     photos: CarvanaData | Sequence[Path],
-    geometry: Geometry,
+    geometry: Geometry | Sequence[Geometry],
     config: LoaderSettings | None = None,
     *,
     batch_size: int | None = None,
@@ -410,7 +453,8 @@ def make_test_loader(
 
     `photos` is a CarvanaData (its test photos in sample_submission.csv order, or `image_names`
     of them) or any list of photo paths (e.g. validation photos, to score a model the way Kaggle
-    would). `shard`: under torchrun, only this rank's share (`ShardSampler`).
+    would). `shard`: under torchrun, only this rank's share (`ShardSampler`). Several geometries: each
+    batch's images are a tuple of batches, one per geometry (`CarvanaTestDataset`).
     """
     if isinstance(photos, CarvanaData):
         paths = photos.test_image_paths(None if image_names is None else list(image_names))

@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from carvana.core.device import Precision, resolve_precision, select_device, to_memory_format, use_channels_last
+from carvana.core.geometry import Geometry
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -32,24 +33,34 @@ def normalize_batch(images: torch.Tensor) -> torch.Tensor:
 
 
 class ForwardPass:
-    """A model ready to run: on `device`, under `precision`'s autocast, optionally channels_last."""
+    """A model ready to run: on `device`, under `precision`'s autocast, optionally channels_last.
+
+    `geometry`: the model's sizes for the photos it predicts; their probabilities are cropped to its
+    covered size (the photo inside a padded input, --crop). None: the output as it comes.
+    """
 
     def __init__(self, model: nn.Module, device: torch.device | str, precision: Precision,
-                 channels_last: bool = False):
+                 channels_last: bool = False, geometry: Geometry | None = None):
         """`model` is moved to `device` (in channels_last memory format when `channels_last`)."""
         self.device = torch.device(device)
         self.precision = precision
         self.channels_last = channels_last
+        self.geometry = geometry
         memory_format = torch.channels_last if channels_last else torch.preserve_format
         self.model = model.to(self.device, memory_format=memory_format)
 
     @classmethod
     def with_settings(cls, model: nn.Module, device: torch.device | str, amp: str,
-                      channels_last: bool) -> "ForwardPass":
+                      channels_last: bool, geometry: Geometry | None = None) -> "ForwardPass":
         """`model` on `device` (a torch.device, or a name such as "auto", "cpu", "cuda:1"), with the
         precision `amp` resolves to there and channels_last where that device runs it."""
         device = device if isinstance(device, torch.device) else select_device(device)
-        return cls(model, device, resolve_precision(amp, device), use_channels_last(channels_last, device))
+        return cls(model, device, resolve_precision(amp, device), use_channels_last(channels_last, device), geometry)
+
+    @property
+    def input_geometries(self) -> tuple[Geometry, ...]:
+        """The geometries a batch's inputs must be made for: the model's (none known without a geometry)."""
+        return () if self.geometry is None else (self.geometry,)
 
     def inputs(self, images: torch.Tensor) -> torch.Tensor:
         """A loader's uint8 batch as the model takes it: on its device, normalised, in its memory format."""
@@ -63,7 +74,8 @@ class ForwardPass:
 
     @torch.no_grad()
     def probabilities(self, images: torch.Tensor, tta: bool = False) -> torch.Tensor:
-        """(B, H, W) float32 probabilities of a uint8 batch, at the model's output size, on its device.
+        """(B, H, W) float32 probabilities of a uint8 batch, at the covered size of the geometry (the
+        model's output size without one), on its device.
 
         With `tta` the mean of the photo's and its mirror image's probabilities, the latter flipped back.
         """
@@ -72,7 +84,7 @@ class ForwardPass:
         probabilities = self._probabilities(inputs)
         if tta:
             probabilities = (probabilities + self._probabilities(inputs.flip(-1)).flip(-1)) / 2
-        return probabilities
+        return probabilities if self.geometry is None else self.geometry.crop_output(probabilities)
 
     def _probabilities(self, inputs: torch.Tensor) -> torch.Tensor:
         return torch.sigmoid(self.logits(inputs).float())[:, 0]

@@ -69,3 +69,13 @@ def coarse_input_size(model: str, input_size: Size) -> Size:
     # Every side the net can take up to the input's pixels: each of `input_size`'s own sides among them.
     sides = spec.valid_sides(input_size.width * input_size.height)
     return Size(*(min(sides, key=lambda valid: (abs(valid - side * COARSE_SCALE), -valid)) for side in input_size))
+
+
+def padded_input_size(model: str, photos: Size) -> Size:
+    """The smallest input `model` takes that holds `photos` whole (--crop): 1918x1280 -> 1920x1280 for
+    UNet1024, whose sides are multiples of 64."""
+    spec = model_spec(model)
+    if not spec.same_size:
+        raise ConfigError(f"{model} is not a same-size net: it cannot predict a padded photo whole")
+    sides = spec.valid_sides(float((2 * max(photos) + 128) ** 2))  # every side up to well past the photos'
+    return Size(*(next(valid for valid in sides if valid >= side) for side in photos))

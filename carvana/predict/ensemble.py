@@ -1,20 +1,26 @@
 """Ensembles: several checkpoints predicting as one model, the mean of their probabilities.
 
 `EnsembleForward` has the interface of `carvana.models.forward_pass.ForwardPass` that `Predictor`
-uses (`probabilities(images, tta)`, `device`, `model`), so `Predictor.predict`, the prediction
-callbacks and the submission savers work on an ensemble unchanged: each loader batch goes through
-every member in turn and only their mean is handed on. Memory stays that of one model's batch (plus
-the members' weights) however many photos are predicted; each extra model costs one more forward
-pass per batch (two with flip TTA).
+uses (`probabilities(images, tta)`, `device`, `model`, `input_geometries`), so `Predictor.predict`,
+the prediction callbacks and the submission savers work on an ensemble unchanged: each loader batch
+goes through every member in turn and only their mean is handed on. Memory stays that of one model's
+batch (plus the members' weights) however many photos are predicted; each extra model costs one more
+forward pass per batch (two with flip TTA).
 
-Where the mean is taken: at the models' output size, before the up-sampling to the photos' size.
-Every member must take the same input size and give the same output size (`check_same_sizes`); the
-loader's batches are then the input of each of them, and because bilinear up-sampling is linear
-(each full-size pixel is a fixed weighted sum of output pixels), up-sampling the mean equals the mean
-of the up-sampled maps: exact, and the cheapest place to average (a small map per model instead of
-a photo-sized one). Members may differ in everything else: preset, width, model, precision, TTA.
-Averaging checkpoints of different input or output sizes (at full resolution, each with its own
-loader) is not done: they are refused.
+Where the mean is taken, whichever is exact and cheaper:
+- Members whose outputs cover the same size (the same input and output, or different inputs with
+  the same covered size): at that size, before the up-sampling to the photos' size. Bilinear
+  up-sampling is linear (each full-size pixel is a fixed weighted sum of covered-size pixels), so
+  up-sampling the mean equals the mean of the up-sampled maps: exact, and a small map per model
+  instead of a photo-sized one.
+- Members of different covered sizes (say a 384x256 and a 1024x1024 model): at the photos' size.
+  Each member's map is up-sampled there as the submission path up-samples a single model's
+  (`resize_probabilities`, OpenCV's taps) and the mean is what reaches the savers, so the ensemble
+  is exactly the mean of what each model alone would threshold. One photo-sized map per batch image
+  is kept.
+Each member gets the very input it would get alone: the loader makes one input per distinct
+geometry (`input_geometries`; `carvana.data.datasets.CarvanaTestDataset`). Members may differ in
+everything: preset, model, input size, width, precision, TTA.
 
 `ensemble_checkpoints` finds the members of `predict --ensemble RUN_DIR`: the `best.pt` of every
 folder one level below it (a fold run's `fold-1/best.pt`, `fold-2/best.pt`, ...; or each run's
@@ -31,8 +37,9 @@ import torch
 from torch import nn
 
 from carvana.core.errors import CheckpointError
-from carvana.core.geometry import Geometry
+from carvana.core.geometry import Geometry, Size
 from carvana.models.forward_pass import ForwardPass
+from carvana.predict.postprocess import resize_probabilities
 
 
 @dataclass(frozen=True)
@@ -48,16 +55,24 @@ class EnsembleForward:
     """The members' forward passes as one: (B, H, W) probabilities that are the mean of theirs.
 
     All members are on one device; the batch is moved there once and run through each member in
-    turn, the running sum being the only map kept between them.
+    turn, the running sum being the only map kept between them. `photo_size`: the photos' size,
+    where members of different covered sizes are averaged (required for them).
     """
 
-    def __init__(self, members: Sequence[EnsembleMember]):
+    def __init__(self, members: Sequence[EnsembleMember], photo_size: Size | None = None):
         if not members:
             raise ValueError("an ensemble needs at least one model")
         devices = {member.forward.device for member in members}
         if len(devices) > 1:
             raise ValueError(f"the models of an ensemble must be on one device, not on {sorted(map(str, devices))}")
+        geometries = [_geometry_of(member) for member in members]
         self.members = tuple(members)
+        self.input_geometries = tuple(dict.fromkeys(geometries))  # the distinct ones, in the members' order
+        self._input_of = [self.input_geometries.index(geometry) for geometry in geometries]
+        covered = {geometry.covered_size for geometry in geometries}
+        self.mean_size = covered.pop() if len(covered) == 1 else photo_size
+        if self.mean_size is None:
+            raise ValueError("members of different covered sizes are averaged at the photos' size: pass photo_size")
         self._models = nn.ModuleList([member.forward.model for member in self.members])
 
     @property
@@ -74,37 +89,46 @@ class EnsembleForward:
         """Whether every member flips: the TTA setting that, passed to `probabilities`, changes nothing."""
         return all(member.tta for member in self.members)
 
-    @torch.no_grad()
-    def probabilities(self, images: torch.Tensor, tta: bool = False) -> torch.Tensor:
-        """(B, H, W) float32 mean of the members' probabilities of a uint8 batch, at their output size, on
-        their device.
+    @property
+    def at_photo_size(self) -> bool:
+        """Whether the mean is taken at the photos' size (members of different covered sizes)."""
+        return len({geometry.covered_size for geometry in self.input_geometries}) > 1
 
-        A member averages with the mirror image (flip TTA) when `tta` is set, or when it was made
-        with its own TTA (`EnsembleMember.tta`, its checkpoint's recipe unless a flag overrode it).
+    @torch.no_grad()
+    def probabilities(self, images: torch.Tensor | Sequence[torch.Tensor], tta: bool = False) -> torch.Tensor:
+        """(B, H, W) float32 mean of the members' probabilities of a uint8 batch, on their device: at their
+        covered size, or at the photos' size for members of different ones (`mean_size`).
+
+        `images`: a batch of the one input geometry, or a batch per `input_geometries` (a test loader
+        made with them). A member averages with the mirror image (flip TTA) when `tta` is set, or when
+        it was made with its own TTA (`EnsembleMember.tta`, its checkpoint's recipe unless a flag overrode it).
         """
-        images = images.to(self.device, non_blocking=True)
+        batches = (images,) if isinstance(images, torch.Tensor) else tuple(images)
+        if len(batches) != len(self.input_geometries):
+            raise ValueError(f"the ensemble takes {len(self.input_geometries)} inputs per photo, got {len(batches)}")
+        batches = tuple(batch.to(self.device, non_blocking=True) for batch in batches)
         total: torch.Tensor | None = None
-        for member in self.members:
-            probabilities = member.forward.probabilities(images, tta or member.tta)
+        for member, kind in zip(self.members, self._input_of):
+            probabilities = member.forward.probabilities(batches[kind], tta or member.tta)
+            if self.at_photo_size:
+                probabilities = resize_probabilities(probabilities, self.mean_size)
             total = probabilities if total is None else total.add_(probabilities)
         assert total is not None
         return total.div_(len(self.members))
 
 
-def check_same_sizes(geometries: Sequence[tuple[Path, Geometry]]) -> None:
-    """CheckpointError in one line, naming two checkpoints and their sizes, unless every (checkpoint,
-    geometry) takes the same input size and gives the same output size as the first."""
-    first_path, first = geometries[0]
-    for path, geometry in geometries[1:]:
-        if (geometry.input_size, geometry.output_size) != (first.input_size, first.output_size):
-            raise CheckpointError(
-                f"{path} takes {_sizes(geometry)}, {first_path} takes {_sizes(first)}: the models of an "
-                "ensemble must take the same input size and give the same output size (their mean is taken "
-                "at the output size)")
+def _geometry_of(member: EnsembleMember) -> Geometry:
+    if member.forward.geometry is None:
+        raise ValueError(f"{member.path}: an ensemble member needs its geometry (ForwardPass(geometry=...))")
+    return member.forward.geometry
 
 
-def _sizes(geometry: Geometry) -> str:
-    return f"{geometry.input_size} and gives {geometry.output_size} ({geometry.model})"
+def describe_mean(ensemble: EnsembleForward) -> str:
+    """Where the ensemble's mean is taken, for its banner."""
+    if ensemble.at_photo_size:
+        sizes = ", ".join(str(geometry.covered_size) for geometry in ensemble.input_geometries)
+        return f"at the photos' size {ensemble.mean_size} (the models cover {sizes})"
+    return f"at their covered size {ensemble.mean_size}, before the up-sampling"
 
 
 def ensemble_checkpoints(run_dir: Path, name: str) -> list[Path]:

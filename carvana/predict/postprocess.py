@@ -192,7 +192,7 @@ def probability_batch_to_runs(probabilities: torch.Tensor, original_size: Size, 
     runs: list[np.ndarray] = []
     for first in range(0, probabilities.shape[0], chunk):
         maps = probabilities[first:first + chunk].detach().float()
-        maps = _resize_linear(maps, original_size)
+        maps = resize_probabilities(maps, original_size)
         car = (maps.reshape(maps.shape[0], -1) > threshold).to(torch.int8)
         # A background pixel on each side of the flat image: every run then has a rising and a
         # falling edge, at flat positions `start` and `end` (exclusive), in that order.
@@ -206,8 +206,9 @@ def probability_batch_to_runs(probabilities: torch.Tensor, original_size: Size, 
     return runs
 
 
-def _resize_linear(maps: torch.Tensor, size: Size) -> torch.Tensor:
-    """(B, h, w) -> (B, height, width) as `cv2.resize(..., INTER_LINEAR)`, on the maps' device."""
+def resize_probabilities(maps: torch.Tensor, size: Size) -> torch.Tensor:
+    """(B, h, w) float32 maps -> (B, height, width), as `cv2.resize(..., INTER_LINEAR)` up-samples each
+    (OpenCV's taps, rows first, then columns), on the maps' device."""
     width, height = size
     if maps.shape[2] != width:
         left, right, left_weight, right_weight = _device_taps(maps.shape[2], width, maps.device)

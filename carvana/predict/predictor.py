@@ -44,7 +44,8 @@ class Predictor:
                    progress: bool | None = None) -> "Predictor":
         """`model` on `device` (default `config.device`), with the config's precision (`amp`),
         `channels_last` (where the device runs it) and `tta`."""
-        forward = ForwardPass.with_settings(model, device or config.device, config.amp, config.channels_last)
+        forward = ForwardPass.with_settings(model, device or config.device, config.amp, config.channels_last,
+                                            config.geometry)
         return cls(forward, tta=config.tta, progress=progress)
 
     @classmethod
@@ -103,6 +104,7 @@ def predict_in_parts(parts: Sequence[tuple[Predictor, Iterable]], callbacks: Seq
             flip = predictor.tta if tta is None else tta
             for images, names in tqdm(loader, desc="predict", unit="batch", disable=predictor._bars_disabled()):
                 # Left on the model's device: the savers post-process it there (a GPU) or on the CPU.
+                state.probabilities = None  # the last batch's map is not kept while the next is computed
                 state.probabilities = predictor.forward.probabilities(images, flip)
                 state.names = [str(name) for name in names]
                 state.done += len(state.names)

@@ -29,6 +29,7 @@ SEED_LIMIT = 2**32  # numpy, scikit-learn and the per-epoch seeds take seeds in 
 RUN_NAME_MAX_LENGTH = 100
 RUN_NAME_PUNCTUATION = "._-+=@"
 PATH_FIELDS = ("data_dir", "output_dir", "log_dir")
+SIZE_FIELDS = ("input_size", "crop", "photo_size")  # WxH sizes, [width, height] in a checkpoint
 
 
 @dataclass(frozen=True)
@@ -105,6 +106,12 @@ class Config:
     model: str = UNET1024
     input_size: Size = Size(384, 256)
     width: float = 1.0  # channel multiplier; < 1 gives a slimmer net of the same shape
+    # Full-resolution training (--crop WxH, same-size nets): the photos are not resized. Training takes
+    # random `crop` windows of them; validation and prediction take each photo whole, mirror-padded from
+    # `photo_size` (the training photos' size, set when the run starts) to `input_size` (e.g. 1918x1280
+    # in 1920x1280), and crop the output back to the photo. Photos of another size are resized to `photo_size`.
+    crop: Size | None = None
+    photo_size: Size | None = None
     # Optimisation
     optimizer: str = "rmsprop"
     lr: float = 2e-4
@@ -173,8 +180,38 @@ class Config:
             if problem:
                 raise ConfigError(f"run name {self.run_name!r}: {problem}")
         spec.geometry(self.input_size)  # raises a ConfigError naming valid sizes
-        if self.coarse_epochs:
+        if self.crop is not None or self.photo_size is not None:
+            self._check_crop()
+        elif self.coarse_epochs:
             coarse_input_size(self.model, self.input_size)  # a ConfigError for a net that cannot take it
+
+    def _check_crop(self) -> None:
+        """--crop: a same-size net, a crop it can take, and photos that fit into its input whole."""
+        spec = model_spec(self.model)
+        for name in ("crop", "photo_size"):
+            value = getattr(self, name)
+            if value is not None and (not isinstance(value, Size) or not all(_is_int(side) and side > 0
+                                                                              for side in value)):
+                raise ConfigError(f"{name.replace('_', ' ')} {value!r}: must be a WxH size in whole pixels above 0")
+        if self.crop is None:
+            raise ConfigError(f"photo size {self.photo_size}: only a run with --crop pads whole photos")
+        if not spec.same_size:
+            same_size = ", ".join(name for name, other in MODEL_SPECS.items() if other.same_size)
+            raise ConfigError(f"--crop {self.crop}: {self.model} shrinks its input (valid convolutions), so a crop "
+                              f"of the photo cannot give a mask of it; full-resolution training needs {same_size}")
+        try:
+            spec.geometry(self.crop)
+        except ConfigError as error:
+            raise ConfigError(f"--crop {self.crop}: {error}") from None
+        if self.photo_size is None:
+            return  # set when the run starts, from its photos
+        fits = self.photo_size.width <= self.input_size.width and self.photo_size.height <= self.input_size.height
+        if not fits:
+            raise ConfigError(f"--input-size {self.input_size}: smaller than the {self.photo_size} photos, which "
+                              "--crop takes whole (leave --input-size out: the photos padded to a size the net takes)")
+        if self.crop.width > self.input_size.width or self.crop.height > self.input_size.height:
+            raise ConfigError(f"--crop {self.crop}: larger than the {self.photo_size} photos padded to "
+                              f"{self.input_size}; choose a crop within that")
 
     def _check_numbers(self) -> None:
         """Every number in range and finite: a config from a file or checkpoint gets the flags' checks."""
@@ -235,15 +272,18 @@ class Config:
     def coarse_phase_epochs(self) -> int:
         """How many of the run's first epochs train at the coarse size: `coarse_epochs`, or 0 when the
         run's epochs leave none after them (`--epochs 5` with a 30-epoch coarse phase trains all 5 at
-        the input size) or a budget alone decides its length (it could end before the full size)."""
-        if self.coarse_epochs and self.epochs_cap and self.epochs > self.coarse_epochs:
+        the input size), a budget alone decides its length (it could end before the full size) or it
+        trains at full resolution (`crop`)."""
+        if self.coarse_epochs and self.crop is None and self.epochs_cap and self.epochs > self.coarse_epochs:
             return self.coarse_epochs
         return 0
 
     @property
     def geometry(self) -> Geometry:
-        """The network's input and output sizes: its model at its input size."""
-        return model_geometry(self.model, self.input_size)
+        """The network's input and output sizes: its model at its input size (with --crop, the photos
+        padded into it whole), as validation and prediction run it."""
+        geometry = model_geometry(self.model, self.input_size)
+        return geometry.with_content(self.photo_size) if self.photo_size is not None else geometry
 
     @property
     def coarse_geometry(self) -> Geometry:
@@ -286,7 +326,7 @@ class Config:
         for key, value in data.items():
             if key not in known:
                 continue  # a field from another version of the tool
-            if key == "input_size":
+            if key in SIZE_FIELDS and value is not None:
                 value = Size(*value)
             elif key in PATH_FIELDS:
                 value = Path(value)

@@ -155,6 +155,9 @@ FLAGS: tuple[Flag, ...] = (
     Flag("--input-size", "input_size", TRAINING, "training", type=size, help=(
         "model input WxH, e.g. 572 or 384x256 (default: the preset's pixel count at the photos' shape; "
         "the preset's own size for 1918x1280 photos)")),
+    Flag("--crop", "crop", TRAINING, "training", type=size, metavar="WxH", help=(
+        "full-resolution training (unet1024): train on random WxH crops of the unresized photos; validate and "
+        "predict each photo whole, mirror-padded to a size the net takes (1918x1280 -> 1920x1280), no resizing")),
     Flag("--width", "width", TRAINING, "training", type=positive_float,
          help="channel multiplier (1 = the paper's widths)"),
     Flag("--epochs", "epochs", TRAINING, "training", type=positive_int, implies={"epochs_cap": True}, help=(

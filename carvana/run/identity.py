@@ -40,8 +40,8 @@ WEIGHT_FIELDS = ("model", "input_size", "width")
 SPLIT_FIELDS = ("validation_size", "sample_size", "seed", "folds", "fold")
 # A resumed run keeps its name and the preset its settings came from.
 IDENTITY_FIELDS = ("run_name", "preset")
-# Fields that set which epochs ran at which input size: fixed once the run has started.
-PHASE_FIELDS = ("coarse_epochs",)
+# Fields that set which epochs ran at which input size (and crop): fixed once the run has started.
+PHASE_FIELDS = ("coarse_epochs", "crop", "photo_size")
 
 
 def run_folder(config: Config, run_name: str) -> Path:

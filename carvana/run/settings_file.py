@@ -21,7 +21,7 @@ import yaml
 from carvana.core.atomic import atomic_write_bytes
 from carvana.core.errors import ConfigError
 from carvana.core.geometry import Size
-from carvana.run.config import ENVIRONMENT_FIELDS, PATH_FIELDS, Config
+from carvana.run.config import ENVIRONMENT_FIELDS, PATH_FIELDS, SIZE_FIELDS, Config
 from carvana.run.flags import FLAGS, duration, size
 
 CONFIG_FILE_NAME = "config.yaml"
@@ -120,7 +120,9 @@ def _value(field: str, value: Any, path: Path, key: str) -> Any:
     try:
         if isinstance(getattr(Config, field, None), bool) and not isinstance(value, bool):
             raise argparse.ArgumentTypeError(f"{value!r}: must be true or false")
-        if field == "input_size":
+        if field in SIZE_FIELDS:
+            if value is None and field != "input_size":
+                return None
             if isinstance(value, list) and len(value) == 2:
                 return Size(int(value[0]), int(value[1]))
             return size(str(value))

@@ -250,7 +250,8 @@ class CarvanaClassifier:
         self.ranks = distributed.current()
         if config.sync_bn and self.ranks.distributed:
             model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
-        self.forward = ForwardPass.with_settings(model, device or config.device, config.amp, config.channels_last)
+        self.forward = ForwardPass.with_settings(model, device or config.device, config.amp, config.channels_last,
+                                                 self.geometry)
         self.model = self.forward.model  # the bare model, whose weights checkpoints hold
         # The forward pass that trains: through DistributedDataParallel under torchrun.
         self.train_forward = self._distributed_forward() if self.ranks.distributed else self.forward
@@ -281,7 +282,7 @@ class CarvanaClassifier:
             raise RuntimeError("torchrun's process group is not started (carvana.core.distributed.start)")
         wrapped = nn.parallel.DistributedDataParallel(
             self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
-        return ForwardPass(wrapped, self.device, self.forward.precision, self.forward.channels_last)
+        return ForwardPass(wrapped, self.device, self.forward.precision, self.forward.channels_last, self.geometry)
 
     # ------------------------------------------------------------------ training
 
@@ -493,14 +494,15 @@ class CarvanaClassifier:
             photos = images
             images = self.forward.inputs(photos)
             masks = masks.to(self.device, non_blocking=True)
-            logits = self.forward.logits(images)
+            # The photo's part of the output: without the padding of a whole padded photo (--crop).
+            logits = self.geometry.crop_output(self.forward.logits(images))
             batch = images.shape[0]
             loss_sum += float(self.loss_fn(logits, masks)) * batch
             dice = dice_from_logits(logits, masks, self.config.threshold)
             dices.extend(dice.float().tolist())
             if on_batch is not None:
                 on_batch(ValidationBatch(
-                    first=seen, photos=self.geometry.crop_to_output(photos),
+                    first=seen, photos=self.geometry.crop_to_covered(photos),
                     masks=masks.reshape(batch, *masks.shape[-2:]),
                     probabilities=torch.sigmoid(logits.float()).reshape(batch, *logits.shape[-2:]), dice=dice,
                     image_paths=None if files is None else files[0][seen:seen + batch],
