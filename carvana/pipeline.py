@@ -892,7 +892,8 @@ def _predict_with_ensemble(paths: list[Path], overrides: dict[str, Any], submiss
             first, first_config = saved, config
         forward = Predictor.from_checkpoint(config, saved.path, payload=saved.payload).forward
         members.append(EnsembleMember(saved.path, forward, config.tta))
-        described.append(f"{saved.path} ({config.model} width {config.width:g} at {config.input_size}"
+        crop = f", --crop {config.crop}" if config.crop is not None else ""
+        described.append(f"{saved.path} ({config.model} width {config.width:g} at {config.input_size}{crop}"
                          f"{', flip TTA' if config.tta else ''})")
     assert first is not None and first_config is not None
     data_dir = _prediction_data_dir(first_config.data_dir)
