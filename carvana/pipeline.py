@@ -396,13 +396,11 @@ def _train_in(run: Run, options: DataOptions, need_test: bool, checkpoint: Check
         data = load_carvana_data(source.data_dir, need_test=need_test)
         input_note = ""
         if config.crop is not None and config.photo_size is None:
-            config, input_note = _padded_for_photos(config, data.image_size, fit_input)
+            config = _padded_for_photos(config, data.image_size, fit_input)
             run.config = config
         elif fit_input:
             config, input_note = _input_for_photos(config, data.image_size)
             run.config = config
-        elif config.crop is not None:
-            input_note = _crop_note(config)
         split = (fold_split(data.train_names, config.folds, config.fold, config.sample_size, config.seed)
                  if config.fold is not None else
                  split_by_car(data.train_names, config.validation_size, config.sample_size, config.seed))
@@ -551,18 +549,19 @@ def _input_for_photos(config: Config, photos: Size) -> tuple[Config, str]:
     return config.replace(input_size=fitted), f" (from the {photos} photos' shape; --input-size overrides)"
 
 
-def _padded_for_photos(config: Config, photos: Size, fit_input: bool) -> tuple[Config, str]:
+def _padded_for_photos(config: Config, photos: Size, fit_input: bool) -> Config:
     """A --crop run's `config` with its photos' size, padded into the smallest input the net takes
-    (or the --input-size given, which must hold them), and the banner's note on it."""
+    (or the --input-size given, which must hold them)."""
     from carvana.models.input_sizes import padded_input_size
 
     input_size = padded_input_size(config.model, photos) if fit_input else config.input_size
-    config = config.replace(photo_size=photos, input_size=input_size)
-    return config, _crop_note(config)
+    return config.replace(photo_size=photos, input_size=input_size)
 
 
 def _crop_note(config: Config) -> str:
-    """The banner's words on a --crop run's sizes."""
+    """The banner's words on a --crop run's sizes (none for other runs)."""
+    if config.crop is None:
+        return ""
     return f" (the {config.photo_size} photos whole, mirror-padded; training on {config.crop} crops of them)"
 
 
@@ -667,7 +666,8 @@ def _describe_run(run: Run, data, split, classifier, source, input_note: str = "
         f"{len(split.valid)} validation images ({cars(split.valid)} unseen cars), "
         f"photos {data.image_size}",
         f"Model: {config.model} (width {config.width:g}, {params / 1e6:.2f}M parameters), "
-        f"input {geometry.input_size} -> output {geometry.output_size}{input_note}{_coarse_note(config)}",
+        f"input {geometry.input_size} -> output {geometry.output_size}{input_note or _crop_note(config)}"
+        f"{_coarse_note(config)}",
         f"Training: {TrainingBudget.of(config).describe()}{resumed}, batch {config.batch_size}, "
         f"{config.optimizer} lr {lr:.3g}"
         f"{base_lr}, scheduler {config.scheduler}, device {classifier.device}, precision {classifier.forward.precision.name}",
@@ -877,7 +877,7 @@ def _predict_with_ensemble(paths: list[Path], overrides: dict[str, Any], submiss
     predictions (`out_of_fold`, a fold run's record), else as the first checkpoint's are, unless
     --threshold / --mask-cleanup say otherwise, streamed into one submission; returns it and its rows."""
     from carvana.data.layout import load_carvana_data
-    from carvana.predict.ensemble import EnsembleForward, EnsembleMember, describe_mean
+    from carvana.predict.ensemble import EnsembleForward, EnsembleMember, averages_at_photo_size, describe_mean
     from carvana.predict.predictor import Predictor
     from carvana.run.checkpoint import Checkpoint
 
@@ -897,9 +897,8 @@ def _predict_with_ensemble(paths: list[Path], overrides: dict[str, Any], submiss
                          f"{', flip TTA' if config.tta else ''})")
     assert first is not None and first_config is not None
     data_dir = _prediction_data_dir(first_config.data_dir)
-    covered = {member.forward.geometry.covered_size for member in members if member.forward.geometry is not None}
     # Members of different covered sizes are averaged at the photos' size: the test photos' (read only for them).
-    photo_size = load_carvana_data(data_dir, need_train=False).image_size if len(covered) > 1 else None
+    photo_size = load_carvana_data(data_dir, need_train=False).image_size if averages_at_photo_size(members) else None
     ensemble = EnsembleForward(members, photo_size)
     # Every member flipping is the ensemble's TTA; otherwise each member keeps its own (the banner lists which).
     config, threshold_note = prediction_config(first_config.replace(tta=ensemble.tta), first.payload,

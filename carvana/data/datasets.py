@@ -224,7 +224,7 @@ class CarvanaTestDataset(Dataset):
 
     def __init__(self, image_paths: Sequence[Path], geometry: Geometry | Sequence[Geometry]):
         self.image_paths = [Path(p) for p in image_paths]
-        self.geometry = geometry
+        self._one_input = isinstance(geometry, Geometry)  # items hold an image, not a tuple of them
         self._geometries = (geometry,) if isinstance(geometry, Geometry) else tuple(geometry)
         if not self._geometries:
             raise ValueError("a test dataset needs at least one geometry")
@@ -239,7 +239,7 @@ class CarvanaTestDataset(Dataset):
         path = self.image_paths[index]
         inputs = tuple(photo_input(load_image(path, geometry.covered_size)[0], geometry)
                        for geometry in self._geometries)
-        return (inputs[0] if isinstance(self.geometry, Geometry) else inputs), path.name
+        return (inputs[0] if self._one_input else inputs), path.name
 
 
 def collate(batch: list[tuple[Any, Any]]) -> tuple[torch.Tensor, torch.Tensor | list[str]] | LoadFailure:

@@ -69,8 +69,8 @@ class EnsembleForward:
         self.members = tuple(members)
         self.input_geometries = tuple(dict.fromkeys(geometries))  # the distinct ones, in the members' order
         self._input_of = [self.input_geometries.index(geometry) for geometry in geometries]
-        covered = {geometry.covered_size for geometry in geometries}
-        self.mean_size = covered.pop() if len(covered) == 1 else photo_size
+        self.at_photo_size = averages_at_photo_size(members)
+        self.mean_size = photo_size if self.at_photo_size else geometries[0].covered_size
         if self.mean_size is None:
             raise ValueError("members of different covered sizes are averaged at the photos' size: pass photo_size")
         self._models = nn.ModuleList([member.forward.model for member in self.members])
@@ -88,11 +88,6 @@ class EnsembleForward:
     def tta(self) -> bool:
         """Whether every member flips: the TTA setting that, passed to `probabilities`, changes nothing."""
         return all(member.tta for member in self.members)
-
-    @property
-    def at_photo_size(self) -> bool:
-        """Whether the mean is taken at the photos' size (members of different covered sizes)."""
-        return len({geometry.covered_size for geometry in self.input_geometries}) > 1
 
     @torch.no_grad()
     def probabilities(self, images: torch.Tensor | Sequence[torch.Tensor], tta: bool = False) -> torch.Tensor:
@@ -115,6 +110,11 @@ class EnsembleForward:
             total = probabilities if total is None else total.add_(probabilities)
         assert total is not None
         return total.div_(len(self.members))
+
+
+def averages_at_photo_size(members: Sequence[EnsembleMember]) -> bool:
+    """Whether these members' mean is taken at the photos' size: their outputs cover different sizes."""
+    return len({_geometry_of(member).covered_size for member in members}) > 1
 
 
 def _geometry_of(member: EnsembleMember) -> Geometry:
