@@ -17,7 +17,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.common import print_table, record  # noqa: E402
-from carvana.core.device import resolve_precision, select_device, to_memory_format, use_channels_last  # noqa: E402
+from carvana.core.device import select_device, to_memory_format  # noqa: E402
 from carvana.run.config import Config, preset  # noqa: E402
 from carvana.train.classifier import CarvanaClassifier  # noqa: E402
 from carvana.train.metrics import dice_from_logits  # noqa: E402
@@ -26,10 +26,10 @@ from carvana.train.metrics import dice_from_logits  # noqa: E402
 def _variants(device: torch.device) -> dict[str, dict]:
     mixed = "bf16" if device.type == "cpu" else "auto"
     return {
-        "fp32": {"amp": "off", "channels_last": False},
-        "fp32 + channels_last": {"amp": "off", "channels_last": True},
-        f"{mixed} autocast": {"amp": mixed, "channels_last": False},
-        f"channels_last + {mixed} autocast": {"amp": mixed, "channels_last": True},
+        "fp32": {"amp": "off", "memory_format": "nchw"},
+        "fp32 + channels_last": {"amp": "off", "memory_format": "channels_last"},
+        f"{mixed} autocast": {"amp": mixed, "memory_format": "nchw"},
+        f"channels_last + {mixed} autocast": {"amp": mixed, "memory_format": "channels_last"},
     }
 
 
@@ -80,10 +80,9 @@ def main(quick: bool = False) -> dict:
     generator = torch.Generator().manual_seed(0)
     images = torch.randn(base.batch_size, 3, geometry_size.height, geometry_size.width, generator=generator)
     masks = (torch.rand(base.batch_size, 1, geometry_size.height, geometry_size.width, generator=generator) > 0.5).float()
-    auto = resolve_precision("auto", device).name
-    auto_channels_last = use_channels_last(base.channels_last, device)
+    auto = CarvanaClassifier(base, device=device, progress=False).forward.layout  # timed here, or from the cache
     figures: dict = {"device": str(device), "batch_size": base.batch_size, "input": str(geometry_size),
-                     "width": base.width, "amp_auto_picks": auto, "channels_last_default": auto_channels_last}
+                     "width": base.width, "auto_picks": auto.describe()}
     table = []
     baseline = None
     for label, settings in _variants(device).items():
@@ -96,7 +95,7 @@ def main(quick: bool = False) -> dict:
         table.append([label, classifier.forward.precision.name, rate, rate * base.batch_size, rate / baseline])
     print_table(
         f"Train step, cpu preset ({base.model} width {base.width:g}, {geometry_size}, batch {base.batch_size}) on {device}; "
-        f"amp=auto picks {auto}, channels_last={auto_channels_last}",
+        f"auto picks {auto.describe()}",
         ["variant", "precision", "steps/s", "images/s", "x fp32"], table,
     )
     record("train_step", figures)

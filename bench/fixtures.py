@@ -7,6 +7,7 @@ Kaggle saves them: palette GIFs whose two colours are black and white.
 from __future__ import annotations
 
 import shutil
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -65,3 +66,30 @@ def probability_maps(size: Size, count: int = 8, seed: int = 0) -> np.ndarray:
         mask = car_like_mask(PHOTO_SIZE.width, PHOTO_SIZE.height, seed=seed + i).astype(np.float32)
         maps.append(cv2.resize(mask, tuple(size), interpolation=cv2.INTER_AREA))
     return np.stack(maps)
+
+
+def write_kaggle_zips(layout_dir: Path, zips_dir: Path) -> list[Path]:
+    """The competition's zip files as Kaggle ships them, made from a data dir in Kaggle's layout.
+
+    `train.zip` holds `train/<car>_<view>.jpg`, `train_masks.csv.zip` holds `train_masks.csv`, and
+    so on (the JPEGs and GIFs stored, as they barely compress; the CSVs deflated). Only the parts
+    the layout has are written.
+    """
+    layout_dir, zips_dir = Path(layout_dir), Path(zips_dir)
+    zips_dir.mkdir(parents=True, exist_ok=True)
+    written = []
+    for entry in (kl.TRAIN_DIR, kl.TRAIN_HQ_DIR, kl.MASKS_DIR, kl.TEST_DIR, kl.TEST_HQ_DIR,
+                  kl.MASKS_CSV, kl.SAMPLE_SUBMISSION_CSV, kl.METADATA_CSV):
+        source = layout_dir / entry
+        if not source.exists():
+            continue
+        archive = zips_dir / f"{entry}.zip"
+        with zipfile.ZipFile(archive, "w") as zf:
+            if source.is_dir():
+                zf.write(source, entry)  # the folder's own entry, as Kaggle's archives have
+                for path in sorted(source.iterdir()):
+                    zf.write(path, f"{entry}/{path.name}", compress_type=zipfile.ZIP_STORED)
+            else:
+                zf.write(source, entry, compress_type=zipfile.ZIP_DEFLATED)
+        written.append(archive)
+    return written

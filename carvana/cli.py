@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import difflib
 import logging
 import sys
 from pathlib import Path
@@ -17,7 +18,7 @@ from carvana.core import distributed
 from carvana.core.errors import CarvanaError
 from carvana.core.geometry import Size
 from carvana.core.process_lifetime import Terminated, interrupt_exit_code, sigterm_as_interrupt
-from carvana.run.config import Config, preset
+from carvana.run.config import Config, Environment, preset
 from carvana.run.flags import GROUPS, TRAINING, flags_of, positive_float, positive_int, size
 from carvana.run.flags import given_settings as flag_settings
 from carvana.run.settings_file import read_settings_file, settings_yaml
@@ -43,9 +44,11 @@ SUBCOMMANDS = ("run", "fetch", "train", "predict", "cutout", "runs", "validate",
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    if not argv or (argv[0] not in SUBCOMMANDS and argv[0] not in ("-h", "--help")):
-        argv.insert(0, "run")
     parser = build_parser()
+    if argv and not argv[0].startswith("-") and argv[0] not in SUBCOMMANDS:
+        parser.error(_unknown_command(argv[0]))
+    if not argv or argv[0] not in (*SUBCOMMANDS, "-h", "--help"):
+        argv.insert(0, "run")
     args = parser.parse_args(argv)
     if args.command not in DISTRIBUTED_COMMANDS and not distributed.is_main():
         return 0  # under torchrun, fetch/validate/score/submit run once: in rank 0
@@ -64,6 +67,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         if distributed.is_main():  # under torchrun every process gets the signal: one says so
             log.error("\ninterrupted" if not isinstance(e, Terminated) else str(e))
         return interrupt_exit_code(e)
+
+
+def _unknown_command(word: str) -> str:
+    close = difflib.get_close_matches(word, SUBCOMMANDS, n=1)
+    guess = f" (did you mean {close[0]!r}?)" if close else ""
+    return f"unknown command {word!r}{guess}; the commands are {', '.join(SUBCOMMANDS)} (none: run)"
 
 
 # The subcommands that run as several processes under torchrun; rank 0 alone runs the others.
@@ -180,6 +189,7 @@ def build_parser() -> argparse.ArgumentParser:
         "when input has no sample_submission.csv, as predict does)"))
     validate.add_argument("--image-size", type=size, default=None,
                           help="WxH of the images (default: read from the data dir's test photos, else 1918x1280)")
+    validate.add_argument("--output-dir", type=Path, default=None, help=_EXTRACTED_HELP)
     validate.set_defaults(handler=_validate)
 
     score = sub.add_parser("score", help="mean Dice of a submission against known masks", description=(
@@ -198,9 +208,14 @@ def build_parser() -> argparse.ArgumentParser:
     submit.add_argument("--data-dir", type=Path, default=None,
                         help="data dir whose sample_submission.csv is used to validate first (found as validate does)")
     submit.add_argument("--no-validate", action="store_true", help="upload without validating first")
+    submit.add_argument("--output-dir", type=Path, default=None, help=_EXTRACTED_HELP)
     submit.add_argument("--timeout", type=positive_float, default=600.0, help="seconds to wait for the score")
     submit.set_defaults(handler=_submit)
     return parser
+
+
+_EXTRACTED_HELP = ("where a --data-dir of Kaggle's zip files was extracted, in OUTPUT/data "
+                   "(default: output)")
 
 
 def _add_flags(p: argparse.ArgumentParser, command: str) -> None:
@@ -308,7 +323,6 @@ def _train(args: argparse.Namespace) -> int:
         folder = result.fold_checkpoints[0].parent.parent
         log.info("\n".join([
             f"Fold checkpoints: {', '.join(str(path) for path in result.fold_checkpoints)}",
-            f"Out-of-fold Dice: {result.validation_dice:.4f} over {result.validation_images} images",
             f"Predict the test set with every fold:  python main.py predict --ensemble {folder}",
             f"TensorBoard:           {pipeline.tensorboard_command(result.config.log_dir)}",
         ]))
@@ -324,8 +338,8 @@ def _train(args: argparse.Namespace) -> int:
 def _fetch(args: argparse.Namespace) -> int:
     from carvana import pipeline
 
-    data_dir = args.data_dir or Path("input")
-    pipeline.get_data(data_dir, _data_options(args), announce=True)
+    pipeline.get_data(args.data_dir or Environment.data_dir, _data_options(args),
+                      output_dir=args.output_dir or Environment.output_dir, announce=True)
     return 0
 
 
@@ -366,7 +380,8 @@ def _runs(args: argparse.Namespace) -> int:
 def _validate(args: argparse.Namespace) -> int:
     from carvana import pipeline
 
-    pipeline.validate_file(args.file, args.sample_submission, image_size=args.image_size, data_dir=args.data_dir)
+    pipeline.validate_file(args.file, args.sample_submission, image_size=args.image_size, data_dir=args.data_dir,
+                           output_dir=args.output_dir)
     return 0
 
 
@@ -381,12 +396,12 @@ def _submit(args: argparse.Namespace) -> int:
     from carvana import pipeline
 
     pipeline.submit_file(args.file, args.message, data_dir=args.data_dir, validate=not args.no_validate,
-                         timeout=args.timeout)
+                         timeout=args.timeout, output_dir=args.output_dir)
     return 0
 
 
 def _data_options(args: argparse.Namespace):
-    from carvana.pipeline import DataOptions
+    from carvana.data.source import DataOptions
 
     return DataOptions(
         dataset=args.dataset or "auto",
@@ -394,5 +409,6 @@ def _data_options(args: argparse.Namespace):
         include_test=not args.train_only,
         sample_cars=args.sample_cars,
         sample_image_size=args.sample_image_size,
+        data_dir_given="data_dir" in given_settings(args),
     )
 

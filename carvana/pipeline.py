@@ -23,8 +23,11 @@ from typing import TYPE_CHECKING, Any
 
 from carvana.core import distributed
 from carvana.core.errors import CarvanaError, ConfigError, DataError
+from carvana.core.folders import check_writable_dir
 from carvana.core.geometry import Size
 from carvana.core.process_lifetime import Terminated
+from carvana.core.text import count, finished_epochs
+from carvana.data.source import SAMPLE, DataOptions, DataSource, ensure_sample, get_data, prediction_data_dir
 from carvana.kaggle import files as layout_names
 from carvana.run.config import ENVIRONMENT_FIELDS, Config, Environment
 from carvana.run.identity import (BEST_NAME, FOLD_PREFIX, LAST_NAME, Run, RunRecord, finished_message,
@@ -64,28 +67,11 @@ class PredictionStopped(CarvanaError):
 
 
 @dataclass(frozen=True)
-class DataOptions:
-    """Where the data comes from (the `--dataset` family of flags)."""
-
-    dataset: str = "auto"  # auto | kaggle | sample
-    high_quality: bool = False
-    include_test: bool = True
-    sample_cars: int | None = None
-    sample_image_size: Size | None = None
-
-
-@dataclass(frozen=True)
-class DataSource:
-    data_dir: Path
-    origin: str  # "local data", "Kaggle", "built-in sample"
-
-
-@dataclass(frozen=True)
 class TrainingResult:
     config: Config  # the run's settings (a resumed run's model and name included)
     classifier: Any  # the CarvanaClassifier, holding the weights of `checkpoint`
     checkpoint: Checkpoint  # best.pt, or last.pt when no epoch improved on the monitored metric; as scored
-    data_dir: Path  # where the data came from (e.g. input/sample for the built-in sample)
+    source: DataSource  # where the data came from (e.g. input/sample for the built-in sample)
     validation_dice: float  # at full resolution, on the validation cars
     validation_images: int
     validation_cars: int
@@ -102,85 +88,6 @@ def tensorboard_command(log_dir: Path) -> str:
 
 
 # --------------------------------------------------------------------------- data
-
-
-def sample_data_dir(data_dir: Path) -> Path:
-    """The built-in sample lives beside real data, never mixed into it."""
-    return data_dir / "sample"
-
-
-def get_data(data_dir: Path, options: DataOptions, announce: bool = True) -> DataSource:
-    """Find, download or generate the data, following `--dataset`."""
-    from carvana.data.layout import is_carvana_data_dir
-    from carvana.kaggle.api import kaggle_credentials_usable
-
-    data_dir = Path(data_dir)
-    choice = options.dataset
-    if choice == "auto":
-        if is_carvana_data_dir(data_dir) and not _download_in_progress(data_dir):
-            source = DataSource(data_dir, "local data")
-        elif kaggle_credentials_usable():  # credentials set but broken: refused, never the sample
-            choice = "kaggle"
-        elif _has_part_of_the_layout(data_dir) and not _download_in_progress(data_dir):
-            # Some of the Kaggle files are here but not all, and none can be downloaded: name the missing
-            # one rather than quietly train on the sample (and replace a submission made from real data).
-            from carvana.data.layout import load_carvana_data
-
-            load_carvana_data(data_dir, need_test=False)
-            source = DataSource(data_dir, "local data")
-        else:
-            choice = "sample"
-            if announce and _download_in_progress(data_dir):
-                log.info(f"{data_dir} holds an unfinished Kaggle download (no {layout_names.COMPLETE_MARKER}) "
-                         "and there are no Kaggle credentials to finish it: using the built-in sample dataset.")
-            elif announce:
-                log.info("No Carvana data in {} and no Kaggle credentials: using the built-in sample dataset.\n"
-                         "  (For the real data: put kaggle.json in ~/.kaggle/ or set KAGGLE_USERNAME/KAGGLE_KEY; "
-                         "see README, 'Kaggle credentials'.)".format(data_dir))
-    if choice == "kaggle":
-        from carvana.kaggle.download import fetch_kaggle
-
-        if announce:
-            log.info(f"Downloading Carvana from Kaggle into {data_dir} (resumable; complete files are skipped) ...")
-        report = fetch_kaggle(data_dir, high_quality=options.high_quality, include_test=options.include_test)
-        if announce:
-            log.info(f"  {report.summary()}")
-        source = DataSource(data_dir, "Kaggle")
-    elif choice == "sample":
-        source = DataSource(_ensure_sample(sample_data_dir(data_dir), options, announce), "built-in sample")
-    if announce:
-        log.info(f"Dataset: {source.origin} in {source.data_dir}")
-    return source
-
-
-def _has_part_of_the_layout(data_dir: Path) -> bool:
-    parts = (layout_names.TRAIN_DIR, layout_names.TRAIN_HQ_DIR, layout_names.MASKS_DIR, layout_names.MASKS_CSV,
-             layout_names.TEST_DIR, layout_names.TEST_HQ_DIR, layout_names.SAMPLE_SUBMISSION_CSV)
-    return any((data_dir / part).exists() for part in parts)
-
-
-def _download_in_progress(data_dir: Path) -> bool:
-    """A Kaggle fetch started here and has not written the completion marker: never trust it as data."""
-    from carvana.kaggle.download import DONE_DIR, DOWNLOAD_DIR
-
-    started = (data_dir / DOWNLOAD_DIR).exists() or (data_dir / DONE_DIR).exists()
-    return started and layout_names.read_complete_marker(data_dir) is None
-
-
-def _ensure_sample(sample_dir: Path, options: DataOptions, announce: bool) -> Path:
-    """The built-in sample in `sample_dir`: the complete one there if it has the wanted settings, else
-    a new one. Another process generating it at the same time is waited for, and its result reused."""
-    from carvana.sample.dataset import ensure_sample_dataset, sample_is_complete
-
-    if sample_is_complete(sample_dir, options.sample_cars, options.sample_image_size):
-        return sample_dir
-    report = ensure_sample_dataset(sample_dir, train_cars=options.sample_cars, size=options.sample_image_size,
-                                   announce=log.info if announce else None)
-    if announce and report is not None:
-        log.info(f"  {report.summary()}")
-    elif announce:
-        log.info(f"  {sample_dir}: generated meanwhile by another process; using it")
-    return sample_dir
 
 
 # --------------------------------------------------------------------------- training
@@ -240,6 +147,7 @@ def _train_folds(run: Run, options: DataOptions, need_test: bool, changes: dict[
 
     config = run.config
     results: list[TrainingResult] = []
+    source: DataSource | None = None  # found once, for the first fold
     for fold in range(1, config.folds + 1):
         fold_config = config.replace(fold=fold)
         last = models_dir(fold_config, run.name) / LAST_NAME
@@ -250,7 +158,8 @@ def _train_folds(run: Run, options: DataOptions, need_test: bool, changes: dict[
                 log.info(note)
         log.info(f"\nFold {fold}/{config.folds} of run {run.name}" + (f" (from {last})" if checkpoint else ""))
         result = _train_in(fold_run(fold_config, run.name, fold), options, need_test, checkpoint,
-                           fit_input=fit_input and fold == 1 and checkpoint is None)
+                           fit_input=fit_input and fold == 1 and checkpoint is None, source=source)
+        source = result.source
         if fold == 1:
             config = dataclasses.replace(config, input_size=result.config.input_size,
                                          photo_size=result.config.photo_size)
@@ -263,7 +172,7 @@ def _train_folds(run: Run, options: DataOptions, need_test: bool, changes: dict[
     last_fold = results[-1]
     return dataclasses.replace(last_fold, config=config, validation_dice=dice, validation_images=images,
                                validation_cars=cars, fold_checkpoints=tuple(r.checkpoint.path for r in results),
-                               training_ended=f"trained {len(results)} folds ({last_fold.training_ended} last)")
+                               training_ended=f"trained {count(len(results), 'fold')} ({last_fold.training_ended} last)")
 
 
 def _score_out_of_fold(run: Run, folds: list[TrainingResult]) -> tuple[float, int, int]:
@@ -299,14 +208,14 @@ def _out_of_fold_search(run: Run, folds: list[TrainingResult]) -> tuple[float, i
     parts = []
     for result, rows in zip(folds, fold_truth):
         predictor = Predictor.from_checkpoint(result.config, result.checkpoint.path)
-        photos = [result.data_dir / layout_names.TRAIN_DIR / row.img for row in rows]
+        photos = [result.source.data_dir / layout_names.TRAIN_DIR / row.img for row in rows]
         parts.append((predictor, make_test_loader(_existing_photos(result, photos), config.geometry, config)))
     thresholds = thresholds_to_try(config.threshold, config.tune_threshold)
     search = ValidationSearch(predictions, {row.img: row.rle_mask for rows in fold_truth for row in rows}, size,
                               thresholds, preferred=config.threshold, cleanup=config.mask_cleanup)
     images = sum(len(rows) for rows in fold_truth)
-    log.info(f"\nScoring the {len(folds)} folds out of fold: each fold's best checkpoint on its own validation "
-             f"cars, {images} images at {size} ({len(thresholds)} threshold{'s' if len(thresholds) > 1 else ''}) ...")
+    log.info(f"\nScoring the {count(len(folds), 'fold')} out of fold: each fold's best checkpoint on its own "
+             f"validation cars, {count(images, 'image')} at {size} ({count(len(thresholds), 'threshold')}) ...")
     with explain_out_of_memory(config, "scoring the folds out of fold"):
         predict_in_parts(parts, callbacks=[search], tta=config.tta)
     cars = sum(result.validation_cars for result in folds)
@@ -314,7 +223,7 @@ def _out_of_fold_search(run: Run, folds: list[TrainingResult]) -> tuple[float, i
     assert search.result is not None
     log.info("\n".join([
         f"  {search.result.threshold_line(cars)}", f"  {search.result.cleanup_line(cars)}",
-        f"Out-of-fold validation Dice at {size}: {report.mean_dice:.4f} over {report.n_images} images of {cars} "
+        f"Out-of-fold validation Dice at {size}: {report.mean_dice:.4f} over {count(report.n_images, 'image')} of {count(cars, 'car')} "
         "cars, each predicted by the fold that never saw it",
         f"  predictions: {predictions}  (python main.py score {predictions} --truth {truth_path} --image-size {size})",
     ]))
@@ -332,7 +241,7 @@ def _existing_photos(result: TrainingResult, photos: list[Path]) -> list[Path]:
 
     if all(photo.is_file() for photo in photos):
         return photos
-    data = load_carvana_data(result.data_dir, need_test=False)
+    data = load_carvana_data(result.source.data_dir, need_test=False)
     return [data.train_image_path(photo.name) for photo in photos]
 
 
@@ -372,10 +281,11 @@ def resume_checkpoint(output_dir: Path, resume: str) -> Checkpoint:
 
 
 def _train_in(run: Run, options: DataOptions, need_test: bool, checkpoint: Checkpoint | None,
-              fit_input: bool = False) -> TrainingResult:
+              fit_input: bool = False, source: DataSource | None = None) -> TrainingResult:
     """`run_training` once the run's folders are reserved and locked; `checkpoint`: the one it resumes from.
 
     `fit_input`: take the input size for the data's photos (their shape, the preset's pixel count).
+    `source`: the data, when already found (a fold run's later folds); else it is found here.
     """
     from carvana.data.layout import load_carvana_data
     from carvana.data.split import fold_split, split_by_car
@@ -391,8 +301,9 @@ def _train_in(run: Run, options: DataOptions, need_test: bool, checkpoint: Check
         if checkpoint is None and any(path.exists() for path in (run.last_path, run.best_path)):
             raise ConfigError(f"{run.models_dir}: run {run.name} already has checkpoints; continue it with "
                               f"--resume {run.last_path}, or choose another --run-name")
-        source = _main_first(lambda: _resumed_data(config, options, record) if checkpoint is not None
-                             else get_data(config.data_dir, options))
+        if source is None:
+            source = _main_first(lambda: _resumed_data(config, options, record) if checkpoint is not None
+                                 else get_data(config.data_dir, options, output_dir=config.output_dir))
         data = load_carvana_data(source.data_dir, need_test=need_test)
         input_note = ""
         if config.crop is not None and config.photo_size is None:
@@ -415,8 +326,8 @@ def _train_in(run: Run, options: DataOptions, need_test: bool, checkpoint: Check
     log.info(_describe_run(run, data, split, classifier, source, input_note))
     run_record = RunRecord(
         data_dir=source.data_dir, origin=source.origin, train_cars=split.train_cars, valid_cars=split.valid_cars,
-        sample_cars=options.sample_cars if record is None else record.sample_cars,
-        sample_image_size=(None if options.sample_image_size is None else str(options.sample_image_size))
+        sample_cars=source.sample_cars if record is None else record.sample_cars,
+        sample_image_size=(None if source.sample_image_size is None else str(source.sample_image_size))
         if record is None else record.sample_image_size,
         photo_size=str(data.image_size),
     )
@@ -427,7 +338,7 @@ def _train_in(run: Run, options: DataOptions, need_test: bool, checkpoint: Check
     if config.epochs_cap and classifier.epoch >= config.epochs:
         saved_epochs = checkpoint.recipe.epochs if checkpoint is not None else config.epochs
         log.info(finished_message(run.name, classifier.epoch, saved_epochs, config.epochs))
-        ended = f"had already finished {classifier.epoch} epochs"
+        ended = f"had already {finished_epochs(classifier.epoch)}"
     elif ended is not None:
         log.info(f"run {run.name} {ended}; {budget.exhausted_hint()} (going on with its best checkpoint)")
         ended = f"had already {ended}"
@@ -459,7 +370,7 @@ def _train_in(run: Run, options: DataOptions, need_test: bool, checkpoint: Check
     _write_run_settings(run)
 
     dice, scored = _score_chosen(run, classifier, checkpoint, trained, data, split, config)
-    return TrainingResult(config, classifier, scored, source.data_dir, dice, len(split.valid),
+    return TrainingResult(config, classifier, scored, source, dice, len(split.valid),
                           len({layout_names.car_id(n) for n in split.valid}), training_ended=ended or "",
                           photo_size=data.image_size)
 
@@ -569,8 +480,8 @@ def _check_resume_data_options(options: DataOptions, record: RunRecord | None, c
     """Data flags on resume: refused where they would change the data the run was split on."""
     if record is None:
         return
-    sample = record.origin == "built-in sample"
-    if options.dataset == "sample" and not sample or options.dataset == "kaggle" and record.origin != "Kaggle":
+    sample = record.origin == SAMPLE
+    if options.dataset == "sample" and not sample or options.dataset == "kaggle" and sample:
         raise ConfigError(f"--dataset {options.dataset}: {checkpoint} was trained on {record.origin} in "
                           f"{record.data_dir}; a resumed run keeps its data")
     for flag, value, kept in (("--sample-cars", options.sample_cars, record.sample_cars),
@@ -581,24 +492,30 @@ def _check_resume_data_options(options: DataOptions, record: RunRecord | None, c
 
 
 def _resumed_data(config: Config, options: DataOptions, record: RunRecord | None) -> DataSource:
-    """The data a resumed run was trained on: the folder its checkpoint names, unless --data-dir moved it."""
+    """The data a resumed run was trained on: the folder its checkpoint names, unless --data-dir moved it.
+
+    A built-in sample that another run replaced since is generated again as it was (it is seeded).
+    """
     from carvana.data.layout import is_carvana_data_dir
+    from carvana.data.source import download_in_progress
 
     if record is None or (config.data_dir != record.data_dir and config.data_dir != _given_data_dir(record)):
-        return get_data(config.data_dir, options)
-    if is_carvana_data_dir(record.data_dir) and not _download_in_progress(record.data_dir):
+        return get_data(config.data_dir, options, output_dir=config.output_dir)
+    if record.origin == SAMPLE:
+        size = Size.parse(record.sample_image_size) if record.sample_image_size else None
+        kept = DataOptions(dataset="sample", sample_cars=record.sample_cars, sample_image_size=size)
+        source = ensure_sample(record.data_dir, kept, announce=True)
+        log.info(f"Dataset: {record.origin} in {record.data_dir} (the run's data)")
+        return source
+    if is_carvana_data_dir(record.data_dir) and not download_in_progress(record.data_dir):
         log.info(f"Dataset: {record.origin} in {record.data_dir} (the run's data)")
         return DataSource(record.data_dir, record.origin)
-    if record.origin == "built-in sample":
-        size = Size.parse(record.sample_image_size) if record.sample_image_size else None
-        regenerated = DataOptions(dataset="sample", sample_cars=record.sample_cars, sample_image_size=size)
-        return DataSource(_ensure_sample(record.data_dir, regenerated, announce=True), record.origin)
-    return get_data(config.data_dir, options)
+    return get_data(config.data_dir, options, output_dir=config.output_dir)
 
 
 def _given_data_dir(record: RunRecord) -> Path:
     """The --data-dir a run was started with (the sample lives in its `sample` subfolder)."""
-    return record.data_dir.parent if record.origin == "built-in sample" else record.data_dir
+    return record.data_dir.parent if record.origin == SAMPLE else record.data_dir
 
 
 def _check_same_split(record: RunRecord, split: Any, data_dir: Path, run_name: str) -> None:
@@ -639,20 +556,6 @@ def _is_out_of_memory(error: BaseException) -> bool:
         sign in text for sign in ("can't allocate memory", "out of memory", "Cannot allocate memory"))
 
 
-def check_writable_dir(folder: Path, what: str) -> None:
-    """ConfigError unless `folder` exists or can be created, and files can be written in it.
-
-    Checks the nearest existing part of the path, so nothing is created on disk yet.
-    """
-    existing = Path(folder)
-    while not existing.exists() and existing != existing.parent:
-        existing = existing.parent
-    if not existing.is_dir():
-        raise ConfigError(f"{folder}: cannot write {what} here ({existing} is a file, not a folder)")
-    if not os.access(existing, os.W_OK | os.X_OK):
-        raise ConfigError(f"{folder}: cannot write {what} here (no permission to write in {existing})")
-
-
 def _describe_run(run: Run, data, split, classifier, source, input_note: str = "") -> str:
     config, geometry = run.config, run.geometry
     cars = lambda names: len({layout_names.car_id(n) for n in names})  # noqa: E731
@@ -662,15 +565,15 @@ def _describe_run(run: Run, data, split, classifier, source, input_note: str = "
     unfinished = not config.epochs_cap or classifier.epoch < config.epochs
     resumed = f" (from epoch {classifier.epoch + 1})" if 0 < classifier.epoch and unfinished else ""
     return "\n".join([
-        f"Data: {len(split.train)} training images ({cars(split.train)} cars), "
-        f"{len(split.valid)} validation images ({cars(split.valid)} unseen cars), "
+        f"Data: {count(len(split.train), 'training image')} ({count(cars(split.train), 'car')}), "
+        f"{count(len(split.valid), 'validation image')} ({count(cars(split.valid), 'unseen car')}), "
         f"photos {data.image_size}",
         f"Model: {config.model} (width {config.width:g}, {params / 1e6:.2f}M parameters), "
         f"input {geometry.input_size} -> output {geometry.output_size}{input_note or _crop_note(config)}"
         f"{_coarse_note(config)}",
         f"Training: {TrainingBudget.of(config).describe()}{resumed}, batch {config.batch_size}, "
         f"{config.optimizer} lr {lr:.3g}"
-        f"{base_lr}, scheduler {config.scheduler}, device {classifier.device}, precision {classifier.forward.precision.name}",
+        f"{base_lr}, scheduler {config.scheduler}, device {classifier.device}, {classifier.forward.layout.describe()}",
         f"Run: {run.name}  (logs: {run.log_dir}, checkpoints: {run.models_dir})",
     ])
 
@@ -715,7 +618,7 @@ def score_validation(predictor: Predictor, data, valid_names: list[str], config:
     thresholds = thresholds_to_try(config.threshold, config.tune_threshold)
     search = ValidationSearch(predictions, {name: row.rle_mask for name, row in read_truth(truth).items()},
                               data.image_size, thresholds, preferred=config.threshold, cleanup=config.mask_cleanup)
-    log.info(f"Scoring the best checkpoint on {len(valid_names)} validation images at {data.image_size} "
+    log.info(f"Scoring the best checkpoint on {count(len(valid_names), 'validation image')} at {data.image_size} "
              f"({len(thresholds)} threshold{'s' if len(thresholds) > 1 else ''}) ...")
     with explain_out_of_memory(config, "scoring the validation cars"):
         predictor.predict(loader, tta=config.tta, callbacks=[search])
@@ -723,7 +626,7 @@ def score_validation(predictor: Predictor, data, valid_names: list[str], config:
     log.info(f"  {search.result.threshold_line(cars)}")
     log.info(f"  {search.result.cleanup_line(cars)}")
     report = score_submission(predictions, truth, data.image_size)
-    log.info(f"  validation Dice at {data.image_size}: {report.mean_dice:.4f} ({report.n_images} images)")
+    log.info(f"  validation Dice at {data.image_size}: {report.mean_dice:.4f} ({count(report.n_images, 'image')})")
     if checkpoint is not None:
         checkpoint = save_threshold(checkpoint, ThresholdRecord(search.result.threshold, chosen=config.tune_threshold,
                                                                 validation_dice=report.mean_dice,
@@ -845,7 +748,7 @@ def run_prediction(checkpoint: Path | list[Path] | None, overrides: dict[str, An
     config = saved.recipe.replace(**overrides)
     config, threshold_note = prediction_config(config, saved.payload, given_threshold=overrides.get("threshold"))
     predictor = Predictor.from_checkpoint(config, saved.path, payload=saved.payload)
-    data_dir = _prediction_data_dir(config.data_dir)
+    data_dir = prediction_data_dir(config.data_dir, config.output_dir)
     submission = submission or config.output_dir / SUBMISSION_NAME
     rows = predict_test_set(predictor, config, data_dir, submission, trained_photos=_trained_photos(saved.run),
                             threshold_note=threshold_note)
@@ -896,7 +799,7 @@ def _predict_with_ensemble(paths: list[Path], overrides: dict[str, Any], submiss
         described.append(f"{saved.path} ({config.model} width {config.width:g} at {config.input_size}{crop}"
                          f"{', flip TTA' if config.tta else ''})")
     assert first is not None and first_config is not None
-    data_dir = _prediction_data_dir(first_config.data_dir)
+    data_dir = prediction_data_dir(first_config.data_dir, first_config.output_dir)
     # Members of different covered sizes are averaged at the photos' size: the test photos' (read only for them).
     photo_size = load_carvana_data(data_dir, need_train=False).image_size if averages_at_photo_size(members) else None
     ensemble = EnsembleForward(members, photo_size)
@@ -939,6 +842,7 @@ def run_cutout(photos: list[Path], out_dir: Path, checkpoint: Path | None, overr
     from carvana.cutout.cutouts import find_photos, write_cutouts
     from carvana.predict.predictor import Predictor
 
+    check_writable_dir(out_dir, "cutouts")  # before the model is loaded or any photo read
     found = find_photos(photos)
     saved = saved_model(checkpoint, overrides.get("output_dir"))
     config = saved.recipe.replace(**overrides)
@@ -983,21 +887,6 @@ def _warn_of_another_shape(test_photos: Size, trained_photos: Size, input_size: 
                  "which may cost accuracy (a model trained on photos of their shape fits them better)")
 
 
-def _prediction_data_dir(data_dir: Path) -> Path:
-    """The data dir with a test set: the given one, else its built-in sample.
-
-    `predict`, `validate` and `submit` all find the data this way, so a submission made from the
-    built-in sample (in input/sample) validates with the same default data dir it was made with.
-    """
-    if (data_dir / layout_names.SAMPLE_SUBMISSION_CSV).exists():
-        return data_dir
-    sample = sample_data_dir(data_dir)
-    if (sample / layout_names.SAMPLE_SUBMISSION_CSV).exists():
-        return sample
-    raise DataError(data_dir / layout_names.SAMPLE_SUBMISSION_CSV, f"missing (and no built-in sample in {sample}/): "
-                    "no test set here (run `python main.py fetch` first, or pass --data-dir)")
-
-
 def run_all(config: Config, options: DataOptions, resume: str | None = None,
             changes: dict[str, Any] | None = None) -> None:
     """`python main.py`: the whole job, ending with a summary of where everything was written."""
@@ -1013,7 +902,7 @@ def run_all(config: Config, options: DataOptions, resume: str | None = None,
         submission, rows = _predict_with_ensemble(list(result.fold_checkpoints), where, submission,
                                                   read_out_of_fold_record(folds_dir))
     else:
-        rows = predict_test_set(Predictor(result.classifier.forward, tta=config.tta), config, result.data_dir,
+        rows = predict_test_set(Predictor(result.classifier.forward, tta=config.tta), config, result.source.data_dir,
                                 submission, threshold_note=threshold_note)
     minutes, seconds = divmod(int(time.monotonic() - start), 60)
     log.info("\n".join([
@@ -1021,7 +910,8 @@ def run_all(config: Config, options: DataOptions, resume: str | None = None,
         f"Done in {minutes}m{seconds:02d}s.",
         f"  Submission:      {submission} ({rows} rows, valid)",
         f"  {'Out-of-fold Dice' if result.fold_checkpoints else 'Validation Dice'}: {result.validation_dice:.4f} "
-        f"at full resolution on {result.validation_cars} unseen cars ({result.validation_images} images)",
+        f"at full resolution on {count(result.validation_cars, 'unseen car')} "
+        f"({count(result.validation_images, 'image')})",
         f"  Training:        {result.training_ended}",
         f"  Best checkpoint: {result.checkpoint.path}" if not result.fold_checkpoints else
         f"  Fold checkpoints: {result.fold_checkpoints[0].parent.parent}/fold-*/best.pt (predicted as their ensemble)",
@@ -1034,18 +924,20 @@ def run_all(config: Config, options: DataOptions, resume: str | None = None,
 
 
 def validate_file(path: Path, sample_submission: Path | None = None, image_size: Size | None = None,
-                  data_dir: Path | None = None) -> None:
+                  data_dir: Path | None = None, output_dir: Path | None = None) -> None:
     """`validate`: check `path` against the test ids and the photo size of the data it was made from.
 
     Without `sample_submission`, the data dir (default: input) is found as `predict` finds it: the
-    folder itself if it holds sample_submission.csv, else its built-in sample. Without
+    folder itself if it holds sample_submission.csv, else Kaggle's zip files there as extracted in
+    `output_dir` (default: output), else its built-in sample. Without
     `image_size`, the size is read from that data dir's test photos, or from the folder of the
     given sample submission when it holds test photos, else it is Kaggle's 1918x1280.
     """
     from carvana.submission.validate import validate_submission
 
     if sample_submission is None:
-        data_dir = _prediction_data_dir(Path(data_dir) if data_dir is not None else Config.data_dir)
+        data_dir = prediction_data_dir(Path(data_dir) if data_dir is not None else Config.data_dir,
+                                       output_dir or Config.output_dir)
         sample_submission = data_dir / layout_names.SAMPLE_SUBMISSION_CSV
     elif data_dir is None and _has_test_photos(Path(sample_submission).parent):
         data_dir = Path(sample_submission).parent
@@ -1076,13 +968,14 @@ def score_file(path: Path, truth: Path, image_size: Size) -> float:
 
 
 def submit_file(path: Path, message: str, data_dir: Path | None = None, validate: bool = True,
-                timeout: float = 600.0) -> None:
+                timeout: float = 600.0, output_dir: Path | None = None) -> None:
     """`submit`: validate against the data found as `validate` finds it (unless told not to), then upload."""
     from carvana.kaggle.submit import submit_to_kaggle
 
     if validate:
         try:
-            found = _prediction_data_dir(Path(data_dir) if data_dir is not None else Config.data_dir)
+            found = prediction_data_dir(Path(data_dir) if data_dir is not None else Config.data_dir,
+                                        output_dir or Config.output_dir)
         except DataError as e:
             raise DataError(e.path, "missing: needed to validate the submission first "
                                     "(pass --data-dir, or --no-validate)") from None

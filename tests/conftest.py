@@ -27,6 +27,15 @@ except ImportError:  # hypothesis is a test dependency; tests that use it import
     pass
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _fastest_layout_cache_of_the_session(tmp_path_factory):
+    """The layouts timed by tests (carvana.models.fastest_layout), and by the commands they start, are kept
+    for the session, not in ~/.cache (session-wide, so that module fixtures' commands see it too)."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("CARVANA_CACHE_DIR", str(tmp_path_factory.getbasetemp() / "carvana-cache"))
+        yield
+
+
 @pytest.fixture(autouse=True)
 def _no_real_kaggle_credentials(monkeypatch, tmp_path_factory):
     """Tests never see the developer's real Kaggle credentials or config folder."""

@@ -214,7 +214,7 @@ def test_the_readme_one_step_commands_work_as_written_after_a_default_run(tiny_r
 
     resume = run_main(["--resume", "output/models/tiny/last.pt"], workdir)
     assert resume.returncode == 0, resume.stderr
-    assert "run tiny finished all 1 epochs" in resume.stdout and "Validation Dice" in resume.stdout
+    assert "run tiny finished its 1 epoch" in resume.stdout and "Validation Dice" in resume.stdout
 
     train = run_main(["train", "--epochs", "1", "--workers", "0", "--input-size", "128x64"], workdir)
     assert train.returncode == 0, train.stderr

@@ -47,8 +47,9 @@ TINY = ["--preset", "cpu", "--input-size", "64x64", "--width", "0.125", "--epoch
 
 
 def oof_dice(out: str) -> float:
-    line = next(line for line in out.splitlines() if line.startswith("Out-of-fold Dice:"))
-    return float(line.split()[2])
+    lines = [line for line in out.splitlines() if line.startswith("Out-of-fold validation Dice at ")]
+    assert len(lines) == 1, "the out-of-fold Dice is printed once"
+    return float(lines[0].split(": ")[1].split()[0])
 
 
 def test_a_fold_run_scores_every_car_out_of_fold_and_resume_skips_finished_folds(tmp_path, capsys, monkeypatch):
@@ -87,7 +88,7 @@ def test_a_fold_run_scores_every_car_out_of_fold_and_resume_skips_finished_folds
     assert [line.split()[1] for line in fold_lines] == ["1/3", "2/3", "3/3"]
     trained_epochs = [line for line in out.splitlines() if line.startswith("epoch 1/1")]
     assert len(trained_epochs) == 1, "folds 1 and 2 had finished: only fold 3 trains"
-    assert (folder / "fold-3" / "best.pt").is_file() and "Out-of-fold Dice" in out
+    assert (folder / "fold-3" / "best.pt").is_file() and "Out-of-fold validation Dice" in out
 
     code, table, err = run_cli(["runs"], capsys)
     row = next(line for line in table.splitlines() if line.startswith("k3 "))

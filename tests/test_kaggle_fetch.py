@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from carvana.core.errors import DataError, KaggleError
-from carvana.kaggle import download as kaggle_fetcher
+from carvana.kaggle import competition
 from carvana.kaggle.api import kaggle_credentials_configured, open_kaggle_api
 from carvana.kaggle.download import fetch_kaggle
 from carvana.kaggle.files import COMPETITION, RULES_URL, read_complete_marker
@@ -113,20 +113,20 @@ def test_an_archive_without_the_expected_entry_is_a_data_error(kaggle_with_data,
 @pytest.mark.reliability
 def test_a_crash_during_extraction_resumes_without_downloading_again(kaggle_with_data, tmp_path, monkeypatch):
     data_dir = tmp_path / "input"
-    real_extract = kaggle_fetcher.extract_zip
+    real_extract = competition.extract_zip
 
     def crash_on_test_zip(archive, dest_dir, **kwargs):
         if archive.name == "test.zip":
             raise KeyboardInterrupt
         return real_extract(archive, dest_dir, **kwargs)
 
-    monkeypatch.setattr(kaggle_fetcher, "extract_zip", crash_on_test_zip)
+    monkeypatch.setattr(competition, "extract_zip", crash_on_test_zip)
     with pytest.raises(KeyboardInterrupt):
         fetch_kaggle(data_dir, progress=False)
     assert read_complete_marker(data_dir) is None
     assert not (data_dir / "test").exists()
 
-    monkeypatch.setattr(kaggle_fetcher, "extract_zip", real_extract)
+    monkeypatch.setattr(competition, "extract_zip", real_extract)
     kaggle_with_data.requests.clear()
     fetch_kaggle(data_dir, progress=False)
 

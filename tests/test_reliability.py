@@ -25,7 +25,7 @@ import torch
 
 from carvana import cli
 from carvana.core.geometry import Size
-from carvana.pipeline import DataOptions, get_data
+from carvana.data.source import DataOptions, get_data
 from carvana.submission.validate import validate_submission
 from cli_helpers import epochs_printed, one_line_error, run_cli, start_main, wait_for
 from data_factory import make_tiny_carvana
@@ -373,7 +373,7 @@ def test_auto_never_takes_an_unfinished_kaggle_download_for_data(tmp_path, monke
                         lambda folder, **kwargs: fetched.append(folder) or FakeReport())
     monkeypatch.setenv("KAGGLE_USERNAME", "someone")
     monkeypatch.setenv("KAGGLE_KEY", "0" * 32)
-    assert get_data(data_dir, DataOptions(dataset="auto")).origin == "Kaggle"
+    assert get_data(data_dir, DataOptions(dataset="auto"), output_dir=tmp_path / "output").origin == "Kaggle"
     assert fetched == [data_dir], "the download is resumed"
 
     monkeypatch.delenv("KAGGLE_USERNAME")
@@ -382,7 +382,7 @@ def test_auto_never_takes_an_unfinished_kaggle_download_for_data(tmp_path, monke
     monkeypatch.setattr("carvana.sample.dataset.generate_sample_dataset",
                         lambda folder, **kwargs: generated.append(folder) or FakeReport())
     capsys.readouterr()
-    assert get_data(data_dir, DataOptions(dataset="auto")).origin == "built-in sample"
+    assert get_data(data_dir, DataOptions(dataset="auto"), output_dir=tmp_path / "output").origin == "built-in sample"
     assert generated == [data_dir / "sample"]
     assert "unfinished Kaggle download" in capsys.readouterr().out
 

@@ -165,7 +165,7 @@ def test_every_flag_of_the_table_is_on_its_commands_and_sets_its_field():
         "data_dir": Path("d"), "output_dir": Path("o"), "batch_size": 3, "workers": 0, "device": "cpu", "amp": "off",
         "threshold": 0.4, "tune_threshold": False, "mask_cleanup": "fill", "tta": True}
     args = parser.parse_args(["train", "--no-augment", "--no-cache", "--no-channels-last", "--no-tta", "--epochs", "2"])
-    assert cli.given_settings(args) == {"augment": False, "cache": False, "channels_last": False, "tta": False,
+    assert cli.given_settings(args) == {"augment": False, "cache": False, "memory_format": "nchw", "tta": False,
                                         "epochs": 2, "epochs_cap": True}
     assert cli.given_settings(parser.parse_args(["train"])) == {}
 

@@ -109,15 +109,6 @@ def resolve_precision(amp: str, device: torch.device) -> Precision:
     raise ConfigError(f"amp {amp!r}: choose from auto, off, fp16, bf16")
 
 
-def use_channels_last(requested: bool, device: torch.device) -> bool:
-    """Whether the model runs in channels_last (NHWC) memory format.
-
-    NHWC feeds CUDA tensor cores directly, and oneDNN's CPU convolutions are faster in it too
-    (docs/benchmarks.md, "Train step"), so the setting is honoured on every device.
-    """
-    return requested and device.type in ("cuda", "cpu")
-
-
 def to_memory_format(tensor: torch.Tensor, channels_last: bool) -> torch.Tensor:
     """`tensor` in channels_last memory format when `channels_last`, else as it is."""
     return tensor.contiguous(memory_format=torch.channels_last) if channels_last else tensor

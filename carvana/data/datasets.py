@@ -429,11 +429,12 @@ def open_training_cache(data: CarvanaData, image_names: Sequence[str], geometry:
     """The decoded cache of a run's training and validation photos `image_names`, at the covered size.
 
     Under `config.output_dir`/cache, built with `config.workers` processes; (None, "") with
-    `config.cache` off; (None, a note saying why) when it is skipped.
+    `config.cache` off; (None, a note saying why) when it is skipped. The rows are in name order, so
+    every split of the same photos (a fold run's folds, a resumed run) shares one cache.
     """
     if not config.cache:
         return OpenedCache(None, "")
-    names = list(image_names)
+    names = sorted(set(image_names))
     return open_decoded_cache(data.train_image_paths(names), data.mask_paths(names), geometry.covered_size,
                               Path(config.output_dir) / CACHE_DIR_NAME, config.workers)
 

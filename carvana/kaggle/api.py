@@ -59,6 +59,11 @@ def kaggle_config_file() -> Path:
     return kaggle_config_dir() / CONFIG_FILE
 
 
+def credentials_hint() -> str:
+    """Where to put the credentials, for a message: the very file this machine's kaggle client reads."""
+    return f"put kaggle.json in {kaggle_config_dir()}/ or set KAGGLE_USERNAME and KAGGLE_KEY"
+
+
 def _read_text(path: Path) -> str:
     try:
         return path.read_text().strip()

@@ -7,11 +7,12 @@ that produces more bytes than it declared is stopped, and zipfile checks each me
 
 Everything is first extracted into a hidden staging folder inside `dest_dir`; only when the whole
 archive has been written and verified are its top-level entries renamed into place. A crash
-therefore leaves at most a `.extract-*` folder (removed on the next attempt), never a `train/`
-that looks complete but is not.
+therefore leaves at most a `.extract-*` folder (removed on the next attempt, or continued with
+`resume`), never a `train/` that looks complete but is not.
 """
 from __future__ import annotations
 
+import json
 import re
 import shutil
 import stat
@@ -43,41 +44,90 @@ def extract_zip(
     *,
     max_ratio: float = MAX_COMPRESSION_RATIO,
     progress: bool = False,
+    resume: bool = False,
 ) -> list[Path]:
     """Extract `archive` into `dest_dir`; return the top-level paths it created there.
 
     Raises DataError (naming the archive and, where one is at fault, the member) for an unsafe or
-    corrupt archive; `dest_dir` is then left as it was.
+    corrupt archive; `dest_dir` is then left as it was. `resume`: an extraction of this very archive
+    (same size and modification time) that was cut keeps its staging folder, and the next call
+    continues it, skipping the members already written whole (a 100,064-photo test.zip need not
+    start over).
     """
     archive, dest_dir = Path(archive), Path(dest_dir)
     staging = dest_dir / f"{STAGING_PREFIX}{archive.name}"
+    stamp = dest_dir / f"{STAGING_PREFIX}{archive.name}.json"
     replaced = dest_dir / f"{STAGING_PREFIX}{archive.name}.replaced"
+    keep_staging = False
     try:
         dest_dir.mkdir(parents=True, exist_ok=True)
-        _remove(staging)
         _remove(replaced)
+        identity = _identity(archive)
+        if not (resume and _read_stamp(stamp) == identity):
+            _remove(staging)
         with zipfile.ZipFile(archive) as zf:
             members = zf.infolist()
             _check_members(archive, members, max_ratio)
-            _check_free_space(archive, members, dest_dir)
-            staging.mkdir()
+            done = {m.filename for m in members if _is_written(staging, archive, m)}
+            _check_free_space(archive, [m for m in members if m.filename not in done], dest_dir)
+            staging.mkdir(exist_ok=True)
+            if resume:
+                stamp.write_text(json.dumps(identity))
+            keep_staging = resume
             total = sum(m.file_size for m in members)
-            with tqdm(total=total, unit="B", unit_scale=True, unit_divisor=1024,
-                      desc=f"extract {archive.name}", disable=not progress, leave=False) as bar:
+            with tqdm(total=total, unit="B", unit_scale=True, unit_divisor=1024, desc=f"extract {archive.name}",
+                      disable=not progress, leave=False,
+                      initial=sum(m.file_size for m in members if m.filename in done)) as bar:
                 for member in members:
-                    _extract_member(zf, member, archive, staging, bar)
+                    if member.filename not in done:
+                        _extract_member(zf, member, archive, staging, bar)
+        keep_staging = False
         return _move_into_place(staging, dest_dir, replaced)
-    except zipfile.BadZipFile as e:
-        raise ArchiveRejected(archive, f"corrupt zip archive ({e})") from None
-    except (zlib.error, EOFError) as e:
-        raise ArchiveRejected(archive, f"corrupt zip archive ({type(e).__name__}: {e})") from None
-    except NotImplementedError as e:  # a compression method zipfile cannot read
-        raise ArchiveRejected(archive, f"unsupported zip archive ({e})") from None
+    except (ArchiveRejected, zipfile.BadZipFile, zlib.error, EOFError, NotImplementedError) as e:
+        keep_staging = False  # the archive is at fault: what it wrote is not worth keeping
+        raise _rejection(archive, e) from None
     except OSError as e:
         raise DataError(archive, f"cannot extract into {dest_dir} ({e.strerror or e})") from None
     finally:
-        _remove(staging)
+        if not keep_staging:
+            _remove(staging)
+            _remove(stamp)
         _remove(replaced)
+
+
+def _rejection(archive: Path, error: Exception) -> ArchiveRejected:
+    if isinstance(error, ArchiveRejected):
+        return error
+    if isinstance(error, NotImplementedError):  # a compression method zipfile cannot read
+        return ArchiveRejected(archive, f"unsupported zip archive ({error})")
+    if isinstance(error, zipfile.BadZipFile):
+        return ArchiveRejected(archive, f"corrupt zip archive ({error})")
+    return ArchiveRejected(archive, f"corrupt zip archive ({type(error).__name__}: {error})")
+
+
+def _identity(archive: Path) -> list[int]:
+    """What tells this archive from another of the same name: its size and modification time."""
+    info = archive.stat()
+    return [info.st_size, info.st_mtime_ns]
+
+
+def _read_stamp(stamp: Path) -> object:
+    try:
+        return json.loads(stamp.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def _is_written(staging: Path, archive: Path, member: zipfile.ZipInfo) -> bool:
+    """Whether a cut extraction already wrote `member` whole (members are written front to back, so a
+    file of the declared size is complete; zipfile checked its CRC as it was written)."""
+    if member.is_dir():
+        return False
+    target = staging.joinpath(*member_parts(archive, member))
+    try:
+        return target.stat().st_size == member.file_size
+    except OSError:
+        return False
 
 
 def member_parts(archive: Path, member: zipfile.ZipInfo) -> list[str]:
@@ -129,6 +179,7 @@ def _extract_member(zf: zipfile.ZipFile, member: zipfile.ZipInfo, archive: Path,
         target.mkdir(parents=True, exist_ok=True)
         return
     target.parent.mkdir(parents=True, exist_ok=True)
+    target.unlink(missing_ok=True)  # the partial member of a cut extraction that is resumed
     try:
         with zf.open(member) as source, open(target, "xb") as out:
             written = _copy_bounded(source, out, member, archive, bar)

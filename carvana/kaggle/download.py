@@ -27,36 +27,16 @@ from tqdm import tqdm
 from carvana.core.atomic import atomic_write_text
 from carvana.core.errors import DataError, KaggleError
 from carvana.kaggle.api import kaggle_errors, open_kaggle_api, quiet_console
-from carvana.kaggle.archive import ArchiveRejected, extract_zip
-from carvana.kaggle.files import (
-    COMPETITION,
-    COMPLETE_MARKER,
-    MASKS_CSV,
-    MASKS_DIR,
-    METADATA_CSV,
-    SAMPLE_SUBMISSION_CSV,
-    TEST_DIR,
-    TEST_HQ_DIR,
-    TRAIN_DIR,
-    TRAIN_HQ_DIR,
-    write_complete_marker,
-)
+from carvana.kaggle.archive import ArchiveRejected
+from carvana.kaggle.competition import CompetitionFile, competition_files, done_record, extract_competition_file
+from carvana.kaggle.files import COMPETITION, COMPLETE_MARKER, write_complete_marker
 
 if TYPE_CHECKING:
     from kaggle.api.kaggle_api_extended import KaggleApi
 
 DOWNLOAD_DIR = ".download"
-DONE_DIR = ".kaggle-done"
 KAGGLE_PARTIAL_SUFFIX = ".kaggle-partial"  # kaggle 2.2.4's resume marker beside a partial download
 PROGRESS_POLL_S = 0.25
-
-
-@dataclass(frozen=True)
-class CompetitionFile:
-    """One file of the competition and the entry its archive puts into the data dir."""
-
-    name: str
-    extracts_to: str
 
 
 @dataclass(frozen=True)
@@ -72,24 +52,6 @@ class FetchReport:
         minutes, seconds = divmod(round(self.elapsed_s), 60)
         return (f"downloaded {len(self.downloaded)} files ({self.bytes_downloaded / 2**20:.1f} MiB) "
                 f"in {minutes}m{seconds:02d}s; {len(self.skipped)} already there")
-
-
-def competition_files(*, high_quality: bool = False, include_test: bool = True) -> list[CompetitionFile]:
-    """The Carvana files a run needs, as Kaggle names them."""
-    train = TRAIN_HQ_DIR if high_quality else TRAIN_DIR
-    files = [
-        CompetitionFile(f"{train}.zip", train),
-        CompetitionFile(f"{MASKS_DIR}.zip", MASKS_DIR),
-        CompetitionFile(f"{MASKS_CSV}.zip", MASKS_CSV),
-        CompetitionFile(f"{METADATA_CSV}.zip", METADATA_CSV),
-    ]
-    if include_test:
-        test = TEST_HQ_DIR if high_quality else TEST_DIR
-        files += [
-            CompetitionFile(f"{test}.zip", test),
-            CompetitionFile(f"{SAMPLE_SUBMISSION_CSV}.zip", SAMPLE_SUBMISSION_CSV),
-        ]
-    return files
 
 
 def fetch_kaggle(
@@ -149,11 +111,8 @@ class _FileSteps:
     def _downloaded_marker(self, file: CompetitionFile) -> Path:
         return self.downloads / f"{file.name}.downloaded"
 
-    def _done_marker(self, file: CompetitionFile) -> Path:
-        return self.data_dir / DONE_DIR / f"{file.name}.json"
-
     def is_done(self, file: CompetitionFile) -> bool:
-        return self._done_marker(file).is_file() and (self.data_dir / file.extracts_to).exists()
+        return done_record(self.data_dir, file) is not None
 
     def is_downloaded(self, file: CompetitionFile) -> bool:
         return self._downloaded_marker(file).is_file() and self.archive(file) is not None
@@ -170,10 +129,6 @@ class _FileSteps:
 
     def mark_downloaded(self, file: CompetitionFile) -> None:
         atomic_write_text(self._downloaded_marker(file), file.name)
-
-    def mark_done(self, file: CompetitionFile, entries: list[Path]) -> None:
-        record = {"file": file.name, "entries": sorted(p.name for p in entries)}
-        atomic_write_text(self._done_marker(file), json.dumps(record, indent=2))
 
     def remove_download(self, file: CompetitionFile) -> None:
         shutil.rmtree(self.download_folder(file), ignore_errors=True)
@@ -208,23 +163,11 @@ def _extract(file: CompetitionFile, steps: _FileSteps, data_dir: Path, progress:
     if archive is None:
         raise DataError(steps.download_folder(file), f"the downloaded {file.name} is missing: run again")
     try:
-        entries = extract_zip(archive, data_dir, progress=progress)
+        extract_competition_file(archive, file, data_dir, progress=progress)
     except ArchiveRejected as e:
         # Extracting the same bytes again would fail again: make the next run download a fresh copy.
         steps.remove_download(file)
         raise DataError(archive, f"{e.problem}; deleted it, run again to download it anew") from None
-    if len(entries) == 1 and entries[0].suffix == ".zip" and not (data_dir / file.extracts_to).exists():
-        # Kaggle sometimes wraps a single file in another zip: unwrap one level.
-        inner = entries[0]
-        try:
-            entries = extract_zip(inner, data_dir, progress=progress)
-        finally:
-            inner.unlink(missing_ok=True)
-    if not (data_dir / file.extracts_to).exists():
-        steps.remove_download(file)
-        raise DataError(archive, f"does not contain {file.extracts_to!r} as the Carvana layout expects; "
-                                 "deleted it, run again to download it anew")
-    steps.mark_done(file, entries)
     steps.remove_download(file)
 
 

@@ -14,8 +14,9 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from carvana.core.device import Precision, resolve_precision, select_device, to_memory_format, use_channels_last
-from carvana.core.geometry import Geometry
+from carvana.core.device import Precision, select_device, to_memory_format
+from carvana.core.geometry import Geometry, Size
+from carvana.models.fastest_layout import Layout, choose_layout
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -40,22 +41,33 @@ class ForwardPass:
     """
 
     def __init__(self, model: nn.Module, device: torch.device | str, precision: Precision,
-                 channels_last: bool = False, geometry: Geometry | None = None):
-        """`model` is moved to `device` (in channels_last memory format when `channels_last`)."""
+                 channels_last: bool = False, geometry: Geometry | None = None, why: str = ""):
+        """`model` is moved to `device` (in channels_last memory format when `channels_last`); `why`: how
+        the precision and layout were chosen (`layout.describe()` says it)."""
         self.device = torch.device(device)
         self.precision = precision
         self.channels_last = channels_last
+        self.layout = Layout(precision, channels_last, why)
         self.geometry = geometry
         memory_format = torch.channels_last if channels_last else torch.preserve_format
         self.model = model.to(self.device, memory_format=memory_format)
 
     @classmethod
-    def with_settings(cls, model: nn.Module, device: torch.device | str, amp: str,
-                      channels_last: bool, geometry: Geometry | None = None) -> "ForwardPass":
-        """`model` on `device` (a torch.device, or a name such as "auto", "cpu", "cuda:1"), with the
-        precision `amp` resolves to there and channels_last where that device runs it."""
+    def with_settings(cls, model: nn.Module, device: torch.device | str, amp: str, memory_format: str,
+                      geometry: Geometry | None = None, batch_size: int = 1,
+                      step_size: Size | None = None) -> "ForwardPass":
+        """`model` on `device` (a torch.device, or a name such as "auto", "cpu", "cuda:1"), in the precision
+        and memory format that `amp` and `memory_format` force, else in the fastest of them for training
+        steps of `batch_size` inputs of `step_size` (default: the geometry's input size) there
+        (`carvana.models.fastest_layout`: timed once per machine, then cached)."""
         device = device if isinstance(device, torch.device) else select_device(device)
-        return cls(model, device, resolve_precision(amp, device), use_channels_last(channels_last, device), geometry)
+        size = step_size or (geometry.input_size if geometry is not None else None)
+        layout = choose_layout(model, device, amp, memory_format, size, batch_size)
+        return cls(model, device, layout.precision, layout.channels_last, geometry, layout.why)
+
+    def with_model(self, model: nn.Module) -> "ForwardPass":
+        """The same pass (device, precision, layout, geometry) through another model, e.g. this one wrapped."""
+        return ForwardPass(model, self.device, self.precision, self.channels_last, self.geometry, self.layout.why)
 
     @property
     def input_geometries(self) -> tuple[Geometry, ...]:

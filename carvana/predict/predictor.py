@@ -42,10 +42,15 @@ class Predictor:
     @classmethod
     def for_config(cls, config: Config, model: nn.Module, device: torch.device | str | None = None,
                    progress: bool | None = None) -> "Predictor":
-        """`model` on `device` (default `config.device`), with the config's precision (`amp`),
-        `channels_last` (where the device runs it) and `tta`."""
-        forward = ForwardPass.with_settings(model, device or config.device, config.amp, config.channels_last,
-                                            config.geometry)
+        """`model` on `device` (default `config.device`), with the config's precision (`amp`), memory format
+        and `tta`.
+
+        Where `amp` or `memory_format` is `auto`, prediction takes the layout chosen for training steps of
+        the same model, input size and batch (`carvana.models.fastest_layout`): the training run's answer,
+        from this process or the machine's cache, timed (training steps) only when neither has it. A
+        layout that trains faster predicts faster too, its forward pass being most of a step."""
+        forward = ForwardPass.with_settings(model, device or config.device, config.amp, config.memory_format,
+                                            config.geometry, config.batch_size, config.step_input_size)
         return cls(forward, tta=config.tta, progress=progress)
 
     @classmethod

@@ -17,6 +17,7 @@ from typing import Any
 
 from carvana.core.errors import ConfigError
 from carvana.core.geometry import Geometry, Size
+from carvana.models.fastest_layout import MEMORY_FORMATS
 from carvana.models.input_sizes import coarse_input_size
 from carvana.models.specs import MODEL_SPECS, UNET1024, UNET_ORIGINAL, model_geometry, model_spec
 
@@ -30,6 +31,7 @@ RUN_NAME_MAX_LENGTH = 100
 RUN_NAME_PUNCTUATION = "._-+=@"
 PATH_FIELDS = ("data_dir", "output_dir", "log_dir")
 SIZE_FIELDS = ("input_size", "crop", "photo_size")  # WxH sizes, [width, height] in a checkpoint
+LEGACY_CHANNELS_LAST = "channels_last"  # the setting `memory_format` replaced (checkpoints, config.yaml)
 
 
 @dataclass(frozen=True)
@@ -91,6 +93,14 @@ def run_name_problem(name: str) -> str | None:
     return None
 
 
+def memory_format_of(channels_last: Any) -> str:
+    """The `memory_format` of a setting from before it existed, `channels_last: true/false`: false was
+    --no-channels-last, which forced NCHW; true was the default, which `auto` is now."""
+    if not isinstance(channels_last, bool):
+        raise ConfigError(f"channels last {channels_last!r}: must be true or false")
+    return "auto" if channels_last else "nchw"
+
+
 def _is_int(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
@@ -135,7 +145,9 @@ class Config:
     bce_weight: float = 1.0
     dice_weight: float = 1.0
     amp: str = "auto"  # auto: fp16/bf16 autocast on CUDA, bf16 on CPUs that have it, else off
-    channels_last: bool = True
+    # auto: the faster of NCHW and channels_last for this model on this machine, timed once and cached
+    # (carvana.models.fastest_layout; with amp auto, fp32 or bf16 as well); channels_last / nchw force one.
+    memory_format: str = "auto"
     early_stopping_patience: int | None = None
     # Data (its folders, like the device, workers and cache below, are the run's `Environment`)
     data_dir: Path = Environment.data_dir
@@ -172,6 +184,8 @@ class Config:
             raise ConfigError(f"scheduler {self.scheduler!r}: choose from {', '.join(SCHEDULERS)}")
         if self.amp not in AMP_MODES:
             raise ConfigError(f"amp {self.amp!r}: choose from {', '.join(AMP_MODES)}")
+        if self.memory_format not in MEMORY_FORMATS:
+            raise ConfigError(f"memory format {self.memory_format!r}: choose from {', '.join(MEMORY_FORMATS)}")
         if self.mask_cleanup not in MASK_CLEANUPS:
             raise ConfigError(f"mask cleanup {self.mask_cleanup!r}: choose from {', '.join(MASK_CLEANUPS)}")
         self._check_numbers()
@@ -286,6 +300,11 @@ class Config:
         return geometry.with_content(self.photo_size) if self.photo_size is not None else geometry
 
     @property
+    def step_input_size(self) -> Size:
+        """The size of a training step's inputs: the crop with --crop, else the input size."""
+        return self.crop or self.input_size
+
+    @property
     def coarse_geometry(self) -> Geometry:
         """The network's sizes in the coarse phase (at `coarse_input_size`)."""
         return model_geometry(self.model, coarse_input_size(self.model, self.input_size))
@@ -324,6 +343,8 @@ class Config:
         known = {f.name: f for f in dataclasses.fields(cls)}
         kwargs: dict[str, Any] = {}
         for key, value in data.items():
+            if key == LEGACY_CHANNELS_LAST and "memory_format" not in data:
+                key, value = "memory_format", memory_format_of(value)
             if key not in known:
                 continue  # a field from another version of the tool
             if key in SIZE_FIELDS and value is not None:

@@ -17,6 +17,7 @@ from typing import Any
 from carvana.core.durations import parse_duration
 from carvana.core.errors import ConfigError
 from carvana.core.geometry import Size
+from carvana.models.fastest_layout import MEMORY_FORMATS
 from carvana.models.specs import MODEL_NAMES
 from carvana.run.config import AMP_MODES, MASK_CLEANUPS, OPTIMIZERS, PRESETS, SCHEDULERS, SEED_LIMIT, run_name_problem
 
@@ -148,7 +149,8 @@ class Flag:
 
 FLAGS: tuple[Flag, ...] = (
     Flag("--data-dir", "data_dir", (*PREDICTING, "fetch"), "data", type=Path, help=(
-        "the data dir, in Kaggle's layout (default: input); predict reads its test/ and sample_submission.csv")),
+        "the data dir: Kaggle's layout, or Kaggle's zip files (a notebook's /kaggle/input/carvana-image-masking-"
+        "challenge, extracted once into OUTPUT/data; never written) (default: input); predict reads its test set")),
     Flag("--preset", "preset", TRAINING, "training", choices=tuple(PRESETS),
          help="unet_original, unet1024, or cpu (default: unet1024 with CUDA, cpu without)"),
     Flag("--model", "model", TRAINING, "training", choices=MODEL_NAMES),
@@ -191,7 +193,13 @@ FLAGS: tuple[Flag, ...] = (
     Flag("--seed", "seed", TRAINING, "training", type=seed_int),
     Flag("--amp", "amp", CUTTING_OUT, "running", choices=AMP_MODES,
          help="mixed precision: auto (bf16/fp16 on CUDA, bf16 on CPUs that have it), off, fp16, bf16"),
-    Flag("--no-channels-last", "channels_last", TRAINING, "running", switch=False, help="keep NCHW memory format"),
+    Flag("--memory-format", "memory_format", CUTTING_OUT, "running", choices=MEMORY_FORMATS, help=(
+        "auto (default): the faster of NCHW and channels_last (and with --amp auto of fp32 and bf16 where the "
+        "device has bf16) for this model, timed in a few seconds once per machine and cached; or force one")),
+    Flag("--channels-last", "memory_format", CUTTING_OUT, "running", switch="channels_last",
+         help="force channels_last (NHWC) memory format: --memory-format channels_last"),
+    Flag("--no-channels-last", "memory_format", CUTTING_OUT, "running", switch="nchw",
+         help="force NCHW memory format: --memory-format nchw"),
     Flag("--run-name", "run_name", TRAINING, "training", type=run_name,
          help="name of the run's log and checkpoint folders"),
     Flag("--workers", "workers", PREDICTING, "running", type=non_negative_int,
@@ -201,8 +209,8 @@ FLAGS: tuple[Flag, ...] = (
         "under torchrun on GPUs: batch norm statistics over all the processes' batches (SyncBatchNorm)")),
     Flag("--no-cache", "cache", TRAINING, "running", switch=False, help=(
         "decode the photos every epoch instead of once into OUTPUT/cache (rebuilt by itself when a file changes)")),
-    Flag("--output-dir", "output_dir", CUTTING_OUT, "running", type=Path,
-         help="checkpoints, cache and the submission (default: output)"),
+    Flag("--output-dir", "output_dir", (*CUTTING_OUT, "fetch"), "running", type=Path,
+         help="checkpoints, cache, the submission, and Kaggle's zip files extracted (default: output)"),
     Flag("--log-dir", "log_dir", TRAINING, "running", type=Path, help="TensorBoard logs (default: logs)"),
     Flag("--threshold", "threshold", CUTTING_OUT, "prediction", type=open_fraction, implies={"tune_threshold": False},
          help=("probability above which a pixel is the car (default: chosen on the validation cars after training "

@@ -28,6 +28,7 @@ from carvana.core.durations import format_duration
 from carvana.core.errors import ConfigError
 from carvana.core.geometry import Geometry
 from carvana.core.locks import FolderLock
+from carvana.core.text import finished_epochs
 from carvana.run.config import Config
 from carvana.run.flags import flag_of
 
@@ -292,7 +293,7 @@ def resumed_config(saved: Config, changes: dict[str, Any], checkpoint: Path) -> 
 def finished_message(run_name: str, epoch: int, saved_epochs: int, wanted_epochs: int) -> str:
     """What to say when a resumed run has nothing left to train."""
     if epoch >= saved_epochs and wanted_epochs == saved_epochs:
-        return (f"run {run_name} finished all {epoch} epochs; pass --epochs N (> {epoch}) to train longer "
+        return (f"run {run_name} {finished_epochs(epoch)}; pass --epochs N (> {epoch}) to train longer "
                 "(going on with its best checkpoint)")
     return (f"run {run_name} is already at epoch {epoch} (--epochs {wanted_epochs}); pass --epochs N (> {epoch}) "
             "to train longer (going on with its best checkpoint)")

@@ -21,7 +21,8 @@ import yaml
 from carvana.core.atomic import atomic_write_bytes
 from carvana.core.errors import ConfigError
 from carvana.core.geometry import Size
-from carvana.run.config import ENVIRONMENT_FIELDS, PATH_FIELDS, SIZE_FIELDS, Config
+from carvana.run.config import (ENVIRONMENT_FIELDS, LEGACY_CHANNELS_LAST, PATH_FIELDS, SIZE_FIELDS, Config,
+                                 memory_format_of)
 from carvana.run.flags import FLAGS, duration, size
 
 CONFIG_FILE_NAME = "config.yaml"
@@ -35,6 +36,7 @@ FIELDS = tuple(f.name for f in dataclasses.fields(Config))
 def _key_names() -> dict[str, str]:
     """Every key a file may use -> the Config field it sets."""
     names = {name: name for name in FIELDS}
+    names[LEGACY_CHANNELS_LAST] = "memory_format"  # files written before memory_format: true/false
     for flag in FLAGS:
         if flag.switch is None:  # `--no-augment` is `augment: false` in a file
             spelled = flag.name.lstrip("-")
@@ -118,6 +120,10 @@ def settings_from_mapping(data: Mapping[Any, Any], path: Path) -> dict[str, Any]
 def _value(field: str, value: Any, path: Path, key: str) -> Any:
     """A YAML value as the field takes it: text through its flag's parser, numbers and booleans as they are."""
     try:
+        if key == LEGACY_CHANNELS_LAST:
+            if not isinstance(value, bool):
+                raise argparse.ArgumentTypeError(f"{value!r}: must be true or false")
+            return memory_format_of(value)
         if isinstance(getattr(Config, field, None), bool) and not isinstance(value, bool):
             raise argparse.ArgumentTypeError(f"{value!r}: must be true or false")
         if field in SIZE_FIELDS:

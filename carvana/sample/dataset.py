@@ -39,6 +39,7 @@ from carvana.core.errors import CarvanaError, ConfigError
 from carvana.core.geometry import Size
 from carvana.core.locks import FolderLock
 from carvana.core.process_lifetime import end_with_main_process, process_runs
+from carvana.core.text import count
 from carvana.kaggle import rle
 from carvana.kaggle import files as layout
 from carvana.kaggle.rle_csv import write_rle_rows
@@ -91,8 +92,8 @@ class SampleReport:
     metadata_csv: Path
 
     def summary(self) -> str:
-        return (f"sample data: {self.train_cars} train cars ({self.train_images} images), "
-                f"{self.test_cars} test cars ({self.test_images} images) at {self.size} "
+        return (f"sample data: {count(self.train_cars, 'train car')} ({count(self.train_images, 'image')}), "
+                f"{count(self.test_cars, 'test car')} ({count(self.test_images, 'image')}) at {self.size} "
                 f"in {self.data_dir} ({self.elapsed_s:.1f} s)")
 
 
@@ -152,7 +153,7 @@ def ensure_sample_dataset(
         if sample_is_complete(data_dir, train_cars, size):
             return None
         if announce is not None:
-            announce(f"Generating the built-in sample dataset in {data_dir} ...")
+            announce(_generating(data_dir, train, shape))
         wanted: dict[str, object] = {}
         if train_cars is not None:
             wanted["train_cars"] = train_cars
@@ -169,6 +170,28 @@ def sample_is_complete(data_dir: Path, train_cars: int | None = None, size: Size
     if train_cars is not None and marker.get("train_cars") != train_cars:
         return False
     return size is None or str(marker.get("size")) == str(Size(*size))
+
+
+def sample_settings(data_dir: Path) -> tuple[int | None, Size | None]:
+    """The training cars and photo size of the complete sample in `data_dir` ((None, None) if there is none)."""
+    marker = layout.read_complete_marker(Path(data_dir))
+    if marker is None or marker.get("source") != "sample":
+        return None, None
+    cars = marker.get("train_cars")
+    try:
+        size = Size.parse(str(marker.get("size")))
+    except CarvanaError:
+        size = None
+    return (cars if isinstance(cars, int) else None), size
+
+
+def _generating(data_dir: Path, train_cars: int, size: Size) -> str:
+    """What generating says, naming the sample it replaces: a run trained on that one must not lose it silently."""
+    old_cars, old_size = sample_settings(data_dir)
+    if old_cars is None:
+        return f"Generating the built-in sample dataset in {data_dir} ..."
+    return (f"Replacing the built-in sample in {data_dir} ({old_cars} training cars at {old_size}) with one of "
+            f"{train_cars} training cars at {size}; runs trained on the old one regenerate it when resumed ...")
 
 
 _HELD: dict[Path, int] = {}  # data dirs whose generation lock this process holds, and how often

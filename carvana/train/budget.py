@@ -33,6 +33,7 @@ import time
 from dataclasses import dataclass
 
 from carvana.core.durations import format_duration
+from carvana.core.text import count, finished_epochs
 from carvana.run.config import Config
 
 
@@ -97,7 +98,7 @@ class TrainingBudget:
                         f"{trained} trained, and another epoch (about {format_duration(per_epoch)}) would not fit "
                         f"in the {format_duration(self.max_time - train_seconds)} left")
         if self.epochs is not None and epoch >= self.epochs:
-            return f"finished all {self.epochs} epochs"
+            return finished_epochs(self.epochs)
         return None
 
     @staticmethod
@@ -121,11 +122,11 @@ class TrainingBudget:
         if self.max_time is not None:
             limits.append(f"--max-time {format_duration(self.max_time)}")
         if not limits:
-            return f"{self.epochs} epochs"
+            return count(self.epochs, "epoch")
         budget = " or ".join(limits)
         if self.epochs is None:
             return f"as many epochs as {budget} allows"
-        return f"{self.epochs} epochs, or {budget} if sooner"
+        return f"{count(self.epochs, 'epoch')}, or {budget} if sooner"
 
     def exhausted_hint(self) -> str:
         """What to pass to train a run further once its budget is spent."""
@@ -143,3 +144,4 @@ class TrainingClock:
 
     def seconds(self) -> float:
         return self.seconds_before + (time.monotonic() - self.started)
+

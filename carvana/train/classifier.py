@@ -248,10 +248,12 @@ class CarvanaClassifier:
             torch.manual_seed(config.seed)  # the same seed gives the same initial weights
             model = build_model(config.model, config.width)
         self.ranks = distributed.current()
+        # The layout is chosen (maybe timed, on rank 0 alone) before SyncBatchNorm, which would wait for the others.
+        forward = ForwardPass.with_settings(model, device or config.device, config.amp, config.memory_format,
+                                            self.geometry, config.batch_size, config.step_input_size)
         if config.sync_bn and self.ranks.distributed:
-            model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
-        self.forward = ForwardPass.with_settings(model, device or config.device, config.amp, config.channels_last,
-                                                 self.geometry)
+            forward = forward.with_model(nn.SyncBatchNorm.convert_sync_batchnorm(forward.model))
+        self.forward = forward
         self.model = self.forward.model  # the bare model, whose weights checkpoints hold
         # The forward pass that trains: through DistributedDataParallel under torchrun.
         self.train_forward = self._distributed_forward() if self.ranks.distributed else self.forward
@@ -282,7 +284,7 @@ class CarvanaClassifier:
             raise RuntimeError("torchrun's process group is not started (carvana.core.distributed.start)")
         wrapped = nn.parallel.DistributedDataParallel(
             self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
-        return ForwardPass(wrapped, self.device, self.forward.precision, self.forward.channels_last, self.geometry)
+        return self.forward.with_model(wrapped)
 
     # ------------------------------------------------------------------ training
 

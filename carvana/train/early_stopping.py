@@ -7,6 +7,7 @@ from typing import Any
 
 from carvana.core.errors import ConfigError
 from carvana.core.hooks import TRACK
+from carvana.core.text import count
 from carvana.train.callbacks import Callback, TrainState
 
 log = logging.getLogger(__name__)
@@ -83,7 +84,7 @@ class EarlyStopping(Callback):
             self.stopped_epoch = state.epoch
             log.info(
                 f"early stopping: {self.monitor} has not improved on {self.best_score:.4f} "
-                f"for {self.wait_count} epochs (patience {self.patience})"
+                f"for {count(self.wait_count, 'epoch')} (patience {self.patience})"
             )
 
     def _update(self, score: float) -> None:
