@@ -87,9 +87,6 @@ def tensorboard_command(log_dir: Path) -> str:
     return f"tensorboard --logdir {log_dir if log_dir.is_absolute() else f'./{log_dir}'}"
 
 
-# --------------------------------------------------------------------------- data
-
-
 # --------------------------------------------------------------------------- training
 
 
@@ -223,8 +220,8 @@ def _out_of_fold_search(run: Run, folds: list[TrainingResult]) -> tuple[float, i
     assert search.result is not None
     log.info("\n".join([
         f"  {search.result.threshold_line(cars)}", f"  {search.result.cleanup_line(cars)}",
-        f"Out-of-fold validation Dice at {size}: {report.mean_dice:.4f} over {count(report.n_images, 'image')} of {count(cars, 'car')} "
-        "cars, each predicted by the fold that never saw it",
+        f"Out-of-fold validation Dice at {size}: {report.mean_dice:.4f} over {count(report.n_images, 'image')} "
+        f"of {count(cars, 'car')}, each predicted by the fold that never saw it",
         f"  predictions: {predictions}  (python main.py score {predictions} --truth {truth_path} --image-size {size})",
     ]))
     write_out_of_fold_record(run.models_dir, {
@@ -619,7 +616,7 @@ def score_validation(predictor: Predictor, data, valid_names: list[str], config:
     search = ValidationSearch(predictions, {name: row.rle_mask for name, row in read_truth(truth).items()},
                               data.image_size, thresholds, preferred=config.threshold, cleanup=config.mask_cleanup)
     log.info(f"Scoring the best checkpoint on {count(len(valid_names), 'validation image')} at {data.image_size} "
-             f"({len(thresholds)} threshold{'s' if len(thresholds) > 1 else ''}) ...")
+             f"({count(len(thresholds), 'threshold')}) ...")
     with explain_out_of_memory(config, "scoring the validation cars"):
         predictor.predict(loader, tta=config.tta, callbacks=[search])
     cars = len({layout_names.car_id(n) for n in valid_names})

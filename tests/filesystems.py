@@ -1,4 +1,4 @@
-"""Real file systems for tests: a folder made read-only the way Kaggle mounts its input."""
+"""Real file systems for tests: a small one that fills up, a folder made read-only the way Kaggle mounts its input."""
 from __future__ import annotations
 
 import contextlib
@@ -45,3 +45,19 @@ def read_only(folder: Path) -> Iterator[Path]:
 def snapshot(folder: Path) -> dict[str, tuple[int, int]]:
     """Every entry under `folder` with its size and modification time: equal snapshots, nothing written."""
     return {str(p.relative_to(folder)): (p.stat().st_size, p.stat().st_mtime_ns) for p in Path(folder).rglob("*")}
+
+
+@contextlib.contextmanager
+def small_filesystem(folder: Path, size: str):
+    """A real tmpfs of `size` mounted on `folder` (root only; the test is skipped where it cannot be mounted)."""
+    if os.name != "posix" or os.geteuid() != 0 or shutil.which("mount") is None:
+        pytest.skip("mounting a small filesystem needs root")
+    folder.mkdir(parents=True, exist_ok=True)
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(folder)],
+                             capture_output=True, text=True)
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.strip()}")
+    try:
+        yield folder
+    finally:
+        subprocess.run(["umount", "-l", str(folder)], check=False)

@@ -23,6 +23,7 @@ from carvana.models.specs import model_geometry
 from carvana.run.config import Config
 from cli_helpers import epochs_printed, one_line_error, run_cli, start_main
 from data_factory import make_tiny_carvana
+from filesystems import small_filesystem
 
 # Photos at 192x128, the model at 128x64: every mask is shrunk, so its edges have fractional shares.
 TINY = ["--preset", "cpu", "--input-size", "128x64", "--batch-size", "8", "--workers", "0", "--no-augment"]
@@ -130,6 +131,19 @@ def test_a_cache_over_the_size_limit_is_skipped_with_a_note_and_the_run_trains(t
     assert len(notes) == 1 and "off" in notes[0] and "limit" in notes[0], notes
     assert epochs_printed(out) == [1]
     assert not (output / "cache").exists()
+
+
+@pytest.mark.reliability
+def test_a_cache_the_disk_has_no_room_for_is_skipped_with_one_line_not_written(tiny_data, tmp_path, capsys):
+    """A real 2 MiB file system under OUTPUT/cache (root only): the 1.5 MiB cache needs twice that free."""
+    output = tmp_path / "output"
+    with small_filesystem(output / "cache", "2m"):
+        code, out, err = train(tiny_data, output, capsys)
+        assert code == 0, err
+        notes = [line for line in out.splitlines() if line.startswith("Decoded cache:")]
+        assert len(notes) == 1 and "off" in notes[0] and "free" in notes[0], notes
+        assert epochs_printed(out) == [1]
+        assert list((output / "cache").iterdir()) == [], "nothing was written on the full disk"
 
 
 def batches(loader) -> list[tuple[torch.Tensor, torch.Tensor]]:

@@ -7,7 +7,6 @@ failure is one line on stderr naming the file, with a non-zero exit code and no 
 """
 from __future__ import annotations
 
-import contextlib
 import errno
 import gzip
 import hashlib
@@ -29,6 +28,7 @@ from carvana.data.source import DataOptions, get_data
 from carvana.submission.validate import validate_submission
 from cli_helpers import epochs_printed, one_line_error, run_cli, start_main, wait_for
 from data_factory import make_tiny_carvana
+from filesystems import small_filesystem
 from training_helpers import scalar_events
 
 pytestmark = pytest.mark.reliability
@@ -78,22 +78,6 @@ def assert_the_whole_tree_ends(process: subprocess.Popen, timeout: float = 20) -
         os.kill(int(line.split()[0]), signal.SIGKILL)
     assert not left, f"processes left behind: {left}"
     return out, err
-
-
-@contextlib.contextmanager
-def small_filesystem(folder: Path, size: str):
-    """A real tmpfs of `size` mounted on `folder` (root only; the test is skipped where it cannot be mounted)."""
-    if os.name != "posix" or os.geteuid() != 0 or shutil.which("mount") is None:
-        pytest.skip("mounting a small filesystem needs root")
-    folder.mkdir(parents=True, exist_ok=True)
-    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(folder)],
-                             capture_output=True, text=True)
-    if mounted.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.strip()}")
-    try:
-        yield folder
-    finally:
-        subprocess.run(["umount", "-l", str(folder)], check=False)
 
 
 def fill(folder: Path) -> None:
