@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any, Iterator, NoReturn, Sequence
 
 from carvana.core import distributed
-from carvana.core.errors import CarvanaError
+from carvana.core.errors import CarvanaError, os_error_line
 from carvana.core.geometry import Size
 from carvana.core.process_lifetime import Terminated, interrupt_exit_code, sigterm_as_interrupt
 from carvana.run.config import Config, Environment, preset
@@ -63,6 +63,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         if distributed.is_main() or not isinstance(e, (TrainingInterrupted, PredictionStopped)):
             log.error(f"error: {e}")
         return e.exit_code  # 130 (Ctrl-C) or 143 (SIGTERM) during training, after last.pt was saved
+    except OSError as e:  # what no stage foresaw (a disk that fills, a folder made read-only mid-run)
+        log.error(f"error: {os_error_line(e)}")
+        return 1
     except KeyboardInterrupt as e:
         if distributed.is_main():  # under torchrun every process gets the signal: one says so
             log.error("\ninterrupted" if not isinstance(e, Terminated) else str(e))

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from carvana.core import distributed
-from carvana.core.errors import CarvanaError, ConfigError, DataError
+from carvana.core.errors import CarvanaError, CheckpointError, ConfigError, DataError
 from carvana.core.folders import check_writable_dir
 from carvana.core.geometry import Size
 from carvana.core.process_lifetime import Terminated
@@ -31,8 +31,8 @@ from carvana.data.source import SAMPLE, DataOptions, DataSource, ensure_sample, 
 from carvana.kaggle import files as layout_names
 from carvana.run.config import ENVIRONMENT_FIELDS, Config, Environment
 from carvana.run.identity import (BEST_NAME, FOLD_PREFIX, LAST_NAME, Run, RunRecord, finished_message,
-                                  follow_run, open_existing_run, read_out_of_fold_record, reserve_new_run,
-                                  resumed_config, write_out_of_fold_record)
+                                  fold_checkpoints, follow_run, open_existing_run, reserve_new_run, resumed_config)
+from carvana.run.out_of_fold import read_out_of_fold_record, write_out_of_fold_record
 from carvana.train.budget import TrainingBudget
 
 if TYPE_CHECKING:
@@ -295,9 +295,6 @@ def _train_in(run: Run, options: DataOptions, need_test: bool, checkpoint: Check
     config = run.config
     record = checkpoint.run if checkpoint is not None else None
     try:
-        if checkpoint is None and any(path.exists() for path in (run.last_path, run.best_path)):
-            raise ConfigError(f"{run.models_dir}: run {run.name} already has checkpoints; continue it with "
-                              f"--resume {run.last_path}, or choose another --run-name")
         if source is None:
             source = _main_first(lambda: _resumed_data(config, options, record) if checkpoint is not None
                                  else get_data(config.data_dir, options, output_dir=config.output_dir))
@@ -736,6 +733,10 @@ def run_prediction(checkpoint: Path | list[Path] | None, overrides: dict[str, An
     if submission is not None:
         is_gzip_name(submission)  # a name its content could not agree with is refused before any work
     members = ensemble_member_paths(checkpoint, ensemble)
+    if ensemble is None and len(members) == 1 and fold_checkpoints(members[0]):
+        ensemble = members[0]  # a fold run's folder means its folds' ensemble
+        log.info(f"{ensemble} is a fold run: predicting with its folds' ensemble (as --ensemble {ensemble})")
+        members = ensemble_member_paths(None, ensemble)
     if len(members) > 1:
         record = read_out_of_fold_record(ensemble) if ensemble is not None else None
         submission, rows = _predict_with_ensemble(members, overrides, submission, record)
@@ -786,6 +787,9 @@ def _predict_with_ensemble(paths: list[Path], overrides: dict[str, Any], submiss
     members: list[EnsembleMember] = []
     described: list[str] = []
     for path in paths:
+        if fold_checkpoints(path):
+            raise CheckpointError(f"{path}: a fold run among other models; give its folds' checkpoints "
+                                  f"({', '.join(map(str, fold_checkpoints(path)))}), or the fold run alone")
         saved = Checkpoint.latest(path, BEST_NAME)
         config = saved.recipe.replace(**overrides)
         if first is None:
@@ -828,6 +832,10 @@ def saved_model(checkpoint: Path | None, output_dir: Path | None) -> Checkpoint:
     from carvana.run.checkpoint import Checkpoint
 
     if checkpoint is not None:
+        folds = fold_checkpoints(Path(checkpoint))
+        if folds:
+            raise CheckpointError(f"{checkpoint}: a fold run of {count(len(folds), 'fold')}; this takes one model: "
+                                  f"pass one fold's checkpoint, e.g. {folds[0]}")
         return Checkpoint.latest(checkpoint, BEST_NAME)
     return Checkpoint.latest(Path(output_dir or Environment.output_dir) / "models", BEST_NAME,
                              missing="no trained model yet; run `python main.py train` first or pass --checkpoint")
@@ -840,7 +848,7 @@ def run_cutout(photos: list[Path], out_dir: Path, checkpoint: Path | None, overr
     from carvana.predict.predictor import Predictor
 
     check_writable_dir(out_dir, "cutouts")  # before the model is loaded or any photo read
-    found = find_photos(photos)
+    found = find_photos(photos, out_dir)
     saved = saved_model(checkpoint, overrides.get("output_dir"))
     config = saved.recipe.replace(**overrides)
     config, threshold_note = prediction_config(config, saved.payload, given_threshold=overrides.get("threshold"))

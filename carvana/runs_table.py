@@ -6,16 +6,18 @@ trained and why it ended, the best validation Dice of its epochs (at the model's
 full-resolution validation Dice and threshold its best checkpoint was scored with, and the time it
 trained. Runs are sorted by the full-resolution Dice (the number Kaggle would compute), then by the
 epochs' best, runs never scored last. A fold run (`--folds K`) is one row: its out-of-fold Dice, its
-folds' epochs and time summed, the mean of their best epochs' Dice, and its folder as the checkpoint
-(what `predict --ensemble` takes).
+folds' epochs and time summed, the mean of their best epochs' Dice, and as its best checkpoint its
+folder, `FOLDER (ensemble of K folds)`: what `predict --ensemble FOLDER` averages.
+
+Every folder under `OUTPUT/models/` gets a row (hidden ones aside): one without a checkpoint says
+`no checkpoint`, and one whose checkpoint (or out-of-fold record) cannot be read says `unreadable
+(FILE: why)`, its cells empty where only that file could tell.
 """
 from __future__ import annotations
 
 import csv
 import io
 import math
-import pickle
-import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
@@ -24,13 +26,18 @@ import torch
 
 from carvana.core.atomic import atomic_write_bytes
 from carvana.core.durations import format_duration
+from carvana.core.errors import CheckpointError
 from carvana.core.locks import FolderLock
+from carvana.core.text import count
 from carvana.predict.threshold import ThresholdRecord
-from carvana.run.identity import BEST_NAME, FOLD_PREFIX, LAST_NAME, LOCK_NAME, read_out_of_fold_record
+from carvana.run.identity import BEST_NAME, FOLD_PREFIX, LAST_NAME, LOCK_NAME
+from carvana.run.out_of_fold import OUT_OF_FOLD_RECORD, read_out_of_fold_record
 from carvana.train.budget import TrainingBudget
 from carvana.train.early_stopping import EarlyStopping
 
 DONE = ("finished", "early stop", "budget spent")
+UNREADABLE = "unreadable"
+CHECKPOINT_NAMES = (LAST_NAME, BEST_NAME)
 
 COLUMNS = ("run", "status", "preset", "model", "input", "width", "epochs", "best epoch dice", "dice",
            "threshold", "trained", "best checkpoint")
@@ -38,30 +45,40 @@ COLUMNS = ("run", "status", "preset", "model", "input", "width", "epochs", "best
 
 @dataclass(frozen=True)
 class RunRow:
-    """One run of the table."""
+    """One run of the table; None (an empty cell) where it cannot be known."""
 
     name: str
-    status: str  # finished, early stop, stopped at epoch N/M, running, no checkpoint yet
-    preset: str
-    model: str
-    input_size: str
-    width: float | None
-    epochs: int
-    planned_epochs: int | None
-    best_epoch_dice: float | None  # the best `val_dice` of its epochs, at the model's output size
-    dice: float | None  # the best checkpoint's validation Dice at full resolution, as scored after training
-    threshold: float | None
-    train_seconds: float
-    best_checkpoint: Path | None
+    status: str  # finished, early stop, stopped at epoch N/M, running, unreadable (FILE: why), no checkpoint
+    preset: str = ""
+    model: str = ""
+    input_size: str = ""
+    width: float | None = None
+    epochs: int | None = 0
+    planned_epochs: int | None = None
+    best_epoch_dice: float | None = None  # the best `val_dice` of its epochs, at the model's output size
+    dice: float | None = None  # the best checkpoint's validation Dice at full resolution, as scored after training
+    threshold: float | None = None
+    train_seconds: float | None = 0.0
+    best_checkpoint: Path | None = None  # a fold run's: its folder, which `predict` takes as its folds' ensemble
+    ensemble_size: int = 0  # a fold run's: how many folds' best.pt that ensemble averages
+    problems: tuple[str, ...] = ()  # its files that cannot be read, each with why: `fold-1/last.pt: not a checkpoint`
 
     def cells(self) -> list[str]:
         """The row as the table's text cells, in `COLUMNS` order."""
-        epochs = f"{self.epochs}/{self.planned_epochs}" if self.planned_epochs else str(self.epochs)
+        epochs = "" if self.epochs is None else str(self.epochs)
+        if self.epochs is not None and self.planned_epochs:
+            epochs += f"/{self.planned_epochs}"
         return [self.name, self.status, self.preset, self.model, self.input_size,
                 "" if self.width is None else f"{self.width:g}", epochs, _number(self.best_epoch_dice),
                 _number(self.dice), "" if self.threshold is None else f"{self.threshold:g}",
-                format_duration(self.train_seconds) if self.train_seconds else "",
-                "" if self.best_checkpoint is None else str(self.best_checkpoint)]
+                format_duration(self.train_seconds) if self.train_seconds else "", self.checkpoint_cell()]
+
+    def checkpoint_cell(self) -> str:
+        if self.best_checkpoint is None:
+            return ""
+        if self.ensemble_size:
+            return f"{self.best_checkpoint} (ensemble of {count(self.ensemble_size, 'fold')})"
+        return str(self.best_checkpoint)
 
     @property
     def sort_key(self) -> tuple[float, float, str]:
@@ -74,69 +91,142 @@ def _number(value: float | None) -> str:
     return "" if value is None or not math.isfinite(value) else f"{value:.4f}"
 
 
-def read_entries(path: Path) -> dict[str, Any] | None:
-    """A checkpoint's entries with its tensors memory-mapped (never read); None if it cannot be read."""
+def read_entries(path: Path) -> tuple[dict[str, Any] | None, str | None]:
+    """A checkpoint's entries with its tensors memory-mapped (never read), or why it cannot be read;
+    (None, None) when there is no such file."""
+    if not path.exists():
+        return None, None
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-    except (RuntimeError, EOFError, OSError, ValueError, pickle.UnpicklingError, zipfile.BadZipFile):
-        return None
-    return payload if isinstance(payload, dict) and isinstance(payload.get("config"), dict) else None
+    except OSError as e:
+        return None, e.strerror or type(e).__name__
+    except Exception:  # noqa: BLE001 - whatever a damaged file raises is its row's problem, never the table's
+        return None, "not a checkpoint"
+    if not isinstance(payload, dict) or not isinstance(payload.get("config"), dict):
+        return None, "not a checkpoint of a run"
+    return payload, None
 
 
-def run_row(folder: Path) -> RunRow | None:
-    """The table's row of a run folder (None when it holds no checkpoint of ours and is not in use)."""
-    if any(folder.glob(f"{FOLD_PREFIX}*/{LAST_NAME}")):
-        return fold_run_row(folder)
-    last, best = read_entries(folder / LAST_NAME), read_entries(folder / BEST_NAME)
-    running = _in_use(folder)
-    latest = last or best
-    if latest is None:
-        if not running:
-            return None
-        return RunRow(folder.name, "running (no epoch yet)", "", "", "", None, 0, None, None, None, None, 0.0, None)
-    config = latest["config"]
-    record = ThresholdRecord.from_payload(best) if best is not None else None
-    history = [entry.get("val_dice") for entry in latest.get("history", [])]
-    scores = [float(d) for d in history if isinstance(d, (int, float)) and math.isfinite(d)]
-    size = config.get("input_size")
-    return RunRow(
-        name=folder.name, status="running" if running else _status(latest), preset=str(config.get("preset", "")),
-        model=str(latest.get("model_name", config.get("model", ""))),
-        input_size=f"{size[0]}x{size[1]}" if isinstance(size, (list, tuple)) and len(size) == 2 else "",
-        width=float(latest["width"]) if isinstance(latest.get("width"), (int, float)) else None,
-        epochs=int(latest.get("epoch", 0)), planned_epochs=_planned(config),
-        best_epoch_dice=max(scores) if scores else None,
-        dice=_float(record.validation_dice) if record else None, threshold=record.threshold if record else None,
-        train_seconds=float(latest.get("train_seconds", 0.0) or 0.0),
-        best_checkpoint=folder / BEST_NAME if best is not None else None,
-    )
+def run_row(folder: Path) -> RunRow:
+    """The table's row of a run folder: a fold run's, else a single run's (with checkpoints or not)."""
+    folds = _fold_folders(folder)
+    if any((fold / name).exists() for fold in folds for name in CHECKPOINT_NAMES):
+        return fold_run_row(folder, folds)
+    return single_run_row(folder)
 
 
-def fold_run_row(folder: Path) -> RunRow:
-    """The row of a fold run (`--folds K`): its folds' recipe, epochs and time, its out-of-fold Dice."""
-    folds = sorted((d for d in folder.glob(f"{FOLD_PREFIX}*") if d.is_dir() and d.name[len(FOLD_PREFIX):].isdigit()),
-                   key=lambda d: int(d.name[len(FOLD_PREFIX):]))
-    rows = [row for row in map(run_row, folds) if row is not None]
-    entries = read_entries(folds[-1] / LAST_NAME) or {}
-    planned = int(entries.get("config", {}).get("folds", len(folds)) or len(folds))
-    record = read_out_of_fold_record(folder)
-    if _in_use(folder):
-        status = f"running (fold {len(rows)}/{planned})"
-    elif record is not None and len(rows) == planned and all(row.status in DONE for row in rows):
-        status = f"finished {planned} folds"
+def single_run_row(folder: Path, label: str = "") -> RunRow:
+    """The row of a folder with its own last.pt/best.pt; `label` prefixes the files it names (fold-1/)."""
+    (last, last_problem), (best, best_problem) = (read_entries(folder / name) for name in CHECKPOINT_NAMES)
+    problems = tuple(f"{label}{name}: {problem}"
+                     for name, problem in zip(CHECKPOINT_NAMES, (last_problem, best_problem)) if problem)
+    # How far it trained: its last.pt, or a lone best.pt; unknown when last.pt is there but unreadable.
+    progress = best if not (folder / LAST_NAME).exists() else last
+    recipe = last or best
+    if problems:
+        status = _unreadable(problems)
+    elif _in_use(folder):
+        status = "running" if recipe else "running (no epoch yet)"
     else:
-        cut = next((row for row in rows if row.status not in DONE), rows[-1])
-        status = f"fold {rows.index(cut) + 1}/{planned}: {cut.status}"
-    first = rows[0]
+        status = _status(progress) if progress else "no checkpoint"
+    if progress is not None:
+        progress_cells = _progress_cells(progress)
+    else:  # unknown when the file that says it cannot be read; none trained when there is no file
+        progress_cells = {"epochs": None, "train_seconds": None} if problems else {}
+    return RunRow(folder.name, status, **_recipe_cells(recipe), **progress_cells,
+                  **_best_cells(best, folder / BEST_NAME), problems=problems)
+
+
+def _recipe_cells(entries: dict[str, Any] | None) -> dict[str, Any]:
+    if entries is None:
+        return {}
+    config, size = entries["config"], entries["config"].get("input_size")
+    return {"preset": str(config.get("preset", "")), "model": str(entries.get("model_name", config.get("model", ""))),
+            "input_size": f"{size[0]}x{size[1]}" if isinstance(size, (list, tuple)) and len(size) == 2 else "",
+            "width": float(entries["width"]) if isinstance(entries.get("width"), (int, float)) else None}
+
+
+def _progress_cells(entries: dict[str, Any]) -> dict[str, Any]:
+    history = [entry.get("val_dice") for entry in entries.get("history", [])]
+    scores = [float(d) for d in history if isinstance(d, (int, float)) and math.isfinite(d)]
+    return {"epochs": int(entries.get("epoch", 0)), "planned_epochs": _planned(entries["config"]),
+            "best_epoch_dice": max(scores) if scores else None,
+            "train_seconds": float(entries.get("train_seconds", 0.0) or 0.0)}
+
+
+def _best_cells(entries: dict[str, Any] | None, path: Path) -> dict[str, Any]:
+    if entries is None:
+        return {}
+    record = ThresholdRecord.from_payload(entries)
+    return {"dice": _float(record.validation_dice) if record else None,
+            "threshold": record.threshold if record else None, "best_checkpoint": path}
+
+
+def fold_run_row(folder: Path, folds: list[Path]) -> RunRow:
+    """The row of a fold run (`--folds K`): its folds' recipe, epochs and time, its out-of-fold Dice, and
+    its folder as the best checkpoint (what `predict` takes as the folds' ensemble)."""
+    rows = [single_run_row(fold, label=f"{fold.name}/") for fold in folds]
+    problems = tuple(problem for row in rows for problem in row.problems)
+    try:
+        record = read_out_of_fold_record(folder)
+    except CheckpointError:
+        record, problems = None, (*problems, f"{OUT_OF_FOLD_RECORD}: not a valid out-of-fold record")
+    first = next((row for row in rows if row.model), rows[0])
     scores = [row.best_epoch_dice for row in rows if row.best_epoch_dice is not None]
+    ensemble_size = _ensemble_size(folds, rows)
     return RunRow(
-        name=folder.name, status=status, preset=first.preset, model=first.model, input_size=first.input_size,
-        width=first.width, epochs=sum(row.epochs for row in rows),
+        name=folder.name, status=_fold_status(folder, rows, _planned_folds(folds), record, problems),
+        preset=first.preset, model=first.model, input_size=first.input_size, width=first.width,
+        epochs=_total([row.epochs for row in rows]),
         planned_epochs=sum(row.planned_epochs or 0 for row in rows) or None,
         best_epoch_dice=sum(scores) / len(scores) if scores else None,
-        dice=_float(record.get("dice")) if record else None, threshold=_float(record.get("threshold")) if record else None,
-        train_seconds=sum(row.train_seconds for row in rows), best_checkpoint=folder,
+        dice=_float(record.get("dice")) if record else None,
+        threshold=_float(record.get("threshold")) if record else None,
+        train_seconds=_total([row.train_seconds for row in rows]),
+        best_checkpoint=folder if ensemble_size else None, ensemble_size=ensemble_size, problems=problems,
     )
+
+
+def _fold_folders(folder: Path) -> list[Path]:
+    """A run's fold folders (`fold-1`, `fold-2`, ...) in fold order; none for a run of one split."""
+    folds = [d for d in folder.glob(f"{FOLD_PREFIX}*") if d.is_dir() and d.name[len(FOLD_PREFIX):].isdigit()]
+    return sorted(folds, key=lambda d: int(d.name[len(FOLD_PREFIX):]))
+
+
+def _fold_status(folder: Path, rows: list[RunRow], planned: int, record: dict[str, Any] | None,
+                 problems: tuple[str, ...]) -> str:
+    if problems:
+        return _unreadable(problems)
+    if _in_use(folder):
+        return f"running (fold {len(rows)}/{planned})"
+    if record is not None and len(rows) == planned and all(row.status in DONE for row in rows):
+        return f"finished {planned} folds"
+    cut = next((row for row in rows if row.status not in DONE), rows[-1])
+    return f"fold {rows.index(cut) + 1}/{planned}: {cut.status}"
+
+
+def _planned_folds(folds: list[Path]) -> int:
+    """How many folds the run trains, as its latest readable checkpoint says (else as many as it has)."""
+    for path in (fold / name for fold in reversed(folds) for name in CHECKPOINT_NAMES):
+        entries, _ = read_entries(path)
+        if entries is not None and isinstance(entries["config"].get("folds"), int):
+            return entries["config"]["folds"]
+    return len(folds)
+
+
+def _ensemble_size(folds: list[Path], rows: list[RunRow]) -> int:
+    """How many folds' best.pt `predict` averages for the fold run's folder; 0 when one cannot be read."""
+    readable = sum(row.best_checkpoint is not None for row in rows)
+    return readable if readable == sum((fold / BEST_NAME).exists() for fold in folds) else 0
+
+
+def _total(values: list[Any]) -> Any:
+    """The sum of the folds' values, None (unknown) when one of them is."""
+    return None if any(value is None for value in values) else sum(values)
+
+
+def _unreadable(problems: tuple[str, ...]) -> str:
+    return f"{UNREADABLE} ({'; '.join(problems)})"
 
 
 def _float(value: Any) -> float | None:
@@ -179,9 +269,18 @@ def _in_use(folder: Path) -> bool:
 def list_runs(output_dir: Path) -> list[RunRow]:
     """The runs under `output_dir/models`, best first (see the module's docstring)."""
     models = Path(output_dir) / "models"
-    folders = sorted(p for p in models.iterdir() if p.is_dir()) if models.is_dir() else []
-    rows = [row for row in map(run_row, folders) if row is not None]
-    return sorted(rows, key=lambda row: row.sort_key)
+    if not models.is_dir():
+        return []
+    folders = sorted(p for p in models.iterdir() if p.is_dir() and not p.name.startswith("."))
+    return sorted(map(_row_or_unreadable, folders), key=lambda row: row.sort_key)
+
+
+def _row_or_unreadable(folder: Path) -> RunRow:
+    """`run_row`, or an unreadable row when a checkpoint loads but holds values of the wrong kind."""
+    try:
+        return run_row(folder)
+    except (TypeError, ValueError, KeyError, AttributeError, IndexError) as e:
+        return RunRow(folder.name, f"{UNREADABLE} (odd values in its checkpoints: {type(e).__name__})", epochs=None)
 
 
 def format_table(rows: Sequence[RunRow]) -> str:
@@ -199,8 +298,10 @@ def write_csv(rows: Sequence[RunRow], path: Path) -> None:
                      "best_epoch_dice", "validation_dice", "threshold", "train_seconds", "best_checkpoint"])
     for row in rows:
         writer.writerow([row.name, row.status, row.preset, row.model, row.input_size,
-                         "" if row.width is None else row.width, row.epochs, row.planned_epochs or "",
-                         "" if row.best_epoch_dice is None else row.best_epoch_dice,
-                         "" if row.dice is None else row.dice, "" if row.threshold is None else row.threshold,
-                         row.train_seconds, "" if row.best_checkpoint is None else row.best_checkpoint])
+                         *map(_csv_cell, (row.width, row.epochs, row.planned_epochs, row.best_epoch_dice, row.dice,
+                                          row.threshold, row.train_seconds, row.best_checkpoint))])
     atomic_write_bytes(path, text.getvalue().encode("utf-8"))
+
+
+def _csv_cell(value: Any) -> Any:
+    return "" if value is None else value

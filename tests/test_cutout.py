@@ -7,12 +7,14 @@ import cv2
 import numpy as np
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from torch import nn
 
 from carvana.core.device import resolve_precision
 from carvana.core.errors import ConfigError
 from carvana.core.geometry import Size
-from carvana.cutout.cutouts import CUTOUT_SUFFIX, MASK_SUFFIX, find_photos, write_cutouts
+from carvana.cutout.cutouts import CUTOUT_SUFFIX, MASK_SUFFIX, find_photos, output_stems, write_cutouts
 from carvana.models import build_model
 from carvana.models.forward_pass import ForwardPass
 from carvana.models.specs import model_geometry
@@ -171,3 +173,87 @@ def test_the_cutout_command_refuses_a_missing_photo_in_one_line(tmp_path, capsys
     code, _, err = run_cli(["cutout", tmp_path / "nowhere.jpg", "--checkpoint", checkpoint], capsys)
 
     assert code != 0 and "nowhere.jpg: no such photo or folder" in err and err.strip().count("\n") == 0
+
+
+def test_output_names_are_one_per_photo_even_where_a_renamed_one_meets_a_real_name():
+    photos = [Path("in/a.jpg"), Path("in/a.png"), Path("in/a-2.jpg"), Path("more/a.jpg"), Path("in/A.JPG")]
+
+    # a-2 is a real photo's own name, so the second `a` skips it; case is ignored (a macOS or USB disk).
+    assert output_stems(photos) == ["a", "a-3", "a-2", "a-4", "A-5"]
+
+
+@settings(max_examples=200)
+@given(st.lists(st.sampled_from(["a", "A", "a-2", "a-3", "b", "a-2-2"]), max_size=8).flatmap(
+    lambda stems: st.tuples(st.just(stems), st.lists(st.sampled_from(["x", "y"]), min_size=len(stems),
+                                                     max_size=len(stems)))))
+def test_output_names_never_collide_and_a_photo_whose_name_is_its_own_keeps_it(stems_and_folders):
+    stems, folders = stems_and_folders
+    photos = [Path(folder) / f"{stem}.jpg" for stem, folder in zip(stems, folders)]
+
+    names = output_stems(photos)
+
+    assert len({name.casefold() for name in names}) == len(photos)
+    for photo, name in zip(photos, names):
+        if [p.stem.casefold() for p in photos].count(photo.stem.casefold()) == 1:
+            assert name == photo.stem
+
+
+def test_a_photo_named_twice_is_found_once(tmp_path):
+    folder = tmp_path / "shoot"
+    folder.mkdir()
+    photo = write_jpeg(folder / "x.jpg", photo_with_a_bright_box(Size(40, 30), (5, 5, 20, 20)))
+
+    assert find_photos([folder, photo, folder / ".." / "shoot" / "x.jpg"]) == [photo]
+
+
+def test_the_cutout_command_writes_one_mask_and_cutout_per_photo_when_names_collide(tmp_path, capsys):
+    """a.jpg, a.png and a-2.jpg in one folder and another a.jpg elsewhere: four photos, eight files, each
+    file the cut out of its own photo, and the renamed ones said on stdout."""
+    checkpoint = _trained_checkpoint(tmp_path)
+    shoot, more = tmp_path / "shoot", tmp_path / "more"
+    shoot.mkdir(), more.mkdir()
+    sizes = {shoot / "a.jpg": Size(64, 48), shoot / "a.png": Size(80, 40), shoot / "a-2.jpg": Size(40, 72),
+             more / "a.jpg": Size(96, 56)}
+    for path, size in sizes.items():
+        image = photo_with_a_bright_box(size, (4, 4, size.height - 4, size.width - 4))
+        write_jpeg(path, image) if path.suffix == ".jpg" else write_png(path, image)
+    out_dir = tmp_path / "cut"
+
+    code, out, err = run_cli(["cutout", shoot, more, "--checkpoint", checkpoint, "--out", out_dir], capsys)
+
+    assert code == 0, err
+    assert "4 photos in" in out
+    names = {shoot / "a.jpg": "a", shoot / "a-2.jpg": "a-2", shoot / "a.png": "a-3", more / "a.jpg": "a-4"}
+    assert sorted(p.name for p in out_dir.iterdir()) == sorted(
+        f"{name}{suffix}" for name in names.values() for suffix in (MASK_SUFFIX, CUTOUT_SUFFIX))
+    for path, name in names.items():
+        size = sizes[path]
+        assert read_png(out_dir / f"{name}{MASK_SUFFIX}").shape == (size.height, size.width)
+        assert read_png(out_dir / f"{name}{CUTOUT_SUFFIX}").shape == (size.height, size.width, 4)
+    for renamed in (shoot / "a.png", more / "a.jpg"):
+        line = next(line for line in out.splitlines() if line.startswith(str(renamed)))
+        assert f"{names[renamed]}{MASK_SUFFIX}" in line, line
+
+
+def test_cutting_out_again_into_the_same_folder_replaces_the_earlier_files(tmp_path, capsys):
+    checkpoint = _trained_checkpoint(tmp_path)
+    photos = [write_jpeg(tmp_path / name, photo_with_a_bright_box(Size(64, 48), (8, 8, 40, 56)))
+              for name in ("a.jpg", "b.jpg")]
+    out_dir = tmp_path / "cut"
+    args = ["cutout", *photos, "--checkpoint", checkpoint, "--out", out_dir]
+
+    assert run_cli(args, capsys)[0] == 0
+    first = sorted(p.name for p in out_dir.iterdir())
+    assert run_cli(args, capsys)[0] == 0
+
+    assert sorted(p.name for p in out_dir.iterdir()) == first and len(first) == 4
+
+
+def test_cutting_out_a_folder_into_itself_again_does_not_take_the_cutouts_for_photos(tmp_path):
+    folder = tmp_path / "shoot"
+    folder.mkdir()
+    photo = write_jpeg(folder / "x.jpg", photo_with_a_bright_box(Size(40, 30), (5, 5, 20, 20)))
+    write_cutouts(bright_is_car_predictor(), find_photos([folder], folder), folder, GEOMETRY, threshold=0.5)
+    assert (folder / f"x{MASK_SUFFIX}").is_file()
+    assert find_photos([folder], folder) == [photo], "the second run cuts out the photo, not its own outputs"
+    assert len(find_photos([folder])) == 3, "elsewhere a PNG is a photo whatever its name"

@@ -425,3 +425,31 @@ def test_greyscale_gif_and_png_named_gif_masks_read_as_0_1(tmp_path):
     Image.fromarray(mask * 255).save(png_gif, format="PNG")
     for path in (grey_gif, png_gif):
         assert np.array_equal(read_mask(path), mask), path
+
+
+@pytest.mark.parametrize("car", [1, 65535], ids=["0/1", "0/65535"])
+def test_a_16_bit_png_mask_reads_as_its_0_1(car, tmp_path):
+    mask = np.zeros((8, 12), np.uint8)
+    mask[2:5, 3:9] = 1
+    path = tmp_path / "deep_mask.gif"
+    cv2.imwrite(str(tmp_path / "deep.png"), mask.astype(np.uint16) * car)
+    (tmp_path / "deep.png").rename(path)
+    assert np.array_equal(read_mask(path), mask), "not shifted down to 8 bits, where 0/1 would be all background"
+
+
+def test_a_16_bit_png_mask_with_grey_values_is_refused_naming_it(tmp_path):
+    path = tmp_path / "grey_mask.png"
+    cv2.imwrite(str(path), np.full((8, 12), 300, np.uint16))
+    with pytest.raises(DataError) as error:
+        read_mask(path)
+    assert str(path) in str(error.value) and "16-bit" in str(error.value) and "300" in str(error.value)
+
+
+def test_a_symlink_loop_named_like_a_photo_is_one_line_naming_it(tmp_path, capsys):
+    data_dir = make_tiny_carvana(tmp_path, cars=2, views=2, size=Size(96, 64))
+    photo = sorted((data_dir / "train").iterdir())[0]
+    photo.unlink()
+    photo.symlink_to(photo.name)
+    code, _, err = run_cli(["train", "--data-dir", data_dir, "--epochs", "1", "--workers", "0"], capsys)
+    assert code == 1 and "Traceback" not in err
+    assert len(err.strip().splitlines()) == 1 and str(photo) in err

@@ -188,6 +188,23 @@ def test_sigterm_while_training_saves_the_last_epoch_says_how_to_resume_and_exit
     assert 1 <= saved["epoch"] < 5 and saved["global_step"] == saved["epoch"] * STEPS_PER_EPOCH
 
 
+def test_a_burst_of_sigterms_ends_the_run_with_143_and_at_most_one_line(tiny_data, tmp_path):
+    # torchrun's agent and a job runner may both send SIGTERM: the second one ends the run at once, and
+    # none lands while a default handler is swapped in ("Signal 15 ignored due to race condition").
+    last = tmp_path / "output" / "models" / "burst" / "last.pt"
+    process = start_main(train_args(tiny_data, tmp_path, "--epochs", "5", "--run-name", "burst"), tmp_path,
+                         new_session=True)
+    wait_for(last.exists, process, "the first epoch's last.pt")
+    for gap in [0.0] * 10 + [0.01] * 10:  # a burst (pending signals coalesce), then a few during the clean-up
+        process.send_signal(signal.SIGTERM)
+        time.sleep(gap)
+    out, err = assert_the_whole_tree_ends(process, timeout=120)
+
+    assert process.returncode == 143, out + err
+    assert "Traceback" not in err and "race condition" not in err and "Exception ignored" not in err, err
+    assert len(err.strip().splitlines()) <= 1, err
+
+
 def test_a_run_killed_with_sigkill_takes_its_loader_workers_with_it_and_the_callers_pipe_ends(tiny_data, tmp_path):
     # Workers for both loaders, the forkserver and the resource tracker hold the caller's stdout too:
     # `main.py | tee log` ends only when all of them have gone.

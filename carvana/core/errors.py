@@ -41,3 +41,11 @@ class CheckpointError(CarvanaError):
 
 class TrainingDiverged(CarvanaError):
     """The loss became NaN or infinite."""
+
+
+def os_error_line(error: OSError) -> str:
+    """An OSError as one line naming the path it is about (`PATH: Read-only file system`), for the CLI's last
+    resort: a failure no stage turned into a CarvanaError still reads as one line, never a traceback."""
+    what = error.strerror or str(error) or type(error).__name__
+    paths = [str(p) for p in (error.filename, error.filename2) if p is not None]
+    return f"{' -> '.join(paths)}: {what}" if paths else what

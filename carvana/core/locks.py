@@ -52,8 +52,13 @@ class FolderLock:
                 os.close(fd)
                 raise
             if self._still_named(fd):
-                os.ftruncate(fd, 0)
-                os.write(fd, f"{os.getpid()}\n".encode())
+                try:
+                    os.ftruncate(fd, 0)
+                    os.write(fd, f"{os.getpid()}\n".encode())
+                except OSError as e:  # a full disk: say so here, where the path is known
+                    self.path.unlink(missing_ok=True)  # still holding it, as `release` does
+                    os.close(fd)
+                    raise CarvanaError(f"{self.path}: cannot write this lock file ({e.strerror or e})") from None
                 self._fd = fd
                 return True
             os.close(fd)  # the previous holder removed this file as we took it: take the new one

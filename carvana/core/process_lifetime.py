@@ -70,7 +70,9 @@ def sigterm_as_interrupt() -> Iterator[None]:
         return
 
     def raise_terminated(signum: int, frame: FrameType | None) -> None:
-        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        # Not SIG_DFL: a SIGTERM that lands while Python swaps in a default handler is reported as
+        # "OSError: Signal 15 ignored due to race condition" (torchrun sends them in bursts).
+        signal.signal(signal.SIGTERM, end_at_once)
         raise Terminated()
 
     previous = signal.signal(signal.SIGTERM, raise_terminated)
@@ -78,6 +80,12 @@ def sigterm_as_interrupt() -> Iterator[None]:
         yield
     finally:
         signal.signal(signal.SIGTERM, previous)
+
+
+def end_at_once(signum: int, frame: FrameType | None) -> None:
+    """A second SIGTERM: end now, with the exit code SIGTERM's default action gives in a shell."""
+    sys.stderr.flush()
+    os._exit(EXIT_TERMINATED)
 
 
 @contextlib.contextmanager

@@ -5,7 +5,10 @@ Each photo is predicted as the test photos are (resized to the model's covered s
 flip TTA if the run used it), its probability map cleaned up and up-sampled to the photo's own size,
 then thresholded. For `NAME.jpg` the output folder gets `NAME_mask.png` (grey, 255 = car) and
 `NAME_cutout.png` (RGBA, alpha = the mask), each written to a temporary file and renamed into place.
-A file that cannot be read as a photo is reported in one line and the others go on.
+Each photo gets its own two files: where photos share a name (`a.jpg` and `a.png`, or `a.jpg` from two
+folders) the later ones are written as `NAME-N`, said in one line each (see `output_stems`). Files of an
+earlier cutout run are replaced. A file that cannot be read as a photo is reported in one line and the
+others go on.
 """
 from __future__ import annotations
 
@@ -43,30 +46,41 @@ class CutoutReport:
     failed: list[tuple[Path, str]] = field(default_factory=list)  # (file, problem)
 
 
-def find_photos(inputs: Iterable[Path]) -> list[Path]:
+def find_photos(inputs: Iterable[Path], out_dir: Path | None = None) -> list[Path]:
     """The photos named by `inputs`: each file as given, and the JPEG/PNG files in each folder (sorted,
-    not recursive). ConfigError naming an input that does not exist, or a folder without photos."""
-    photos: list[Path] = []
+    not recursive), a file named twice only once; in `out_dir` itself, not the cutouts written there.
+    ConfigError naming an input that does not exist, or a folder without photos."""
+    photos: dict[Path, Path] = {}  # the file itself -> the path it was first named by
     for given in map(Path, inputs):
         if given.is_dir():
-            found = sorted(p for p in given.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+            ours = out_dir is not None and given.resolve() == Path(out_dir).resolve()
+            found = sorted(p for p in given.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES
+                           and not (ours and p.name.endswith((MASK_SUFFIX, CUTOUT_SUFFIX))))
             if not found:
                 raise ConfigError(f"{given}: no JPEG or PNG photos in this folder")
-            photos += found
         elif given.exists():
-            photos.append(given)
+            found = [given]
         else:
             raise ConfigError(f"{given}: no such photo or folder")
-    return photos
+        for photo in found:
+            photos.setdefault(photo.resolve(), photo)
+    return list(photos.values())
 
 
 def output_stems(photos: Sequence[Path]) -> list[str]:
-    """The output name of each photo: its stem, with `-2`, `-3`, ... where two photos share one."""
-    seen: dict[str, int] = {}
+    """The output name of each photo, one per photo: its stem, or where an earlier photo has that stem,
+    `STEM-N` with the smallest N >= 2 that is no photo's own stem (so `a.png` beside `a.jpg` and
+    `a-2.jpg` is `a-3`). Compared without case, as a macOS or Windows disk compares file names."""
+    own = {photo.stem.casefold() for photo in photos}
+    taken: set[str] = set()
     stems = []
     for photo in photos:
-        count = seen[photo.stem] = seen.get(photo.stem, 0) + 1
-        stems.append(photo.stem if count == 1 else f"{photo.stem}-{count}")
+        stem, n = photo.stem, 1
+        while stem.casefold() in taken or (n > 1 and stem.casefold() in own):
+            n += 1
+            stem = f"{photo.stem}-{n}"
+        taken.add(stem.casefold())
+        stems.append(stem)
     return stems
 
 
@@ -102,12 +116,19 @@ def write_cutouts(predictor: Predictor, photos: Sequence[Path], out_dir: Path, g
             log.warning(f"skipped {photo_path}: {error.problem}")
             continue
         mask = predict_mask(predictor, photo_bgr, geometry, threshold, cleanup)
-        atomic_write_bytes(out_dir / f"{stem}{MASK_SUFFIX}", _png(mask.astype(np.uint8) * np.uint8(255)))
-        photo = cv2.cvtColor(photo_bgr, cv2.COLOR_BGR2RGB)
-        atomic_write_bytes(out_dir / f"{stem}{CUTOUT_SUFFIX}", _png(cv2.cvtColor(cut_out(photo, mask),
-                                                                                   cv2.COLOR_RGBA2BGRA)))
+        _write_pngs(out_dir, stem, cv2.cvtColor(photo_bgr, cv2.COLOR_BGR2RGB), mask)
         report.written.append(photo_path)
+        if stem != photo_path.stem:
+            log.info(f"{photo_path}: written as {stem}{MASK_SUFFIX} and {stem}{CUTOUT_SUFFIX} "
+                     f"(an earlier photo is also named {photo_path.stem})")
     return report
+
+
+def _write_pngs(out_dir: Path, stem: str, photo: np.ndarray, mask: np.ndarray) -> None:
+    """`STEM_mask.png` and `STEM_cutout.png` of an RGB photo and its bool mask, each atomically."""
+    atomic_write_bytes(out_dir / f"{stem}{MASK_SUFFIX}", _png(mask.astype(np.uint8) * np.uint8(255)))
+    cutout = cv2.cvtColor(cut_out(photo, mask), cv2.COLOR_RGBA2BGRA)
+    atomic_write_bytes(out_dir / f"{stem}{CUTOUT_SUFFIX}", _png(cutout))
 
 
 def _png(image: np.ndarray) -> bytes:

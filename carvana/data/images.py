@@ -61,6 +61,7 @@ _JPEG_REDUCTIONS = (
 )
 _FULL_COLOR = cv2.IMREAD_COLOR | _IGNORE_ORIENTATION
 _FULL_GREY = cv2.IMREAD_GRAYSCALE | _IGNORE_ORIENTATION
+_MASK_GREY = _FULL_GREY | cv2.IMREAD_ANYDEPTH  # a 16-bit PNG mask as it is, not shifted down to 8 bits
 
 
 def quiet_opencv() -> None:
@@ -379,7 +380,7 @@ def read_mask(path: Path, expected_size: Size | None = None) -> np.ndarray:
     if _check_complete(path, data, MASK_FORMATS) == "gif":
         mask = _decode_gif_grey(path, data)
     else:
-        mask = _decode(path, data, _FULL_GREY)
+        mask = _sixteen_to_eight_bits(path, _decode(path, data, _MASK_GREY))
     if expected_size is not None and (mask.shape[1], mask.shape[0]) != tuple(expected_size):
         raise DataError(
             path, f"mask is {mask.shape[1]}x{mask.shape[0]} but its image is {Size(*expected_size)}"
@@ -392,6 +393,17 @@ def read_mask(path: Path, expected_size: Size | None = None) -> np.ndarray:
         shown = ", ".join(map(str, values[:6].tolist())) + (", ..." if values.size > 6 else "")
         raise DataError(path, f"mask has values other than 0/1 or 0/255 (found {shown})")
     return np.minimum(mask, 1, out=mask)
+
+
+def _sixteen_to_eight_bits(path: Path, mask: np.ndarray) -> np.ndarray:
+    """A 16-bit mask's 0/1 or 0/65535 as 8-bit 0/1 (OpenCV's own conversion would make 0/1 all background)."""
+    if mask.dtype != np.uint16:
+        return mask
+    values = np.unique(mask)
+    if not (set(values.tolist()) <= {0, 1} or set(values.tolist()) <= {0, 65535}):
+        shown = ", ".join(map(str, values[:6].tolist())) + (", ..." if values.size > 6 else "")
+        raise DataError(path, f"16-bit mask has values other than 0/1 or 0/65535 (found {shown})")
+    return (mask > 0).astype(np.uint8)
 
 
 # A mask pixel is car when at least half of its area is: 128 of 255, the threshold `mask_from_fractions`

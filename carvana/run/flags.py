@@ -23,43 +23,64 @@ from carvana.run.config import AMP_MODES, MASK_CLEANUPS, OPTIMIZERS, PRESETS, SC
 
 # --------------------------------------------------------------------------- flag values
 
+SHOWN_LENGTH = 60  # the most of a value a message quotes: a one-line error never echoes a huge value
+MAX_COUNT = 10**9  # epochs, steps, batch, workers, folds: beyond any run, within what torch and numpy count
+MAX_SIDE = 32768  # pixels a side: 17x a Carvana photo's width; far larger overflow the models' size arithmetic
+
+
+def quoted(text: str) -> str:
+    """`text` as a message quotes it: repr, cut to SHOWN_LENGTH characters."""
+    shown = repr(text)
+    return shown if len(shown) <= SHOWN_LENGTH else shown[:SHOWN_LENGTH - 4] + "..." + shown[-1]
+
 
 def _number(text: str, kind: Callable[[str], Any], what: str) -> Any:
     try:
         value = kind(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not {what}") from None
+        raise argparse.ArgumentTypeError(f"{quoted(text)} is not {what}") from None
     if isinstance(value, float) and not math.isfinite(value):
-        raise argparse.ArgumentTypeError(f"{text!r} is not {what}")
+        raise argparse.ArgumentTypeError(f"{quoted(text)} is not {what}")
+    return value
+
+
+def _count(text: str, least: int) -> int:
+    what = f"a whole number of at least {least}"
+    value = _number(text, int, what)
+    if value < least:
+        raise argparse.ArgumentTypeError(f"{quoted(text)} is not {what}")
+    if value > MAX_COUNT:
+        raise argparse.ArgumentTypeError(f"{quoted(text)} is more than {MAX_COUNT:,}")
     return value
 
 
 def positive_int(text: str) -> int:
-    value = _number(text, int, "a whole number of at least 1")
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number of at least 1")
-    return value
+    return _count(text, 1)
 
 
 def non_negative_int(text: str) -> int:
-    value = _number(text, int, "a whole number of at least 0")
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number of at least 0")
-    return value
+    return _count(text, 0)
 
 
 def seed_int(text: str) -> int:
     what = f"a whole number in 0..{SEED_LIMIT - 1}"
     value = _number(text, int, what)
     if not 0 <= value < SEED_LIMIT:
-        raise argparse.ArgumentTypeError(f"{text!r} is not {what}")
+        raise argparse.ArgumentTypeError(f"{quoted(text)} is not {what}")
     return value
 
 
 def positive_float(text: str) -> float:
     value = _number(text, float, "a finite number above 0")
     if value <= 0:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a finite number above 0")
+        raise argparse.ArgumentTypeError(f"{quoted(text)} is not a finite number above 0")
+    return value
+
+
+def non_negative_float(text: str) -> float:
+    value = _number(text, float, "a finite number of at least 0")
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{quoted(text)} is not a finite number of at least 0")
     return value
 
 
@@ -67,7 +88,7 @@ def open_fraction(text: str) -> float:
     """A number strictly between 0 and 1 (a validation share, a probability threshold)."""
     value = _number(text, float, "a number between 0 and 1 (both excluded)")
     if not 0.0 < value < 1.0:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number between 0 and 1 (both excluded)")
+        raise argparse.ArgumentTypeError(f"{quoted(text)} is not a number between 0 and 1 (both excluded)")
     return value
 
 
@@ -75,7 +96,7 @@ def share(text: str) -> float:
     """A share of the data: above 0, at most 1."""
     value = _number(text, float, "a number above 0 and at most 1")
     if not 0.0 < value <= 1.0:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number above 0 and at most 1")
+        raise argparse.ArgumentTypeError(f"{quoted(text)} is not a number above 0 and at most 1")
     return value
 
 
@@ -84,22 +105,40 @@ def duration(text: str) -> float:
     try:
         return parse_duration(text)
     except ValueError as e:
-        raise argparse.ArgumentTypeError(f"{text!r} {e}") from None
+        raise argparse.ArgumentTypeError(f"{quoted(text)} {e}") from None
 
 
 def size(text: str) -> Size:
     try:
-        return Size.parse(text)
-    except ConfigError:
+        value = Size.parse(text)
+    except (ConfigError, ValueError):  # ValueError: a side of more digits than Python converts
         raise argparse.ArgumentTypeError(
-            f"{text!r} is not a size: give WIDTHxHEIGHT in whole pixels above 0, e.g. 384x256, or one number"
+            f"{quoted(text)} is not a size: give WIDTHxHEIGHT in whole pixels above 0, e.g. 384x256, or one number"
         ) from None
+    if max(value) > MAX_SIDE:
+        raise argparse.ArgumentTypeError(f"{quoted(text)} is not a size: a side is at most {MAX_SIDE} pixels")
+    return value
+
+
+def device_name(text: str) -> str:
+    """A device's name as `--device` takes it: one short word (whether the machine has it is checked where
+    the run starts, `carvana.core.device`)."""
+    if not (0 < len(text) <= 32 and text.isascii() and text.isprintable() and " " not in text):
+        raise argparse.ArgumentTypeError(f"{quoted(text)} is not a device name (auto, cpu, cuda or cuda:N)")
+    return text
+
+
+def folder(text: str) -> Path:
+    """A folder's path: not empty, and no NUL character (which no file system takes)."""
+    if not text or "\0" in text:
+        raise argparse.ArgumentTypeError(f"{quoted(text)} is not a folder path")
+    return Path(text)
 
 
 def run_name(text: str) -> str:
     problem = run_name_problem(text)
     if problem:
-        raise argparse.ArgumentTypeError(f"{text!r}: {problem}")
+        raise argparse.ArgumentTypeError(f"{quoted(text)}: {problem}")
     return text
 
 
@@ -148,7 +187,7 @@ class Flag:
 
 
 FLAGS: tuple[Flag, ...] = (
-    Flag("--data-dir", "data_dir", (*PREDICTING, "fetch"), "data", type=Path, help=(
+    Flag("--data-dir", "data_dir", (*PREDICTING, "fetch"), "data", type=folder, help=(
         "the data dir: Kaggle's layout, or Kaggle's zip files (a notebook's /kaggle/input/carvana-image-masking-"
         "challenge, extracted once into OUTPUT/data; never written) (default: input); predict reads its test set")),
     Flag("--preset", "preset", TRAINING, "training", choices=tuple(PRESETS),
@@ -204,14 +243,15 @@ FLAGS: tuple[Flag, ...] = (
          help="name of the run's log and checkpoint folders"),
     Flag("--workers", "workers", PREDICTING, "running", type=non_negative_int,
          help="data-loading worker processes"),
-    Flag("--device", "device", CUTTING_OUT, "running", help="auto, cpu, cuda, cuda:1, ..."),
+    Flag("--device", "device", CUTTING_OUT, "running", type=device_name,
+         help="auto, cpu, cuda, cuda:1, ..."),
     Flag("--sync-bn", "sync_bn", TRAINING, "running", switch=True, help=(
         "under torchrun on GPUs: batch norm statistics over all the processes' batches (SyncBatchNorm)")),
     Flag("--no-cache", "cache", TRAINING, "running", switch=False, help=(
         "decode the photos every epoch instead of once into OUTPUT/cache (rebuilt by itself when a file changes)")),
-    Flag("--output-dir", "output_dir", (*CUTTING_OUT, "fetch"), "running", type=Path,
+    Flag("--output-dir", "output_dir", (*CUTTING_OUT, "fetch"), "running", type=folder,
          help="checkpoints, cache, the submission, and Kaggle's zip files extracted (default: output)"),
-    Flag("--log-dir", "log_dir", TRAINING, "running", type=Path, help="TensorBoard logs (default: logs)"),
+    Flag("--log-dir", "log_dir", TRAINING, "running", type=folder, help="TensorBoard logs (default: logs)"),
     Flag("--threshold", "threshold", CUTTING_OUT, "prediction", type=open_fraction, implies={"tune_threshold": False},
          help=("probability above which a pixel is the car (default: chosen on the validation cars after training "
                "and saved with the checkpoint; 0.5 for a checkpoint without one)")),

@@ -16,16 +16,14 @@ trained on) are refused.
 from __future__ import annotations
 
 import itertools
-import json
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 from carvana.core import distributed
-from carvana.core.atomic import atomic_write_bytes
 from carvana.core.durations import format_duration
-from carvana.core.errors import ConfigError
+from carvana.core.errors import CarvanaError, ConfigError
 from carvana.core.geometry import Geometry
 from carvana.core.locks import FolderLock
 from carvana.core.text import finished_epochs
@@ -52,26 +50,10 @@ def run_folder(config: Config, run_name: str) -> Path:
 
 FOLD_PREFIX = "fold-"  # a fold run's folds are its subfolders fold-1, fold-2, ...
 # Beside a fold run's folds: its out-of-fold result (Dice, threshold, the folds' checkpoints).
-OUT_OF_FOLD_RECORD = "out_of_fold.json"
 
 
 def fold_name(fold: int) -> str:
     return f"{FOLD_PREFIX}{fold}"
-
-
-def write_out_of_fold_record(folder: Path, record: dict[str, Any]) -> None:
-    """A fold run's out-of-fold result as JSON in its checkpoint folder, written atomically."""
-    atomic_write_bytes(Path(folder) / OUT_OF_FOLD_RECORD, json.dumps(record, indent=1).encode())
-
-
-def read_out_of_fold_record(folder: Path) -> dict[str, Any] | None:
-    """The out-of-fold result of the fold run in `folder`; None when it has none (not a fold run, or
-    its folds not all scored yet) or it cannot be read."""
-    try:
-        record = json.loads((Path(folder) / OUT_OF_FOLD_RECORD).read_text())
-    except (OSError, ValueError):
-        return None
-    return record if isinstance(record, dict) and isinstance(record.get("threshold"), float) else None
 
 
 def models_dir(config: Config, run_name: str) -> Path:
@@ -146,7 +128,12 @@ class Run:
 
     def lock(self) -> None:
         """Hold the run's lock, or refuse in one line naming the process that holds it."""
-        if not self._lock.acquire(wait=False):
+        try:
+            acquired = self._lock.acquire(wait=False)
+        except CarvanaError:
+            self.forget()
+            raise
+        if not acquired:
             holder = self._lock.holder()
             self.forget()
             raise ConfigError(f"{self.models_dir}: run {self.name} is in use by another process "
@@ -169,12 +156,19 @@ class Run:
 def reserve_new_run(config: Config) -> Run:
     """Reserve the folders of a new run and lock them.
 
-    With `--run-name` the name is taken as given (its folders may exist, e.g. after a run that failed
-    before its first epoch). Without one, the name is the model and the time, with `-2`, `-3`, ...
+    With `--run-name` the name is taken as given: its folders may exist (e.g. after a run that failed
+    before its first epoch), but a run of that name with checkpoints (its own, or its folds') is refused,
+    as only `--resume` continues a run. Without one, the name is the model and the time, with `-2`, `-3`, ...
     when another run took that name in the same second: both folders must be new.
     """
     if config.run_name is not None:
-        return open_existing_run(config)
+        run = open_existing_run(config)
+        taken = saved_checkpoints(run.models_dir)
+        if taken:
+            run.forget()
+            raise ConfigError(f"{run.models_dir}: run {run.name} already has checkpoints ({taken[0]}); continue it "
+                              f"with --resume {run.models_dir}, or choose another --run-name")
+        return run
     base = default_run_name(config)
     for number in itertools.count(1):
         name = base if number == 1 else f"{base}-{number}"
@@ -201,6 +195,23 @@ def reserve_new_run(config: Config) -> Run:
         run.lock()
         return run
     raise AssertionError("unreachable")
+
+
+def saved_checkpoints(folder: Path) -> list[Path]:
+    """The checkpoints a run's folder holds: its own last.pt/best.pt, or its folds' (a fold run)."""
+    names = (LAST_NAME, BEST_NAME)
+    return sorted(path for name in names for path in (folder / name, *folder.glob(f"{FOLD_PREFIX}*/{name}"))
+                  if path.exists())
+
+
+def fold_checkpoints(folder: Path, name: str = BEST_NAME) -> list[Path]:
+    """The folds' `name` checkpoints when `folder` is a fold run's (it has no checkpoint of its own), in
+    fold order; empty for any other folder."""
+    folder = Path(folder)
+    if not folder.is_dir() or (folder / name).exists():
+        return []
+    folds = [path for path in folder.glob(f"{FOLD_PREFIX}*/{name}") if path.parent.name[len(FOLD_PREFIX):].isdigit()]
+    return sorted(folds, key=lambda path: int(path.parent.name[len(FOLD_PREFIX):]))
 
 
 def open_existing_run(config: Config) -> Run:

@@ -7,14 +7,18 @@ YAML's own (numbers, true/false, null) or the text a flag takes (`input_size: 38
 again from: its recipe first, then where it ran; `python main.py train --config FILE` takes the
 file's settings as if they were given as flags, explicit flags overriding them.
 
-PyYAML reads and writes it (safe loader and dumper only: no tags, no objects).
+PyYAML reads and writes it (safe loader and dumper only: no tags, no objects). A file is read as
+untrusted input: at most 64 KiB of it, its YAML events checked for anchors, aliases and nesting
+before anything is built from them, and every value checked for its YAML type and then by its
+flag's parser, so that whatever it holds ends in one short `ConfigError` naming the file and key.
 """
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import os
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Callable, Iterable, Mapping
 
 import yaml
 
@@ -23,18 +27,43 @@ from carvana.core.errors import ConfigError
 from carvana.core.geometry import Size
 from carvana.run.config import (ENVIRONMENT_FIELDS, LEGACY_CHANNELS_LAST, PATH_FIELDS, SIZE_FIELDS, Config,
                                  memory_format_of)
-from carvana.run.flags import FLAGS, duration, size
+from carvana.run.flags import (FLAGS, SHOWN_LENGTH, non_negative_float, positive_float, positive_int, quoted,
+                               size)
 
 CONFIG_FILE_NAME = "config.yaml"
+MAX_FILE_BYTES = 64 * 1024  # a run's config.yaml is about 2 KB
+# One mapping (depth 1) whose values may be a [width, height] list (depth 2): anything deeper, and any
+# anchor or alias (a "billion laughs" file expands a few hundred bytes into gigabytes), is refused
+# before PyYAML's recursive composer runs.
+MAX_NESTING = 2
+UNKNOWN_SHOWN = 5  # unknown keys a message names
 
 # Settings a file cannot set: the run's name comes from its folder or --run-name, not from a file a
 # second run would be started from.
 NOT_IN_FILE = ("run_name",)
 FIELDS = tuple(f.name for f in dataclasses.fields(Config))
+OPTIONAL = tuple(f.name for f in dataclasses.fields(Config) if "None" in str(f.type))  # null: unset
+BOOLEANS = tuple(name for name in FIELDS if isinstance(getattr(Config, name), bool))
+CHOICES = {flag.field: tuple(flag.choices) for flag in FLAGS if flag.choices is not None}
+
+
+def _momentum(text: str) -> float:
+    value = non_negative_float(text)
+    if value >= 1:
+        raise argparse.ArgumentTypeError(f"{quoted(text)} is not a number of at least 0 and below 1")
+    return value
+
+
+# Each remaining field's parser of text: its flag's, or for the settings no flag sets, one as strict.
+PARSERS: dict[str, Callable[[str], Any]] = {
+    "momentum": _momentum, "weight_decay": non_negative_float, "bce_weight": non_negative_float,
+    "dice_weight": non_negative_float, "fold": positive_int,
+    **{flag.field: flag.type for flag in FLAGS if flag.type is not None and flag.field not in SIZE_FIELDS}}
+TEXT_FIELDS = ("device", *PATH_FIELDS)  # the fields that take text only, not numbers
 
 
 def _key_names() -> dict[str, str]:
-    """Every key a file may use -> the Config field it sets."""
+    """Every key a file may use -> the Config field it sets (NOT_IN_FILE left out)."""
     names = {name: name for name in FIELDS}
     names[LEGACY_CHANNELS_LAST] = "memory_format"  # files written before memory_format: true/false
     for flag in FLAGS:
@@ -42,7 +71,7 @@ def _key_names() -> dict[str, str]:
             spelled = flag.name.lstrip("-")
             names.setdefault(spelled, flag.field)
             names.setdefault(spelled.replace("-", "_"), flag.field)
-    return names
+    return {name: field for name, field in names.items() if field not in NOT_IN_FILE}
 
 
 def settings_yaml(config: Config, title: str = "") -> str:
@@ -77,23 +106,11 @@ def write_settings_file(path: Path, config: Config, title: str = "") -> None:
 def read_settings_file(path: Path) -> dict[str, Any]:
     """The settings of a YAML file as Config fields -> values, each checked as its flag would be.
 
-    ConfigError in one line naming the file: unreadable, not YAML, not a mapping, unknown keys (all
-    named), or a value its setting cannot take.
+    ConfigError in one line naming the file: unreadable, too large, not YAML, anchors or nesting, not a
+    mapping, unknown keys (named), or a value its setting cannot take (named, quoted short).
     """
     path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise ConfigError(f"{path}: no such settings file") from None
-    except (OSError, UnicodeDecodeError) as e:
-        raise ConfigError(f"{path}: cannot be read as text ({getattr(e, 'strerror', None) or e})") from None
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        where = f"line {mark.line + 1}: " if mark is not None else ""
-        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
-        raise ConfigError(f"{path}: not valid YAML ({where}{problem})") from None
+    data = _parse_yaml(_read_text(path), path)
     if data is None:
         return {}
     if not isinstance(data, Mapping):
@@ -101,47 +118,168 @@ def read_settings_file(path: Path) -> dict[str, Any]:
     return settings_from_mapping(data, path)
 
 
+def _read_text(path: Path) -> str:
+    """The file's text, refused unread beyond MAX_FILE_BYTES."""
+    if path.exists() and not path.is_file():  # a FIFO or a device would wait for input, or never end
+        raise ConfigError(f"{path}: not a regular file (a settings file is YAML text on disk)")
+    try:
+        with path.open("rb") as file:
+            raw = file.read(MAX_FILE_BYTES + 1)
+            length = os.fstat(file.fileno()).st_size
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: no such settings file") from None
+    except OSError as e:
+        raise ConfigError(f"{path}: cannot be read ({e.strerror or type(e).__name__})") from None
+    if len(raw) > MAX_FILE_BYTES:
+        found = f"{length:,} bytes" if length > MAX_FILE_BYTES else f"over {MAX_FILE_BYTES:,} bytes"
+        raise ConfigError(f"{path}: {found}, too large for a settings file (at most {MAX_FILE_BYTES // 1024} KiB; "
+                          "a run's config.yaml is about 2 KB)")
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"{path}: cannot be read as text (not UTF-8 at byte {e.start})") from None
+
+
+def _parse_yaml(text: str, path: Path) -> Any:
+    """The YAML of `text`, its events checked (`_check_events`) before the safe loader builds anything."""
+    try:
+        _check_events(yaml.parse(text, Loader=yaml.SafeLoader), path)
+        return yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f"line {mark.line + 1}: " if mark is not None else ""
+        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+        raise ConfigError(f"{path}: not valid YAML ({where}{_cut(problem)})") from None
+    except (ValueError, OverflowError) as e:  # a scalar PyYAML cannot convert: an int of 5,000 digits, 2021-02-30
+        raise ConfigError(f"{path}: a value YAML cannot convert ({_cut(str(e).split(':')[0])})") from None
+
+
+def _check_events(events: Iterable[yaml.Event], path: Path) -> None:
+    """Refuse anchors, aliases and nesting beyond MAX_NESTING, one parser event at a time (PyYAML's parser
+    is a state machine, so a deep file cannot exhaust the stack here, and nothing is expanded)."""
+    depth, keys, next_is_key = 0, set(), True  # the top mapping's keys so far; whether a key comes next
+    for event in events:
+        line = event.start_mark.line + 1
+        if isinstance(event, yaml.AliasEvent) or getattr(event, "anchor", None) is not None:
+            raise ConfigError(f"{path}: line {line}: anchors and aliases (&name, *name) are not taken in a "
+                              "settings file; write each value out")
+        if depth == 1 and isinstance(event, yaml.ScalarEvent):
+            if next_is_key:
+                if event.value in keys:  # PyYAML would keep the last one without a word
+                    raise ConfigError(f"{path}: line {line}: {_cut(event.value)} is set twice")
+                keys.add(event.value)
+            next_is_key = not next_is_key
+        if isinstance(event, yaml.CollectionStartEvent):
+            depth += 1
+            if depth > MAX_NESTING:
+                raise ConfigError(f"{path}: line {line}: nested too deep for a settings file (`name: value` "
+                                  "lines; a size may be [width, height])")
+        elif isinstance(event, yaml.CollectionEndEvent):
+            depth -= 1
+            if depth == 1:  # a [width, height] value has ended: a key comes next
+                next_is_key = True
+
+
 def settings_from_mapping(data: Mapping[Any, Any], path: Path) -> dict[str, Any]:
     """Config fields -> checked values from a mapping read out of the file at `path` (for messages)."""
     names = _key_names()
-    unknown = [str(key) for key in data if str(key) not in names or names[str(key)] in NOT_IN_FILE]
+    unknown = [key for key in data if not isinstance(key, str) or key not in names]
     if unknown:
-        raise ConfigError(f"{path}: unknown setting{'s' if len(unknown) > 1 else ''} {', '.join(unknown)} "
+        shown = ", ".join(key if _plain_key(key) else _shown(key) for key in unknown[:UNKNOWN_SHOWN])
+        more = f" and {len(unknown) - UNKNOWN_SHOWN} more" if len(unknown) > UNKNOWN_SHOWN else ""
+        raise ConfigError(f"{path}: unknown setting{'s' if len(unknown) > 1 else ''} {shown}{more} "
                           f"(the keys are the settings' names, e.g. lr, input_size, epochs)")
     settings: dict[str, Any] = {}
+    keys: dict[str, str] = {}  # field -> the key that set it
     for key, value in data.items():
-        field = names[str(key)]
-        if field in settings:
-            raise ConfigError(f"{path}: {field} is set twice (as {key} and under another name)")
-        settings[field] = _value(field, value, path, str(key))
+        field = names[key]
+        if field in keys:
+            raise ConfigError(f"{path}: {field} is set twice (as {keys[field]} and as {key})")
+        keys[field] = key
+        try:
+            settings[field] = _value(field, key, value)
+        except (argparse.ArgumentTypeError, ConfigError, ValueError) as e:
+            raise ConfigError(f"{path}: {key}: {e}") from None
     return settings  # checked with the rest of the settings by Config itself
 
 
-def _value(field: str, value: Any, path: Path, key: str) -> Any:
-    """A YAML value as the field takes it: text through its flag's parser, numbers and booleans as they are."""
-    try:
-        if key == LEGACY_CHANNELS_LAST:
-            if not isinstance(value, bool):
-                raise argparse.ArgumentTypeError(f"{value!r}: must be true or false")
-            return memory_format_of(value)
-        if isinstance(getattr(Config, field, None), bool) and not isinstance(value, bool):
-            raise argparse.ArgumentTypeError(f"{value!r}: must be true or false")
-        if field in SIZE_FIELDS:
-            if value is None and field != "input_size":
-                return None
-            if isinstance(value, list) and len(value) == 2:
-                return Size(int(value[0]), int(value[1]))
-            return size(str(value))
-        if field in PATH_FIELDS:
-            if not isinstance(value, str) or not value:
-                raise argparse.ArgumentTypeError(f"{value!r} is not a folder path")
-            return Path(value)
-        if field == "max_time" and isinstance(value, str):
-            return duration(value)
-        if isinstance(value, str):
-            flag = next((f for f in FLAGS if f.field == field and f.type is not None), None)
-            if flag is not None:
-                return flag.type(value)
+def _value(field: str, key: str, value: Any) -> Any:
+    """A YAML value as `field` takes it: its YAML type checked, then its text through the flag's parser."""
+    if value is None:
+        if field in OPTIONAL:
+            return None
+        raise argparse.ArgumentTypeError("null: give a value, or leave the line out for the preset's")
+    if key == LEGACY_CHANNELS_LAST:
+        return memory_format_of(_boolean(value))
+    if field in BOOLEANS:
+        return _boolean(value)
+    if field in SIZE_FIELDS:
+        return size(_size_text(value))
+    if field in CHOICES:
+        if isinstance(value, str) and value in CHOICES[field]:
+            return value
+        hint = " (quote it: YAML reads a bare on/off/yes/no as true/false)" if isinstance(value, bool) else ""
+        raise argparse.ArgumentTypeError(f"{_shown(value)}: choose from {', '.join(CHOICES[field])}{hint}")
+    if isinstance(value, str):
+        return PARSERS[field](value)
+    if field in TEXT_FIELDS:
+        raise argparse.ArgumentTypeError(f"{_shown(value)}: must be text")
+    if field == "max_time":  # a number is seconds, as config.yaml writes it; text needs a unit, as the flag
+        return positive_float(_number_text(value))
+    return PARSERS[field](_number_text(value))
+
+
+def _boolean(value: Any) -> bool:
+    if not isinstance(value, bool):
+        raise argparse.ArgumentTypeError(f"{_shown(value)}: must be true or false")
+    return value
+
+
+def _size_text(value: Any) -> str:
+    """A size as the flag's text: `384x256`, a number (a square), or [width, height]."""
+    if isinstance(value, str):
         return value
-    except (argparse.ArgumentTypeError, ValueError, TypeError) as e:
-        raise ConfigError(f"{path}: {key}: {e}") from None
+    if isinstance(value, list) and len(value) == 2 and all(_is_int(side) for side in value):
+        return "x".join(_number_text(side) for side in value)
+    if _is_int(value):
+        return _number_text(value)
+    raise argparse.ArgumentTypeError(f"{_shown(value)}: must be WIDTHxHEIGHT (e.g. 384x256) or [width, height] "
+                                     "in whole pixels")
+
+
+def _number_text(value: Any) -> str:
+    """A YAML number as the flag's text would give it; anything else refused."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise argparse.ArgumentTypeError(f"{_shown(value)}: must be a number")
+    if isinstance(value, int) and value.bit_length() > 64:  # beyond every setting (and str() of 4,300 digits raises)
+        raise argparse.ArgumentTypeError(f"{_shown(value)} is too large")
+    return str(value)
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _plain_key(key: Any) -> bool:
+    """A key a message may show as it is: short, printable, no spaces."""
+    return isinstance(key, str) and 0 < len(key) <= SHOWN_LENGTH and key.isprintable() and " " not in key
+
+
+def _shown(value: Any) -> str:
+    """A YAML value as a message shows it, in at most about SHOWN_LENGTH characters."""
+    if value is None or isinstance(value, bool):
+        return {None: "null", True: "true", False: "false"}[value]
+    if isinstance(value, str):
+        return quoted(value)
+    if isinstance(value, int) and value.bit_length() > 3 * SHOWN_LENGTH:  # and str() raises past 4,300 digits
+        return f"a {round(value.bit_length() * 0.30103):,}-digit number"
+    if isinstance(value, (int, float)):
+        return _cut(str(value))
+    kinds = {list: "a list", dict: "a mapping", set: "a set", bytes: "binary data"}
+    return kinds.get(type(value), f"a {type(value).__name__}")
+
+
+def _cut(text: str) -> str:
+    """A library's message on one line, at most twice SHOWN_LENGTH characters."""
+    text = " ".join(text.split())
+    return text if len(text) <= 2 * SHOWN_LENGTH else text[:2 * SHOWN_LENGTH - 3] + "..."
