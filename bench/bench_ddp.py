@@ -7,7 +7,7 @@ DistributedSampler, sharded validation), `CarvanaClassifier` (DistributedDataPar
 `Predictor`, and rank 0 times, after one untimed warm-up epoch and prediction:
 - an epoch (training pass + sharded validation with the Dice gathered), over several epochs;
 - a validation pass alone, so that the training pass is the epoch less it;
-- `pipeline.predict_test_set`: each process predicts its share of the test set into a part file,
+- `pipeline.predict.predict_test_set`: each process predicts its share of the test set into a part file,
   rank 0 merges the parts into `submit.csv.gz` and validates it (one process writes it directly).
 Start-up (imports, rendezvous, model build, cache) is left out of those; the README's CPU smoke
 test is also timed as whole `torchrun ... main.py` commands, start-up included.
@@ -124,7 +124,7 @@ def drive(spec: DriverSpec) -> None:
     from carvana.data.datasets import make_test_loader, make_train_loader, make_valid_loader, open_training_cache
     from carvana.data.layout import load_carvana_data
     from carvana.data.split import split_by_car
-    from carvana.pipeline import predict_test_set
+    from carvana.pipeline.predict import predict_test_set
     from carvana.predict.predictor import Predictor
     from carvana.run.config import preset
     from carvana.train.classifier import CarvanaClassifier

@@ -1,6 +1,6 @@
 """Command line: `python main.py [run]` does the whole job; subcommands run one stage each.
 
-Every stage is a function in `carvana.pipeline`; this module only parses flags into a `Config`
+Every stage is a function in a module of `carvana.pipeline`; this module only parses flags into a `Config`
 (the flags that set its fields are the one table `carvana.run.flags.FLAGS`), calls the stage and
 turns the errors a user can act on into one line and an exit code.
 """
@@ -57,7 +57,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             with _process_group(args):
                 return args.handler(args)
     except CarvanaError as e:
-        from carvana.pipeline import PredictionStopped, TrainingInterrupted
+        from carvana.pipeline.results import PredictionStopped, TrainingInterrupted
 
         # Under torchrun every process gets the signal: one says what happened.
         if distributed.is_main() or not isinstance(e, (TrainingInterrupted, PredictionStopped)):
@@ -299,12 +299,12 @@ def _default_preset_name(device: str | None = None) -> str:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from carvana import pipeline
+    from carvana.pipeline.run_all import run_all
 
     config = config_from_args(args)
     if args.print_config:
         return _print_config(config)
-    pipeline.run_all(config, _data_options(args), args.resume, changes=given_settings(args))
+    run_all(config, _data_options(args), args.resume, changes=given_settings(args))
     return 0
 
 
@@ -316,40 +316,41 @@ def _print_config(config: Config) -> int:
 
 
 def _train(args: argparse.Namespace) -> int:
-    from carvana import pipeline
+    from carvana.pipeline.report import tensorboard_command
+    from carvana.pipeline.train import run_training
 
     config = config_from_args(args)
     if args.print_config:
         return _print_config(config)
-    result = pipeline.run_training(config, _data_options(args), args.resume, changes=given_settings(args))
+    result = run_training(config, _data_options(args), args.resume, changes=given_settings(args))
     if result.fold_checkpoints:
         folder = result.fold_checkpoints[0].parent.parent
         log.info("\n".join([
             f"Fold checkpoints: {', '.join(str(path) for path in result.fold_checkpoints)}",
             f"Predict the test set with every fold:  python main.py predict --ensemble {folder}",
-            f"TensorBoard:           {pipeline.tensorboard_command(result.config.log_dir)}",
+            f"TensorBoard:           {tensorboard_command(result.config.log_dir)}",
         ]))
         return 0
     log.info("\n".join([
         f"Best checkpoint: {result.checkpoint.path}",
         f"Predict the test set:  python main.py predict --checkpoint {result.checkpoint.path}",
-        f"TensorBoard:           {pipeline.tensorboard_command(result.config.log_dir)}",
+        f"TensorBoard:           {tensorboard_command(result.config.log_dir)}",
     ]))
     return 0
 
 
 def _fetch(args: argparse.Namespace) -> int:
-    from carvana import pipeline
+    from carvana.data.source import get_data
 
-    pipeline.get_data(args.data_dir or Environment.data_dir, _data_options(args),
-                      output_dir=args.output_dir or Environment.output_dir, announce=True)
+    get_data(args.data_dir or Environment.data_dir, _data_options(args),
+             output_dir=args.output_dir or Environment.output_dir, announce=True)
     return 0
 
 
 def _predict(args: argparse.Namespace) -> int:
-    from carvana import pipeline
+    from carvana.pipeline.predict import run_prediction
 
-    pipeline.run_prediction(
+    run_prediction(
         checkpoint=args.checkpoint,
         ensemble=args.ensemble,
         overrides=given_settings(args),
@@ -359,9 +360,9 @@ def _predict(args: argparse.Namespace) -> int:
 
 
 def _cutout(args: argparse.Namespace) -> int:
-    from carvana import pipeline
+    from carvana.pipeline.cutout import run_cutout
 
-    skipped = pipeline.run_cutout(args.photos, args.out, args.checkpoint, overrides=given_settings(args))
+    skipped = run_cutout(args.photos, args.out, args.checkpoint, overrides=given_settings(args))
     return 1 if skipped else 0
 
 
@@ -381,25 +382,25 @@ def _runs(args: argparse.Namespace) -> int:
 
 
 def _validate(args: argparse.Namespace) -> int:
-    from carvana import pipeline
+    from carvana.pipeline.files import validate_file
 
-    pipeline.validate_file(args.file, args.sample_submission, image_size=args.image_size, data_dir=args.data_dir,
-                           output_dir=args.output_dir)
+    validate_file(args.file, args.sample_submission, image_size=args.image_size, data_dir=args.data_dir,
+                  output_dir=args.output_dir)
     return 0
 
 
 def _score(args: argparse.Namespace) -> int:
-    from carvana import pipeline
+    from carvana.pipeline.files import score_file
 
-    pipeline.score_file(args.file, args.truth, args.image_size)
+    score_file(args.file, args.truth, args.image_size)
     return 0
 
 
 def _submit(args: argparse.Namespace) -> int:
-    from carvana import pipeline
+    from carvana.pipeline.files import submit_file
 
-    pipeline.submit_file(args.file, args.message, data_dir=args.data_dir, validate=not args.no_validate,
-                         timeout=args.timeout, output_dir=args.output_dir)
+    submit_file(args.file, args.message, data_dir=args.data_dir, validate=not args.no_validate,
+                timeout=args.timeout, output_dir=args.output_dir)
     return 0
 
 

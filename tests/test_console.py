@@ -82,7 +82,7 @@ def test_a_commands_result_line_is_a_log_record_and_a_line_on_stdout(tmp_path, c
         code, out, err = run_cli(["score", predictions, "--truth", truth, "--image-size", "8x4"], capsys)
     line = f"{predictions}: mean Dice 1.00000 over 2 images of {truth}"
     assert code == 0 and out == line + "\n" and err == ""
-    assert [(r.name, r.levelno, r.getMessage()) for r in caplog.records] == [("carvana.pipeline", logging.INFO, line)]
+    assert [(r.name, r.levelno, r.getMessage()) for r in caplog.records] == [("carvana.pipeline.files", logging.INFO, line)]
 
 
 def test_the_one_line_error_of_the_command_line_is_a_log_record_and_the_only_line_on_stderr(tmp_path, capsys,
