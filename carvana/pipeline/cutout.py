@@ -7,10 +7,10 @@ from pathlib import Path
 from typing import Any
 
 from carvana.core.folders import check_writable_dir
+from carvana.core.text import count
 from carvana.cutout.cutouts import find_photos, write_cutouts
-from carvana.pipeline.predict import prediction_config, saved_model
+from carvana.pipeline.predict import load_predictor
 from carvana.pipeline.report import prediction_settings
-from carvana.predict.predictor import Predictor
 
 log = logging.getLogger(__name__)
 
@@ -20,13 +20,11 @@ def run_cutout(photos: list[Path], out_dir: Path, checkpoint: Path | None, overr
     any size) into `out_dir`; returns how many could not be read (each reported in one line)."""
     check_writable_dir(out_dir, "cutouts")  # before the model is loaded or any photo read
     found = find_photos(photos, out_dir)
-    saved = saved_model(checkpoint, overrides.get("output_dir"))
-    config = saved.recipe.replace(**overrides)
-    config, threshold_note = prediction_config(config, saved.payload, given_threshold=overrides.get("threshold"))
-    predictor = Predictor.from_checkpoint(config, saved.path, payload=saved.payload)
-    log.info(f"Cutting out {len(found)} photo{'s' if len(found) != 1 else ''} into {out_dir} with {saved.path} "
-             f"({'; '.join(prediction_settings(config, threshold_note))}) ...")
-    report = write_cutouts(predictor, found, out_dir, config.geometry, config.threshold, config.mask_cleanup)
+    model = load_predictor(checkpoint, overrides)
+    config = model.config
+    log.info(f"Cutting out {count(len(found), 'photo')} into {out_dir} with {model.checkpoint.path} "
+             f"({'; '.join(prediction_settings(config, model.threshold_note))}) ...")
+    report = write_cutouts(model.predictor, found, out_dir, config.geometry, config.threshold, config.mask_cleanup)
     skipped = f"; {len(report.failed)} skipped (see above)" if report.failed else ""
     log.info(f"Cutouts: {len(report.written)} photos in {out_dir} (NAME_mask.png and NAME_cutout.png each){skipped}")
     return len(report.failed)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -115,14 +116,12 @@ def run_prediction(checkpoint: Path | list[Path] | None, overrides: dict[str, An
         submission, rows = predict_with_ensemble(members, overrides, submission, record)
         report_submission(submission, rows)
         return submission
-    saved = saved_model(members[0] if members else None, overrides.get("output_dir"))
-    config = saved.recipe.replace(**overrides)
-    config, threshold_note = prediction_config(config, saved.payload, given_threshold=overrides.get("threshold"))
-    predictor = Predictor.from_checkpoint(config, saved.path, payload=saved.payload)
+    model = load_predictor(members[0] if members else None, overrides)
+    config = model.config
     data_dir = prediction_data_dir(config.data_dir, config.output_dir)
     submission = submission or config.output_dir / SUBMISSION_NAME
-    rows = predict_test_set(predictor, config, data_dir, submission, trained_photos=trained_photos(saved.run),
-                            threshold_note=threshold_note)
+    rows = predict_test_set(model.predictor, config, data_dir, submission,
+                            trained_photos=trained_photos(model.checkpoint.run), threshold_note=model.threshold_note)
     report_submission(submission, rows)
     return submission
 
@@ -185,6 +184,26 @@ def predict_with_ensemble(paths: list[Path], overrides: dict[str, Any], submissi
     rows = predict_test_set(Predictor(ensemble, tta=config.tta), config, data_dir, submission,  # type: ignore[arg-type]
                             trained_photos=trained_photos(first.run), threshold_note=threshold_note)
     return submission, rows
+
+
+@dataclass(frozen=True)
+class LoadedModel:
+    """One trained model ready to predict: its checkpoint, its settings as it predicts, and its predictor."""
+
+    checkpoint: Checkpoint
+    config: Config  # the checkpoint's recipe, where it runs (`overrides`), and the threshold to use
+    threshold_note: str  # where the threshold comes from, for the banner
+    predictor: Predictor
+
+
+def load_predictor(checkpoint: Path | None, overrides: dict[str, Any]) -> LoadedModel:
+    """The model `predict` and `cutout` use: `checkpoint` (see `saved_model`) with the flags in `overrides`
+    applied to its recipe, and its threshold (`prediction_config`)."""
+    saved = saved_model(checkpoint, overrides.get("output_dir"))
+    config = saved.recipe.replace(**overrides)
+    config, threshold_note = prediction_config(config, saved.payload, given_threshold=overrides.get("threshold"))
+    return LoadedModel(saved, config, threshold_note, Predictor.from_checkpoint(config, saved.path,
+                                                                                payload=saved.payload))
 
 
 def saved_model(checkpoint: Path | None, output_dir: Path | None) -> Checkpoint:
