@@ -147,9 +147,10 @@ def predict_with_ensemble(paths: list[Path], overrides: dict[str, Any], submissi
     members: list[EnsembleMember] = []
     described: list[str] = []
     for path in paths:
-        if fold_checkpoints(path):
+        folds = fold_checkpoints(path)
+        if folds:
             raise CheckpointError(f"{path}: a fold run among other models; give its folds' checkpoints "
-                                  f"({', '.join(map(str, fold_checkpoints(path)))}), or the fold run alone")
+                                  f"({', '.join(map(str, folds))}), or the fold run alone")
         saved = Checkpoint.latest(path, BEST_NAME)
         config = saved.recipe.replace(**overrides)
         if first is None:
