@@ -54,7 +54,7 @@ from carvana.models.input_sizes import input_size_for_photos  # noqa: E402
 from carvana.models.specs import model_geometry  # noqa: E402
 from carvana.predict.postprocess import probabilities_to_mask  # noqa: E402
 from carvana.run.config import preset  # noqa: E402
-from carvana.run.flags import size as parse_size  # noqa: E402
+from carvana.run.fields import size as parse_size  # noqa: E402
 from carvana.submission.score import score_submission  # noqa: E402
 
 REAL512 = REPO_ROOT.parent / "shared" / "fixtures" / "carvana-real512"

@@ -171,7 +171,7 @@ def drive(spec: DriverSpec) -> None:
             distributed.barrier()
             _synchronize(classifier.device)
             started = time.perf_counter()
-            rows = predict_test_set(predictor, config, data.data_dir, submission)
+            rows = predict_test_set(predictor, config, data, submission)
             distributed.barrier()  # the others wait for rank 0's merge: the submission is there for all
             predictions.append(time.perf_counter() - started)
         if ranks.is_main:

@@ -9,7 +9,7 @@ import pytest
 import torch
 from training_helpers import image_events, loaders, scalar_events, tiny_config
 
-from carvana.core.errors import CheckpointError
+from carvana.core.errors import CheckpointError, ConfigError
 from carvana.models import build_model
 from carvana.predict.predictor import Predictor
 from carvana.run.checkpoint import CHECKSUM_KEY, load_checkpoint, load_model_weights, weights_checksum
@@ -17,7 +17,8 @@ from carvana.train.callbacks import Callback, TrainState
 from carvana.train.classifier import CarvanaClassifier
 from carvana.train.early_stopping import EarlyStopping
 from carvana.train.model_checkpoint import ModelCheckpoint
-from carvana.train.tensorboard import TensorBoardLogger, TensorBoardVisualizer
+from carvana.train.loggers import TensorBoardLogger
+from carvana.train.tensorboard import MetricCurves, TensorBoardVisualizer
 
 SCALAR_TAGS = {"loss/train", "loss/val", "dice/train", "dice/val", "lr"}
 
@@ -26,13 +27,13 @@ def test_tensorboard_gets_loss_dice_and_lr_per_epoch_and_example_overlays_in_one
     config = tiny_config(tmp_path)
     classifier = CarvanaClassifier(config, progress=False)
     train, valid = loaders(count=6, batch_size=4)
-    callbacks = [TensorBoardLogger(config.log_dir, "run-a"),
-                 TensorBoardVisualizer(config.log_dir, "run-a", worst=2, fixed=1)]
+    logger = TensorBoardLogger(config.log_dir, "run-a")
+    callbacks = [MetricCurves(logger), TensorBoardVisualizer(logger, worst=2, fixed=1)]
 
     state = classifier.train(train, valid, epochs=2, callbacks=callbacks)
 
     run_dir = config.log_dir / "run-a"
-    assert len(list(run_dir.glob("events.out.tfevents.*"))) == 1  # one writer for the run
+    assert len(list(run_dir.glob("events.out.tfevents.*"))) == 1  # the logger's one writer for the run
     scalars = scalar_events(run_dir)
     assert SCALAR_TAGS <= set(scalars)
     assert all([step for step, _ in scalars[tag]] == [1, 2] for tag in SCALAR_TAGS)
@@ -49,7 +50,7 @@ def test_the_run_name_defaults_to_the_classifiers(tmp_path):
     classifier = CarvanaClassifier(config, progress=False)
     train, valid = loaders(count=4)
 
-    classifier.train(train, valid, epochs=1, callbacks=[TensorBoardLogger(config.log_dir)])
+    classifier.train(train, valid, epochs=1, callbacks=[MetricCurves(TensorBoardLogger(config.log_dir))])
 
     assert [s for s, _ in scalar_events(config.log_dir / "named-run")["loss/val"]] == [1]
 
@@ -83,6 +84,19 @@ def test_best_pt_is_rewritten_only_when_the_monitored_metric_improves(tmp_path):
     assert checkpoint.best_model_score == pytest.approx(0.80)
     best = load_checkpoint(tmp_path / "best.pt")
     assert best["best_score"] == best["callbacks"]["ModelCheckpoint"]["best_model_score"] == pytest.approx(0.80)
+
+
+def test_checkpoint_and_early_stopping_share_one_meaning_of_better(tmp_path):
+    for higher in (ModelCheckpoint(tmp_path, monitor="val_dice", mode="max"), EarlyStopping(mode="max")):
+        assert higher.improves(0.2, None) and higher.improves(0.6, 0.5)
+        assert not higher.improves(0.5, 0.5), "equal is not better"
+        assert not higher.improves(float("nan"), None) and not higher.improves(float("nan"), 0.5)
+    lower = EarlyStopping(monitor="val_loss", mode="min", min_delta=0.1)
+    assert lower.improves(0.3, 0.5) and not lower.improves(0.45, 0.5), "better by more than min_delta"
+    assert ModelCheckpoint(tmp_path, monitor="val_loss", mode="min").improves(0.45, 0.5)
+    for make in (lambda: ModelCheckpoint(tmp_path, mode="best"), lambda: EarlyStopping(mode="best")):
+        with pytest.raises(ConfigError, match="mode 'best'"):
+            make()
 
 
 def test_min_mode_keeps_the_lowest_loss(tmp_path):
@@ -268,10 +282,12 @@ def test_a_log_dir_that_cannot_be_written_turns_logging_off_in_one_line_and_trai
     blocker.write_text("not a folder")
     classifier = CarvanaClassifier(config, progress=False)
     train, valid = loaders(count=4)
-    callbacks = [TensorBoardLogger(blocker, "run"), TensorBoardVisualizer(blocker, "run"),
-                 ModelCheckpoint(tmp_path / "models")]
+    logger = TensorBoardLogger(blocker, "run")
+    callbacks = [MetricCurves(logger), TensorBoardVisualizer(logger), ModelCheckpoint(tmp_path / "models")]
 
     state = classifier.train(train, valid, epochs=2, callbacks=callbacks)
+    # The HParams, written after training by a logger of their own, do not say it again.
+    TensorBoardLogger(blocker, "run").log_hyperparams({"lr": 0.1}, {"validation_dice": 0.5}, step=2)
 
     assert state.epoch == 2 and load_checkpoint(tmp_path / "models" / "last.pt")["epoch"] == 2
     warnings = capsys.readouterr().err.strip().splitlines()

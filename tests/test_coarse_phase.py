@@ -17,7 +17,8 @@ from carvana.models.input_sizes import coarse_input_size
 from carvana.models.specs import UNET1024, UNET_ORIGINAL
 from carvana.run.checkpoint import load_checkpoint
 from carvana.run.config import Config, preset
-from carvana.train.classifier import FINE_LR_FACTOR, CarvanaClassifier, CoarsePhase
+from carvana.train.classifier import CarvanaClassifier, CoarsePhase
+from carvana.train.schedule import FINE_LR_FACTOR
 from carvana.train.early_stopping import EarlyStopping
 from carvana.train.model_checkpoint import ModelCheckpoint
 from cli_helpers import epochs_printed, run_cli
@@ -146,10 +147,12 @@ def test_a_short_run_says_it_has_no_coarse_phase(tiny_data, tmp_path, capsys) ->
 
 def test_another_model_than_the_presets_takes_that_models_coarse_phase_unless_given() -> None:
     from carvana import cli
+    from carvana.pipeline.settings import given_settings, requested_settings
 
-    parse = cli.build_parser().parse_args
-    paper = cli.config_from_args(parse(["train", "--model", "unet_original"]), base=preset("cpu"))
+    def settings(argv: list[str], base: Config) -> Config:
+        return requested_settings(given_settings(vars(cli.build_parser().parse_args(argv)), "train"), base=base)
+
+    paper = settings(["train", "--model", "unet_original"], preset("cpu"))
     assert (paper.model, paper.input_size, paper.coarse_phase_epochs) == (UNET_ORIGINAL, Size(572, 572), 0)
-    given = cli.config_from_args(parse(["train", "--model", "unet1024", "--coarse-epochs", "4"]),
-                                 base=preset("unet_original"))
+    given = settings(["train", "--model", "unet1024", "--coarse-epochs", "4"], preset("unet_original"))
     assert given.coarse_epochs == 4

@@ -10,6 +10,7 @@ from carvana.core.errors import ConfigError
 from carvana.core.geometry import Size
 from carvana.models.specs import MODEL_NAMES, MODEL_SPECS, model_spec
 from carvana.run.config import PRESETS, Config, preset
+from carvana.run.fields import FIELDS
 
 
 def test_presets_are_the_documented_setups():
@@ -70,5 +71,11 @@ def test_every_preset_model_has_a_spec_and_the_cli_offers_exactly_the_specs():
     assert MODEL_NAMES == tuple(MODEL_SPECS)
     choices = _model_choices(cli.build_parser())
     assert choices and all(offered == MODEL_NAMES for offered in choices)
-    with pytest.raises(ConfigError, match=r"model 'resnet': unknown \(choose from unet_original, unet1024\)"):
+    with pytest.raises(ConfigError, match=rf"model 'resnet': unknown \(choose from {', '.join(MODEL_NAMES)}\)"):
         preset("cpu").replace(model="resnet")
+
+
+def test_the_presets_are_the_ones_the_table_of_fields_offers():
+    assert tuple(PRESETS) == FIELDS["preset"].choices
+    with pytest.raises(ConfigError, match="preset 'gpu9000'"):
+        Config(preset="gpu9000")

@@ -1,6 +1,7 @@
 """Runs you can repeat: `config.yaml` in every run folder, `train --config FILE`, `--print-config`."""
 from __future__ import annotations
 
+import dataclasses
 import datetime
 import os
 import resource
@@ -11,9 +12,11 @@ import yaml
 import hypothesis
 from hypothesis import HealthCheck, given, strategies as st
 
+from carvana.core.errors import ConfigError
 from carvana.run import settings_file
 from carvana.run.checkpoint import Checkpoint
-from carvana.run.config import SIZE_FIELDS, preset
+from carvana.run.config import SIZE_FIELDS, Config, preset
+from carvana.run.fields import FIELDS
 from carvana.run.settings_file import read_settings_file
 from cli_helpers import one_line_error, run_cli, start_main
 
@@ -206,33 +209,22 @@ INT_FIELDS = ("batch_size", "epochs", "max_steps", "coarse_epochs", "early_stopp
 # Values of the wrong YAML type, or out of every setting's range, for each kind of setting.
 WRONG = {
     "any": [[1, 2, 3], {"a": 1}, "\0", "x" * 5000 + "\0", datetime.date(2024, 1, 1)],
-    "boolean": ["yes", "true", 1, 0.0],
+    "bool": ["yes", "true", 1, 0.0],
     "size": [True, 1.5, [384.0, 256], [True, 256], [384, 256, 1], 10**12, 2**64, "384x256x3", "0x256"],
     "choice": [5, True, "nope", "auto\0"],
     "text": [5, 1.5, True, ""],
+    "path": [5, 1.5, True, ""],
     "whole": [True, "many", 1.5, 10**15, 2**64, HUGE, float("inf"), -1],
     "number": [True, "many", float("inf"), float("nan"), "1e999", -1, HUGE],
 }
 
 
-def kind_of(field: str) -> str:
-    if field in settings_file.BOOLEANS:
-        return "boolean"
-    if field in SIZE_FIELDS:
-        return "size"
-    if field in settings_file.CHOICES:
-        return "choice"
-    if field in settings_file.TEXT_FIELDS:
-        return "text"
-    return "whole" if field in INT_FIELDS else "number"
-
-
 def wrong_values(field: str) -> list:
-    nulls = [] if field in settings_file.OPTIONAL else [None]
-    return WRONG["any"] + WRONG[kind_of(field)] + nulls
+    nulls = [] if FIELDS[field].optional else [None]
+    return WRONG["any"] + WRONG[FIELDS[field].kind] + nulls
 
 
-SETTINGS = [name for name in settings_file.FIELDS if name not in settings_file.NOT_IN_FILE]
+SETTINGS = [name for name in FIELDS if name not in settings_file.NOT_IN_FILE]
 
 
 @pytest.mark.reliability
@@ -249,9 +241,25 @@ def test_every_setting_refuses_wrong_values_in_one_short_line_naming_the_file_an
         assert line.startswith(f"error: s.yaml: {field}: ") and len(line) < 200, (value, line)
 
 
-def test_every_setting_has_a_kind_the_file_checks():
-    checked = {*settings_file.BOOLEANS, *SIZE_FIELDS, *settings_file.CHOICES, *settings_file.PARSERS}
-    assert set(SETTINGS) <= checked
+def test_every_setting_has_one_entry_in_the_table_of_fields_of_the_kind_its_type_says():
+    assert tuple(FIELDS) == tuple(f.name for f in dataclasses.fields(Config)), "one entry a field, in Config's order"
+    assert {name for name, field in FIELDS.items() if field.kind == "whole"} == set(INT_FIELDS)
+    assert {name for name, field in FIELDS.items() if field.kind == "bool"} == {
+        name for name in FIELDS if isinstance(getattr(Config, name), bool)}
+    assert {name for name, field in FIELDS.items() if field.kind == "size"} == set(SIZE_FIELDS)
+    assert all(FIELDS[name].optional == ("None" in str(f.type)) for f in dataclasses.fields(Config)
+               for name in [f.name])
+    assert all((field.choices is None) == (field.kind != "choice") for field in FIELDS.values())
+    assert all((field.parse is None) == (field.kind in ("bool", "choice")) for field in FIELDS.values())
+
+
+@pytest.mark.parametrize("field", SETTINGS)
+def test_a_config_refuses_what_a_file_refuses_for_each_setting_naming_it_in_one_line(field):
+    for value in wrong_values(field):
+        with pytest.raises(ConfigError) as error:
+            dataclasses.replace(preset("cpu"), **{field: value})
+        line = str(error.value)
+        assert line.startswith(field.replace("_", " ")) and "\n" not in line and len(line) < 200, (value, line)
 
 
 def test_values_of_the_right_type_still_load(tmp_path):
@@ -278,6 +286,13 @@ def test_unknown_keys_are_named_short_and_at_most_five(tmp_path, capsys, monkeyp
     line = refusal("keys.yaml", capsys)
 
     assert line.startswith("error: keys.yaml: unknown settings k0, k1, k2, k3, k4 and 2996 more") and len(line) < 200
+
+
+def test_an_unknown_key_that_is_not_a_plain_word_is_quoted(tmp_path):
+    path = tmp_path / "odd.yaml"
+    path.write_text('"learning rate": 0.1\n')
+    with pytest.raises(ConfigError, match="unknown setting 'learning rate'"):
+        read_settings_file(path)
 
 
 @pytest.mark.reliability

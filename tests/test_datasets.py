@@ -11,16 +11,11 @@ import torch
 from carvana.core.errors import DataError
 from carvana.core.geometry import Size
 from carvana.data.augment import Augmenter
-from carvana.data.datasets import (
-    CarvanaTestDataset,
-    CarvanaTrainDataset,
-    collate,
-    make_test_loader,
-    make_train_loader,
-    make_valid_loader,
-)
+from carvana.data.datasets import (CarvanaTestDataset, CarvanaTrainDataset, make_test_loader, make_train_loader,
+                                   make_valid_loader)
 from carvana.data.images import resize_mask
 from carvana.data.layout import load_carvana_data
+from carvana.data.loading import collate
 from carvana.models.specs import model_geometry
 from carvana.run.config import Config
 from data_factory import make_tiny_carvana, write_gif_mask, write_jpeg

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from carvana.kaggle.api import kaggle_config_dir
+from carvana.kaggle.credentials import kaggle_config_dir
 from cli_helpers import one_line_error, run_cli
 from filesystems import read_only
 

@@ -14,6 +14,7 @@ import torch
 from carvana import cli
 from carvana.core.errors import ConfigError
 from carvana.core.geometry import Size
+from carvana.pipeline.settings import given_settings, requested_settings
 from carvana.run.config import Config, preset
 from cli_helpers import run_cli
 from conftest import REPO_ROOT
@@ -93,7 +94,7 @@ def test_good_values_still_parse():
     args = cli.build_parser().parse_args(["train", "--input-size", "384x256", "--lr", "1e-3", "--seed", "4294967295",
                                           "--grad-clip", "0.5", "--validation-size", "0.5", "--sample-size", "1",
                                           "--workers", "0", "--run-name", "exp-1.b_2"])
-    config = cli.config_from_args(args, base=preset("cpu"))
+    config = requested_settings(given_settings(vars(args), args.command), base=preset("cpu"))
     assert (config.input_size, config.lr, config.seed, config.grad_clip) == ((384, 256), 1e-3, 2**32 - 1, 0.5)
     assert (config.workers, config.run_name) == (0, "exp-1.b_2")
 
@@ -127,4 +128,4 @@ def test_a_checkpoint_whose_saved_settings_cannot_work_is_refused_naming_it(tmp_
                            capsys)
     assert code == 1
     lines = err.strip().splitlines()
-    assert len(lines) == 1 and str(bad) in lines[0] and "lr nan" in lines[0], err
+    assert len(lines) == 1 and str(bad) in lines[0] and "lr 'nan'" in lines[0], err

@@ -73,7 +73,7 @@ def test_importing_every_prediction_module_loads_nothing_of_the_training_stage()
 # Training and prediction share a rank: they sit side by side and neither imports the other.
 STAGES = {"core": 0, "kaggle": 1, "sample": 2, "data": 3, "models": 4, "run": 5, "predict": 6, "train": 6,
           "submission": 7, "cutout": 7, "pipeline": 8}  # pipeline/: the commands' stages put together
-TOP = 9  # carvana/cli.py, carvana/runs_table.py: the commands
+TOP = 9  # carvana/cli.py, carvana/cli_parser.py, carvana/runs_table.py: the commands
 
 
 def stage_of(module: str) -> tuple[str, int]:

@@ -16,7 +16,7 @@ from typing import Callable
 
 import pytest
 
-from carvana.kaggle.api import credentials_problem, kaggle_credentials_configured
+from carvana.kaggle.credentials import credentials_problem, kaggle_credentials_configured
 from cli_helpers import run_cli
 
 pytestmark = pytest.mark.reliability

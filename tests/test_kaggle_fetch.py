@@ -15,7 +15,8 @@ import pytest
 
 from carvana.core.errors import DataError, KaggleError
 from carvana.kaggle import competition
-from carvana.kaggle.api import kaggle_credentials_configured, open_kaggle_api
+from carvana.kaggle.api import open_kaggle_api
+from carvana.kaggle.credentials import kaggle_credentials_configured
 from carvana.kaggle.download import fetch_kaggle
 from carvana.kaggle.files import COMPETITION, RULES_URL, read_complete_marker
 from fake_kaggle import FakeKaggle, carvana_archives, fake_kaggle, full_size_photo, zip_bytes  # noqa: F401

@@ -9,7 +9,7 @@ from carvana.core.errors import ConfigError
 from carvana.core.geometry import Size
 from carvana.models import MODEL_SPECS, build_model
 from carvana.models.parts import UpCropConcat, UpResizeConcat, center_crop, scale_channels
-from carvana.models.specs import UNET1024, UNET_ORIGINAL, model_geometry
+from carvana.models.specs import UNET1024, UNET_ORIGINAL, UNET_RESNET18, UNET_RESNET34, UNET_VGG11, model_geometry
 from carvana.models.unet1024 import UNet1024
 from carvana.models.unet_original import UNetOriginal
 from carvana.train.losses import BCEDiceLoss
@@ -160,9 +160,10 @@ def test_scaled_channel_counts_are_multiples_of_four_and_at_least_four(channels,
 
 
 def test_registry_names_match_geometry_and_unknown_names_list_the_choices():
-    assert set(MODEL_SPECS) == {UNET_ORIGINAL, UNET1024}
+    assert set(MODEL_SPECS) == {UNET_ORIGINAL, UNET1024, UNET_RESNET34, UNET_RESNET18, UNET_VGG11}
     assert isinstance(build_model(UNET_ORIGINAL, width=SLIM), UNetOriginal)
     assert isinstance(build_model(UNET1024, width=SLIM), UNet1024)
+    assert all(build_model(name, width=SLIM).name == name for name in MODEL_SPECS)
     with pytest.raises(ConfigError, match="unet_original, unet1024"):
         build_model("resnet")
     with pytest.raises(ConfigError, match="width"):

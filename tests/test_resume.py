@@ -17,16 +17,18 @@ from carvana.train.callbacks import Callback, TrainState
 from carvana.train.classifier import CarvanaClassifier, TrainingInterruptedError
 from carvana.train.early_stopping import EarlyStopping
 from carvana.train.model_checkpoint import ModelCheckpoint
-from carvana.train.tensorboard import TensorBoardLogger, TensorBoardVisualizer
+from carvana.train.loggers import TensorBoardLogger
+from carvana.train.tensorboard import MetricCurves, TensorBoardVisualizer
 
 pytestmark = pytest.mark.reliability
 TAGS = ("loss/train", "loss/val", "dice/train", "dice/val", "lr")
 
 
 def _callbacks(tmp_path: Path, config) -> list[Callback]:
+    logger = TensorBoardLogger(config.log_dir)
     return [
-        TensorBoardLogger(config.log_dir),
-        TensorBoardVisualizer(config.log_dir, worst=2, fixed=1),
+        MetricCurves(logger),
+        TensorBoardVisualizer(logger, worst=2, fixed=1),
         ModelCheckpoint(tmp_path / "models"),
         EarlyStopping(patience=5),
     ]
@@ -92,13 +94,13 @@ def test_resuming_an_older_checkpoint_replaces_the_curves_logged_after_it(tmp_pa
     models = tmp_path / "models"
     classifier = CarvanaClassifier(config, progress=False)
     classifier.train(train, valid, epochs=3, callbacks=[
-        TensorBoardLogger(config.log_dir), ModelCheckpoint(models),
+        MetricCurves(TensorBoardLogger(config.log_dir)), ModelCheckpoint(models),
         CopyCheckpointAt(models / "last.pt", tmp_path / "epoch2.pt", 2),
     ])
 
     again = CarvanaClassifier(config, progress=False)
     again.resume_from(tmp_path / "epoch2.pt")
-    again.train(train, valid, epochs=3, callbacks=[TensorBoardLogger(config.log_dir)])
+    again.train(train, valid, epochs=3, callbacks=[MetricCurves(TensorBoardLogger(config.log_dir))])
 
     for tag in TAGS:  # epoch 3 once, not twice
         assert [step for step, _ in scalar_events(config.log_dir / "tiny")[tag]] == [1, 2, 3]

@@ -14,11 +14,11 @@ import torch
 from carvana import cli
 from carvana.core.errors import CheckpointError
 from carvana.models import build_model
-from carvana.models.specs import model_geometry
 from carvana.run.checkpoint import Checkpoint, save_checkpoint, settings_entries
 from carvana.run.config import ENVIRONMENT_FIELDS, Environment
+from carvana.pipeline.settings import given_settings, resumed_settings
 from carvana.run.flags import FLAGS, flag_of, flags_of
-from carvana.run.identity import BEST_NAME, LAST_NAME, reserve_new_run, resumed_config
+from carvana.run.identity import BEST_NAME, LAST_NAME, reserve_new_run
 from cli_helpers import run_cli
 from data_factory import make_tiny_carvana
 from training_helpers import tiny_config
@@ -109,14 +109,14 @@ def test_updating_a_checkpoint_writes_the_entry_without_reading_the_file_again(t
 def test_resume_restores_where_the_run_ran_and_a_given_flag_overrides_it(tmp_path):
     config = far_config(run_name="far")
     saved = Checkpoint.load(write_checkpoint(tmp_path / "last.pt", config)).run_config()
-    resumed, notes = resumed_config(saved, {}, tmp_path / "last.pt")
+    resumed, notes = resumed_settings(saved, {}, tmp_path / "last.pt")
     assert (resumed.data_dir, resumed.output_dir, resumed.log_dir, resumed.workers) == (
         FAR / "input", FAR / "output", FAR / "logs", 0)
     assert notes == []
 
     here = tmp_path / "input"
-    resumed, notes = resumed_config(saved, {"data_dir": here, "workers": 1, "output_dir": None},
-                                    tmp_path / "last.pt")
+    resumed, notes = resumed_settings(saved, {"data_dir": here, "workers": 1, "output_dir": None},
+                                      tmp_path / "last.pt")
     assert (resumed.data_dir, resumed.workers, resumed.output_dir) == (here, 1, FAR / "output")
     assert notes == [f"resume: --data-dir {FAR / 'input'} -> {here}", "resume: --workers 0 -> 1"]
 
@@ -134,15 +134,14 @@ def test_predict_with_a_checkpoint_from_another_machine_needs_none_of_its_paths(
 # --------------------------------------------------------------------------- the run
 
 
-def test_a_new_run_names_its_folders_checkpoints_and_geometry_once(tmp_path):
+def test_a_new_run_names_its_folders_and_checkpoints_once(tmp_path):
     config = dataclasses.replace(tiny_config(tmp_path), run_name=None)  # no --run-name
     run = reserve_new_run(config)
     try:
-        assert run.name.startswith(f"{config.model}-") and run.config.run_name == run.name
+        assert run.name.startswith(f"{config.model}-")
         assert run.models_dir == tmp_path / "output" / "models" / run.name and run.models_dir.is_dir()
         assert run.log_dir == tmp_path / "logs" / run.name and run.log_dir.is_dir()
         assert (run.best_path, run.last_path) == (run.models_dir / BEST_NAME, run.models_dir / LAST_NAME)
-        assert run.geometry == model_geometry(config.model, config.input_size)
     finally:
         run.forget()
     assert not run.models_dir.exists() and not run.log_dir.exists()
@@ -161,13 +160,13 @@ def test_every_flag_of_the_table_is_on_its_commands_and_sets_its_field():
     args = parser.parse_args(["predict", "--data-dir", "d", "--output-dir", "o", "--batch-size", "3", "--workers", "0",
                               "--device", "cpu", "--amp", "off", "--threshold", "0.4", "--mask-cleanup", "fill",
                               "--tta"])
-    assert cli.given_settings(args) == {
+    assert given_settings(vars(args), args.command) == {
         "data_dir": Path("d"), "output_dir": Path("o"), "batch_size": 3, "workers": 0, "device": "cpu", "amp": "off",
         "threshold": 0.4, "tune_threshold": False, "mask_cleanup": "fill", "tta": True}
     args = parser.parse_args(["train", "--no-augment", "--no-cache", "--no-channels-last", "--no-tta", "--epochs", "2"])
-    assert cli.given_settings(args) == {"augment": False, "cache": False, "memory_format": "nchw", "tta": False,
+    assert given_settings(vars(args), args.command) == {"augment": False, "cache": False, "memory_format": "nchw", "tta": False,
                                         "epochs": 2, "epochs_cap": True}
-    assert cli.given_settings(parser.parse_args(["train"])) == {}
+    assert given_settings(vars(parser.parse_args(["train"])), "train") == {}
 
 
 def test_a_field_is_named_by_the_flag_that_sets_it():

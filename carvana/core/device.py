@@ -79,8 +79,9 @@ class Precision:
             return contextlib.nullcontext()
         return torch.autocast(device_type=self.device_type, dtype=self.dtype)
 
-    def grad_scaler(self) -> torch.amp.GradScaler | None:
-        return torch.amp.GradScaler(self.device_type) if self.needs_grad_scaler else None
+    def grad_scaler(self) -> torch.amp.GradScaler:
+        """fp16's loss scaler; a disabled one otherwise, whose steps are the plain backward and step."""
+        return torch.amp.GradScaler(self.device_type, enabled=self.needs_grad_scaler)
 
 
 def resolve_precision(amp: str, device: torch.device) -> Precision:

@@ -1,11 +1,7 @@
 """Torch datasets and loaders: files on disk -> tensors the U-Nets take, in the model's geometry.
 
-Every photo (and mask) is resized to the geometry's *covered size* — the size the network's
-output covers. For the same-size UNet1024 that is the input size. For the paper's valid-convolution
-U-Net the photo is then mirror-padded by `geometry.border` pixels on each side to make the larger
-input (the overlap-tile strategy): the network's output then lines up pixel for pixel with the
-resized photo and mask, and the border it eats away is filled with a reflection of real content
-instead of zeros.
+Photos and masks are resized to the geometry's covered size and padded to its input as
+`carvana.data.model_input` describes.
 
 Augmentation runs at the covered size, before the padding: it is cheaper there, and since the
 padding is derived from the already augmented photo, the output-sized mask still matches the
@@ -25,25 +21,23 @@ Photos leave the loaders as uint8 pixels, (3, H_in, W_in) per photo; the model's
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
-import cv2
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler, get_worker_info
+from torch.utils.data import Dataset, DistributedSampler, get_worker_info
 
 from carvana.core import distributed
-from carvana.core.errors import ConfigError, DataError
-from carvana.core.geometry import Geometry, Margins, Size
-from carvana.core.process_lifetime import interrupts_deferred
+from carvana.core.errors import ConfigError
+from carvana.core.geometry import Geometry, Size
 from carvana.data.augment import Augmenter
 from carvana.data.cache import DecodedCache, OpenedCache, open_decoded_cache
 from carvana.data.images import load_image, load_mask, load_mask_fractions, mask_from_fractions
 from carvana.data.layout import CarvanaData
-from carvana.data.workers import worker_context, worker_init
+from carvana.data.loading import CarvanaLoader, ShardSampler, load_or_failure, make_loader
+from carvana.data.model_input import photo_input, random_crop
 
 CACHE_DIR_NAME = "cache"  # under the output dir
 
@@ -59,62 +53,6 @@ class LoaderSettings(Protocol):
     cache: bool
     output_dir: Path
     crop: Size | None
-
-def mirror_pad(image: np.ndarray, border: int | Margins) -> np.ndarray:
-    """Pad by `border` px on every side (or by each of `Margins`' sides) with the image's reflection
-    (edge pixel not repeated)."""
-    margins = border if isinstance(border, Margins) else Margins(border, border, border, border)
-    if margins.none:
-        return image
-    return cv2.copyMakeBorder(image, *margins, cv2.BORDER_REFLECT_101)
-
-
-def photo_input(image: np.ndarray, geometry: Geometry) -> torch.Tensor:
-    """An RGB uint8 (H, W, 3) photo at the covered size -> the uint8 (3, H_in, W_in) model input, mirror-padded."""
-    padded = mirror_pad(image, geometry.input_margins)
-    expected = (geometry.input_size.height, geometry.input_size.width)
-    if padded.shape[:2] != expected:  # a photo not at the covered size
-        raise ConfigError(
-            f"geometry {geometry}: a {image.shape[1]}x{image.shape[0]} photo padded to the input makes "
-            f"{padded.shape[1]}x{padded.shape[0]}, not {geometry.input_size}"
-        )
-    return torch.from_numpy(np.ascontiguousarray(padded.transpose(2, 0, 1)))
-
-
-def random_crop(image: np.ndarray, mask: np.ndarray, size: Size, margins: Margins,
-                rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
-    """A `size` window, drawn uniformly, of a photo and its mask mirror-padded by `margins` (the padded
-    photo the model predicts whole); the same window of both."""
-    image, mask = mirror_pad(image, margins), mirror_pad(mask, margins)
-    height, width = image.shape[:2]
-    if size.width > width or size.height > height:
-        raise ConfigError(f"crop {size}: larger than the {width}x{height} padded photo")
-    top = int(rng.integers(height - size.height + 1))
-    left = int(rng.integers(width - size.width + 1))
-    window = (slice(top, top + size.height), slice(left, left + size.width))
-    return np.ascontiguousarray(image[window]), np.ascontiguousarray(mask[window])
-
-
-@dataclass(frozen=True)
-class LoadFailure:
-    """A DataError raised in a loader worker, carried to the main process and raised there.
-
-    torch re-raises a worker's exception by calling its class with one message string (the
-    worker's whole traceback); DataError(path, problem) cannot be rebuilt that way, so torch would
-    turn it into a multi-line RuntimeError and the CLI could not print it as one line.
-    """
-
-    path: Path
-    problem: str
-
-
-def _load_or_failure(load: Callable[[int], Any], index: int) -> Any:
-    if get_worker_info() is None:
-        return load(index)  # in the main process the error is raised as it is
-    try:
-        return load(index)
-    except DataError as error:
-        return LoadFailure(error.path, error.problem), None
 
 
 class CarvanaTrainDataset(Dataset):
@@ -192,7 +130,7 @@ class CarvanaTrainDataset(Dataset):
         return image, load(self.mask_paths[index], size, expected_size=original)
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
-        return _load_or_failure(self._item, index)
+        return load_or_failure(self._item, index)
 
     def _item(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
         image, mask = self.load_pair(index)
@@ -233,99 +171,13 @@ class CarvanaTestDataset(Dataset):
         return len(self.image_paths)
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor | tuple[torch.Tensor, ...], str]:
-        return _load_or_failure(self._item, index)
+        return load_or_failure(self._item, index)
 
     def _item(self, index: int) -> tuple[torch.Tensor | tuple[torch.Tensor, ...], str]:
         path = self.image_paths[index]
         inputs = tuple(photo_input(load_image(path, geometry.covered_size)[0], geometry)
                        for geometry in self._geometries)
         return (inputs[0] if self._one_input else inputs), path.name
-
-
-def collate(batch: list[tuple[Any, Any]]) -> tuple[torch.Tensor, torch.Tensor | list[str]] | LoadFailure:
-    """Stack the images; stack masks, or keep file names as a list of str.
-
-    A batch with an item that failed to load becomes that failure (see CarvanaLoader).
-    """
-    failed = next((item[0] for item in batch if isinstance(item[0], LoadFailure)), None)
-    if failed is not None:
-        return failed
-    if isinstance(batch[0][0], tuple):  # one input per geometry (CarvanaTestDataset of several)
-        inputs = tuple(_stack([item[0][kind] for item in batch]) for kind in range(len(batch[0][0])))
-        return inputs, [str(item[1]) for item in batch]  # type: ignore[return-value]
-    images = _stack([item[0] for item in batch])
-    seconds = [item[1] for item in batch]
-    if isinstance(seconds[0], torch.Tensor):
-        return images, _stack(seconds)
-    return images, [str(s) for s in seconds]
-
-
-def _stack(tensors: list[torch.Tensor]) -> torch.Tensor:
-    # numpy, not torch.stack: torch splits small ops over its intra-op threads, which wait on each
-    # other in a process that shares the cores with loader workers (see docs/benchmarks.md).
-    return torch.from_numpy(np.stack([t.numpy() for t in tensors]))
-
-
-class CarvanaLoader(DataLoader):
-    """A DataLoader that raises a worker's DataError in the main process as a DataError."""
-
-    def __iter__(self) -> Iterator[Any]:  # type: ignore[override]
-        with interrupts_deferred():  # a Ctrl-C while workers start would leave them half started
-            batches = super().__iter__()
-        for batch in batches:
-            if isinstance(batch, LoadFailure):
-                raise DataError(batch.path, batch.problem)
-            yield batch
-
-
-class ShardSampler(Sampler[int]):
-    """This rank's share of a dataset under torchrun, in order: items rank, rank + world_size, ...
-
-    Every item is read by exactly one rank and none twice (DistributedSampler would pad the shares
-    to one length with repeated items, which a metric or a submission must not count twice).
-    `indices` are the dataset's indices of the items, in the order the loader yields them.
-    """
-
-    def __init__(self, count: int, ranks: distributed.Ranks | None = None):
-        self.indices = list(distributed.shard(count, ranks))
-
-    def __iter__(self) -> Iterator[int]:
-        return iter(self.indices)
-
-    def __len__(self) -> int:
-        return len(self.indices)
-
-
-def _loader(
-    dataset: Dataset,
-    *,
-    batch_size: int,
-    workers: int,
-    shuffle: bool,
-    seed: int,
-    pin_memory: bool | None,
-    drop_last: bool = False,
-    sampler: Sampler[int] | None = None,
-) -> CarvanaLoader:
-    if workers < 0:
-        raise ConfigError(f"workers {workers}: must be 0 (load in the main process) or more")
-    if batch_size < 1:
-        raise ConfigError(f"batch size {batch_size}: must be at least 1")
-    return CarvanaLoader(
-        dataset,
-        batch_size=batch_size,
-        shuffle=shuffle and sampler is None,
-        sampler=sampler,
-        num_workers=workers,
-        collate_fn=collate,
-        pin_memory=torch.cuda.is_available() if pin_memory is None else pin_memory,
-        drop_last=drop_last,
-        worker_init_fn=worker_init if workers > 0 else None,
-        persistent_workers=workers > 0,
-        multiprocessing_context=worker_context() if workers > 0 else None,
-        # Seeds the shuffle order and each worker's torch seed (and through it the augmentation).
-        generator=torch.Generator().manual_seed(seed),
-    )
 
 
 def _setting(name: str, given: Any, config: LoaderSettings | None) -> Any:
@@ -373,7 +225,7 @@ def make_train_loader(
     ranks = distributed.current()
     sampler = DistributedSampler(dataset, num_replicas=ranks.world_size, rank=ranks.rank, shuffle=True, seed=seed,
                                  drop_last=drop_last) if ranks.distributed else None
-    return _loader(
+    return make_loader(
         dataset,
         batch_size=_setting("batch_size", batch_size, config),
         workers=_setting("workers", workers, config),
@@ -407,7 +259,7 @@ def make_valid_loader(
     names = list(image_names)
     dataset = CarvanaTrainDataset(data.train_image_paths(names), data.mask_paths(names), geometry,
                                   soft_targets=_soft_targets(soft_targets, config), cache=cache)
-    return _loader(
+    return make_loader(
         dataset,
         batch_size=_setting("batch_size", batch_size, config),
         workers=_setting("workers", workers, config),
@@ -461,7 +313,7 @@ def make_test_loader(
         paths = photos.test_image_paths(None if image_names is None else list(image_names))
     else:
         paths = [Path(p) for p in photos]
-    return _loader(
+    return make_loader(
         CarvanaTestDataset(paths, geometry),
         batch_size=_setting("batch_size", batch_size, config),
         workers=_setting("workers", workers, config),

@@ -17,7 +17,8 @@ from pathlib import Path
 from carvana.core.errors import DataError
 from carvana.core.geometry import Size
 from carvana.data.checks import check_masks_csv, check_one_size
-from carvana.data.images import is_image_name, kind_of_entry
+from carvana.data.image_files import kind_of_entry
+from carvana.data.images import is_image_name
 from carvana.kaggle import files as kl
 from carvana.kaggle.rle import RLEError, parse_runs
 from carvana.kaggle.rle_csv import read_ids, read_unique_rows

@@ -77,7 +77,7 @@ def sample_data_dir(data_dir: Path) -> Path:
 
 def get_data(data_dir: Path, options: DataOptions, *, output_dir: Path, announce: bool = True) -> DataSource:
     """Find, extract, download or generate the data, following `--dataset` (see the module's docstring)."""
-    from carvana.kaggle.api import kaggle_credentials_usable
+    from carvana.kaggle.credentials import kaggle_credentials_usable
 
     data_dir = Path(data_dir)
     choice = options.dataset
@@ -172,7 +172,7 @@ def _download(data_dir: Path, options: DataOptions, announce: bool) -> DataSourc
 
 
 def _nothing_here(data_dir: Path) -> str:
-    from carvana.kaggle.api import credentials_hint
+    from carvana.kaggle.credentials import credentials_hint
 
     what = "no such folder" if not data_dir.exists() else "no Carvana data here"
     return (f"{what}: expected Kaggle's files ({names.TRAIN_DIR}/, {names.MASKS_DIR}/, {names.MASKS_CSV}, ...) or "
@@ -181,7 +181,7 @@ def _nothing_here(data_dir: Path) -> str:
 
 
 def _why_the_sample(data_dir: Path) -> str:
-    from carvana.kaggle.api import credentials_hint
+    from carvana.kaggle.credentials import credentials_hint
 
     if download_in_progress(data_dir):
         return (f"{data_dir} holds an unfinished Kaggle download (no {names.COMPLETE_MARKER}) and there are no "

@@ -6,7 +6,8 @@ Importing this module does not import torch: each spec's builder imports its net
 
 UNetOriginal's geometry is the valid-convolution arithmetic of `carvana.models.valid_convolutions`.
 UNet1024 uses padded convolutions and six 2x2 pools: output size = input size, and each side
-must be divisible by 64.
+must be divisible by 64. The encoder U-Nets (`carvana.models.encoder_unet`) halve five times: output
+size = input size, each side divisible by 32.
 """
 from __future__ import annotations
 
@@ -23,9 +24,16 @@ if TYPE_CHECKING:
 
 UNET_ORIGINAL = "unet_original"
 UNET1024 = "unet1024"
+UNET_RESNET34 = "unet_resnet34"
+UNET_RESNET18 = "unet_resnet18"
+UNET_VGG11 = "unet_vgg11"
 
 PAPER_BASE_CHANNELS = 64  # UNetOriginal's first-level channels in the paper, scaled by `width`
 UNET1024_DIVISOR = 64  # 2 ** 6 max-pools
+ENCODER_UNET_DIVISOR = 32  # 2 ** 5 halvings of a ResNet or VGG encoder
+ENCODER_UNET_OPTIONS = ("upsample", "attention")  # see carvana.models.encoder_unet
+UPSAMPLE_MODES = ("transpose", "pixelshuffle", "bilinear")  # the encoder U-Nets' `upsample`, default first
+ENCODER_WEIGHTS = ("imagenet", "none")  # or a file's path: carvana.models.pretrained
 
 
 @dataclass(frozen=True)
@@ -37,7 +45,9 @@ class ModelSpec:
     geometry: input size -> Geometry, a ConfigError naming valid sizes for a size the net can't take;
     valid_sides: most pixels -> the input sides the net can take, smallest first, that leave room
         for its smallest side as the other side within that many pixels;
-    builder: width -> a freshly initialised net (imports torch and the net's module when called).
+    builder: width (and `options` by keyword) -> a freshly initialised net (imports torch and the
+        net's module when called);
+    options: the builder's keyword options beyond width, e.g. the encoder U-Nets' `upsample`.
     """
 
     name: str
@@ -45,7 +55,8 @@ class ModelSpec:
     default_input: Size
     geometry: Callable[[Size], Geometry]
     valid_sides: Callable[[float], list[int]]
-    builder: Callable[[float], "SegmentationNet"]
+    builder: Callable[..., "SegmentationNet"]
+    options: tuple[str, ...] = ()
 
 
 def _build_unet_original(width: float) -> "SegmentationNet":
@@ -56,20 +67,20 @@ def _build_unet_original(width: float) -> "SegmentationNet":
     return UNetOriginal(base_channels=scale_channels(PAPER_BASE_CHANNELS, width))
 
 
-def _unet1024_geometry(input_size: Size) -> Geometry:
-    """Output = input for UNet1024; a ConfigError for a side not divisible by UNET1024_DIVISOR."""
+def _divisible_geometry(model: str, divisor: int, input_size: Size) -> Geometry:
+    """Output = input for a same-size net; a ConfigError for a side not divisible by `divisor`."""
     for side in input_size:
-        if side <= 0 or side % UNET1024_DIVISOR:
+        if side <= 0 or side % divisor:
             raise ConfigError(
-                f"input size {input_size}: {UNET1024} needs sides divisible by {UNET1024_DIVISOR} "
-                f"({side} is not; e.g. 1024x1024, 1536x1024, 384x256)"
+                f"input size {input_size}: {model} needs sides divisible by {divisor} ({side} is not; "
+                f"e.g. {16 * divisor}x{16 * divisor}, {24 * divisor}x{16 * divisor}, {6 * divisor}x{4 * divisor})"
             )
-    return Geometry(UNET1024, input_size, input_size, 0)
+    return Geometry(model, input_size, input_size, 0)
 
 
-def _unet1024_valid_sides(most_pixels: float) -> list[int]:
-    """The multiples of UNET1024_DIVISOR that leave room for the smallest one within `most_pixels`."""
-    return list(range(UNET1024_DIVISOR, int(most_pixels // UNET1024_DIVISOR) + 1, UNET1024_DIVISOR))
+def _divisible_sides(divisor: int, most_pixels: float) -> list[int]:
+    """The multiples of `divisor` that leave room for the smallest one within `most_pixels`."""
+    return list(range(divisor, int(most_pixels // divisor) + 1, divisor))
 
 
 def _build_unet1024(width: float) -> "SegmentationNet":
@@ -77,6 +88,25 @@ def _build_unet1024(width: float) -> "SegmentationNet":
     from carvana.models.unet1024 import UNet1024
 
     return UNet1024(width=width)
+
+
+def _build_encoder_unet(model: str, width: float, **options: object) -> "SegmentationNet":
+    """The encoder U-Net called `model`, its decoder scaled by `width`, with `options` (upsample,
+    attention); its encoder freshly initialised (`carvana.models.pretrained` loads ImageNet weights)."""
+    from carvana.models.encoder_unet import UNetResNet18, UNetResNet34, UNetVGG11
+
+    nets = {UNET_RESNET34: UNetResNet34, UNET_RESNET18: UNetResNet18, UNET_VGG11: UNetVGG11}
+    return nets[model](width, **options)
+
+
+def _encoder_unet_spec(model: str) -> ModelSpec:
+    # No preset of their own yet: the unet1024 preset's input size, which they take.
+    return ModelSpec(
+        name=model, same_size=True, default_input=Size(1024, 1024),
+        geometry=partial(_divisible_geometry, model, ENCODER_UNET_DIVISOR),
+        valid_sides=partial(_divisible_sides, ENCODER_UNET_DIVISOR),
+        builder=partial(_build_encoder_unet, model), options=ENCODER_UNET_OPTIONS,
+    )
 
 
 MODEL_SPECS: dict[str, ModelSpec] = {
@@ -87,8 +117,10 @@ MODEL_SPECS: dict[str, ModelSpec] = {
     ),
     UNET1024: ModelSpec(
         name=UNET1024, same_size=True, default_input=Size(1024, 1024),
-        geometry=_unet1024_geometry, valid_sides=_unet1024_valid_sides, builder=_build_unet1024,
+        geometry=partial(_divisible_geometry, UNET1024, UNET1024_DIVISOR),
+        valid_sides=partial(_divisible_sides, UNET1024_DIVISOR), builder=_build_unet1024,
     ),
+    **{model: _encoder_unet_spec(model) for model in (UNET_RESNET34, UNET_RESNET18, UNET_VGG11)},
 }
 MODEL_NAMES = tuple(MODEL_SPECS)
 

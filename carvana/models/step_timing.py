@@ -73,13 +73,9 @@ class _Trainer:
                 logits = self.model(self.images)
             loss = logits.float().square().mean()
             self.optimizer.zero_grad(set_to_none=True)
-            if self.scaler is not None:
-                self.scaler.scale(loss).backward()
-                self.scaler.step(self.optimizer)
-                self.scaler.update()
-            else:
-                loss.backward()
-                self.optimizer.step()
+            self.scaler.scale(loss).backward()
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
             self._sync()
         except torch.OutOfMemoryError:
             self.model = self.optimizer = None  # its memory to the others

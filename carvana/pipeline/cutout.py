@@ -10,7 +10,7 @@ from carvana.core.folders import check_writable_dir
 from carvana.core.text import count
 from carvana.cutout.cutouts import find_photos, write_cutouts
 from carvana.pipeline.predict import load_predictor
-from carvana.pipeline.report import prediction_settings
+from carvana.pipeline.report import prediction_words
 
 log = logging.getLogger(__name__)
 
@@ -23,7 +23,7 @@ def run_cutout(photos: list[Path], out_dir: Path, checkpoint: Path | None, overr
     model = load_predictor(checkpoint, overrides)
     config = model.config
     log.info(f"Cutting out {count(len(found), 'photo')} into {out_dir} with {model.checkpoint.path} "
-             f"({'; '.join(prediction_settings(config, model.threshold_note))}) ...")
+             f"({'; '.join(prediction_words(config, model.threshold_note))}) ...")
     report = write_cutouts(model.predictor, found, out_dir, config.geometry, config.threshold, config.mask_cleanup)
     skipped = f"; {len(report.failed)} skipped (see above)" if report.failed else ""
     log.info(f"Cutouts: {len(report.written)} photos in {out_dir} (NAME_mask.png and NAME_cutout.png each){skipped}")

@@ -1,5 +1,5 @@
-"""One training of one run (or one fold) in its reserved folders: data, split, model, callbacks, then the
-best checkpoint scored at full resolution. Under torchrun every process runs it; rank 0 writes.
+"""One training of one run (or one fold) in its reserved folders, with its final settings: split, model,
+callbacks, then the best checkpoint scored at full resolution. Under torchrun every process runs it; rank 0 writes.
 """
 from __future__ import annotations
 
@@ -10,18 +10,14 @@ from typing import Any
 
 from carvana.core import distributed
 from carvana.core.errors import CarvanaError
-from carvana.core.geometry import Size
 from carvana.core.text import finished_epochs
 from carvana.data.datasets import make_train_loader, make_valid_loader, open_training_cache
-from carvana.data.layout import load_carvana_data
-from carvana.data.source import DataOptions, DataSource, get_data
 from carvana.data.split import fold_split, split_by_car
 from carvana.kaggle import files as layout_names
-from carvana.models.input_sizes import input_size_for_photos, padded_input_size
 from carvana.pipeline.memory import explain_out_of_memory
 from carvana.pipeline.report import describe_run
-from carvana.pipeline.results import TrainingInterrupted, TrainingResult
-from carvana.pipeline.resumed_data import check_same_split, resumed_data
+from carvana.pipeline.results import RunData, TrainingInterrupted, TrainingResult
+from carvana.pipeline.resumed_data import check_same_split
 from carvana.pipeline.score import score_validation
 from carvana.predict.postprocess import probabilities_to_mask
 from carvana.predict.predictor import Predictor
@@ -34,7 +30,8 @@ from carvana.train.budget import TrainingBudget
 from carvana.train.classifier import CarvanaClassifier, CoarsePhase, TrainingInterruptedError
 from carvana.train.early_stopping import EarlyStopping
 from carvana.train.model_checkpoint import ModelCheckpoint
-from carvana.train.tensorboard import TensorBoardLogger, TensorBoardVisualizer, log_hparams
+from carvana.train.loggers import TensorBoardLogger
+from carvana.train.tensorboard import MetricCurves, TensorBoardVisualizer
 
 log = logging.getLogger(__name__)
 
@@ -49,30 +46,18 @@ def main_first(step: Any) -> Any:
     return result
 
 
-def train_one_run(run: Run, options: DataOptions, need_test: bool, checkpoint: Checkpoint | None,
-              fit_input: bool = False, source: DataSource | None = None) -> TrainingResult:
-    """`run_training` once the run's folders are reserved and locked; `checkpoint`: the one it resumes from.
+def train_one_run(run: Run, config: Config, data: RunData, checkpoint: Checkpoint | None,
+                  input_note: str = "") -> TrainingResult:
+    """Train the run (or fold) `run` with its final settings `config` on `data`, then score its best checkpoint.
 
-    `fit_input`: take the input size for the data's photos (their shape, the preset's pixel count).
-    `source`: the data, when already found (a fold run's later folds); else it is found here.
+    `checkpoint`: the one it resumes from; `input_note`: the banner's words on how its input size was chosen.
     """
-    config = run.config
+    source, layout = data.source, data.layout
     record = checkpoint.run if checkpoint is not None else None
     try:
-        if source is None:
-            source = main_first(lambda: resumed_data(config, options, record) if checkpoint is not None
-                                 else get_data(config.data_dir, options, output_dir=config.output_dir))
-        data = load_carvana_data(source.data_dir, need_test=need_test)
-        input_note = ""
-        if config.crop is not None and config.photo_size is None:
-            config = _padded_for_photos(config, data.image_size, fit_input)
-            run.config = config
-        elif fit_input:
-            config, input_note = _input_for_photos(config, data.image_size)
-            run.config = config
-        split = (fold_split(data.train_names, config.folds, config.fold, config.sample_size, config.seed)
+        split = (fold_split(layout.train_names, config.folds, config.fold, config.sample_size, config.seed)
                  if config.fold is not None else
-                 split_by_car(data.train_names, config.validation_size, config.sample_size, config.seed))
+                 split_by_car(layout.train_names, config.validation_size, config.sample_size, config.seed))
         if record is not None and record.valid_cars:
             check_same_split(record, split, source.data_dir, run.name)
         classifier = CarvanaClassifier(config)
@@ -81,13 +66,12 @@ def train_one_run(run: Run, options: DataOptions, need_test: bool, checkpoint: C
     except BaseException:
         run.forget()  # a run that never started leaves no empty folders behind
         raise
-    log.info(describe_run(run, data, split, classifier, source, input_note))
+    log.info(describe_run(run, config, layout, split, classifier, input_note))
     run_record = RunRecord(
         data_dir=source.data_dir, origin=source.origin, train_cars=split.train_cars, valid_cars=split.valid_cars,
         sample_cars=source.sample_cars if record is None else record.sample_cars,
-        sample_image_size=(None if source.sample_image_size is None else str(source.sample_image_size))
-        if record is None else record.sample_image_size,
-        photo_size=str(data.image_size),
+        sample_image_size=source.sample_image_size if record is None else record.sample_image_size,
+        photo_size=layout.image_size,
     )
 
     budget = TrainingBudget.of(config)
@@ -104,36 +88,36 @@ def train_one_run(run: Run, options: DataOptions, need_test: bool, checkpoint: C
         trained = True
         # Hooks run by each callback's `order` whatever this list's order: the checkpoint first.
         # Rank 0 alone writes the run's files; early stopping decides on metrics every process shares.
+        logger = TensorBoardLogger(config.log_dir, str(run.folder))
         callbacks = [
             ModelCheckpoint(run.models_dir, monitor="val_dice", mode="max", run_record=run_record.to_dict()),
-            TensorBoardLogger(config.log_dir, str(run.folder)),
-            TensorBoardVisualizer(config.log_dir, str(run.folder), upsample=probabilities_to_mask),
+            MetricCurves(logger),
+            TensorBoardVisualizer(logger, upsample=probabilities_to_mask),
         ] if distributed.is_main() else []
         if config.early_stopping_patience:
             callbacks.append(EarlyStopping(monitor="val_dice", patience=config.early_stopping_patience, mode="max"))
 
         coarse = None
         if classifier.epoch < config.coarse_phase_epochs:
-            coarse = CoarsePhase(*_loaders(data, split, config.coarse_geometry, config))
-        train_loader, valid_loader = _loaders(data, split, run.geometry, config)
+            coarse = CoarsePhase(*_loaders(layout, split, config.coarse_geometry, config))
+        train_loader, valid_loader = _loaders(layout, split, config.geometry, config)
         try:
             with explain_out_of_memory(config, "training"):
                 # The config's cap and budget decide the length (carvana.train.budget).
                 ended = classifier.train(train_loader, valid_loader, callbacks=callbacks, coarse=coarse).stop_reason
         except TrainingInterruptedError as e:
             with contextlib.suppress(CarvanaError, OSError):  # the interruption is what to report
-                write_run_settings(run)  # a run that can be resumed has its settings beside its last.pt
+                write_run_settings(run, config)  # a run that can be resumed has its settings beside its last.pt
             raise TrainingInterrupted(e.resume_hint, exit_code=e.exit_code) from None
         log.info(f"Training {ended}")
-    write_run_settings(run)
+    write_run_settings(run, config)
 
-    dice, scored = _score_chosen(run, classifier, checkpoint, trained, data, split, config)
-    return TrainingResult(config, classifier, scored, source, dice, len(split.valid),
-                          len({layout_names.car_id(n) for n in split.valid}), training_ended=ended or "",
-                          photo_size=data.image_size)
+    dice, scored = _score_chosen(run, config, classifier, checkpoint, trained, layout, split)
+    return TrainingResult(config, classifier, scored, data, dice, len(split.valid),
+                          len({layout_names.car_id(n) for n in split.valid}), training_ended=ended or "")
 
 
-def write_run_settings(run: Run, fold_run: bool = False) -> None:
+def write_run_settings(run: Run, config: Config, fold_run: bool = False) -> None:
     """The run's resolved settings as `config.yaml` in its checkpoint folder, to start the same recipe again
     (by rank 0, once the run has a checkpoint: a run that failed before its first epoch leaves no file).
     `fold_run`: the folder of a fold run's folds, whose file trains all of them again (each fold's own
@@ -141,12 +125,12 @@ def write_run_settings(run: Run, fold_run: bool = False) -> None:
     path = run.models_dir / CONFIG_FILE_NAME
     if distributed.is_main() and (fold_run or run.last_path.exists()):
         what = "fold run" if fold_run else "run"
-        write_settings_file(path, run.config, title=f"{what} {run.name}; the same recipe again:  "
+        write_settings_file(path, config, title=f"{what} {run.name}; the same recipe again:  "
                                                     f"python main.py train --config {path}")
 
 
-def _score_chosen(run: Run, classifier, checkpoint: Checkpoint | None, trained: bool, data, split,
-                  config: Config) -> tuple[float, Checkpoint]:
+def _score_chosen(run: Run, config: Config, classifier, checkpoint: Checkpoint | None, trained: bool, data,
+                  split) -> tuple[float, Checkpoint]:
     """Load the run's best checkpoint (else its last) into the classifier and score it on the validation cars.
 
     Under torchrun rank 0 does it and hands the others its Dice, the checkpoint's entries (weights
@@ -162,7 +146,7 @@ def _score_chosen(run: Run, classifier, checkpoint: Checkpoint | None, trained: 
             scored = classifier.load_weights(chosen)
         dice, scored = score_validation(Predictor(classifier.forward, tta=config.tta), data, split.valid, config,
                                         run.validation_dir, checkpoint=scored)
-        _log_hparams(run, scored, dice)
+        _log_hparams(run, config, scored, dice)
     if not distributed.current().distributed:
         return dice, scored
     shared = distributed.broadcast((dice, _without_state(scored)) if distributed.is_main() else None)
@@ -170,16 +154,16 @@ def _score_chosen(run: Run, classifier, checkpoint: Checkpoint | None, trained: 
     return shared if not distributed.is_main() else (dice, scored)
 
 
-def _log_hparams(run: Run, scored: Checkpoint, dice: float) -> None:
+def _log_hparams(run: Run, config: Config, scored: Checkpoint, dice: float) -> None:
     """The run's settings and results in TensorBoard's HParams tab."""
     history = scored.payload.get("history") or []
     epoch_dice = [entry["val_dice"] for entry in history if isinstance(entry.get("val_dice"), float)]
     record = ThresholdRecord.from_payload(scored.payload)
-    log_hparams(run.config.log_dir, str(run.folder), run.config.to_dict(),
-                {"validation_dice": dice, "best_epoch_dice": max(epoch_dice) if epoch_dice else None,
-                 "threshold": record.threshold if record else None,
-                 "train_hours": float(scored.payload.get("train_seconds", 0.0)) / 3600},
-                step=int(scored.payload.get("epoch", 0)))
+    TensorBoardLogger(config.log_dir, str(run.folder)).log_hyperparams(
+        config.to_dict(), {"validation_dice": dice, "best_epoch_dice": max(epoch_dice) if epoch_dice else None,
+                           "threshold": record.threshold if record else None,
+                           "train_hours": float(scored.payload.get("train_seconds", 0.0)) / 3600},
+        step=int(scored.payload.get("epoch", 0)))
 
 
 def _without_state(checkpoint: Checkpoint) -> Checkpoint:
@@ -195,20 +179,3 @@ def _loaders(data, split, geometry, config: Config) -> tuple[Any, Any]:
         log.info(cache_note)
     return (make_train_loader(data, split.train, geometry, config, cache=cache),
             make_valid_loader(data, split.valid, geometry, config, cache=cache, shard=True))
-
-
-def _input_for_photos(config: Config, photos: Size) -> tuple[Config, str]:
-    """`config` with the input size its model should take for `photos`, and the banner's note on it
-    (empty when the preset's own size fits them)."""
-    fitted = input_size_for_photos(config.model, config.input_size, photos,
-                                   drawn_for=Size(*layout_names.ORIGINAL_SIZE))
-    if fitted == config.input_size:
-        return config, ""
-    return config.replace(input_size=fitted), f" (from the {photos} photos' shape; --input-size overrides)"
-
-
-def _padded_for_photos(config: Config, photos: Size, fit_input: bool) -> Config:
-    """A --crop run's `config` with its photos' size, padded into the smallest input the net takes
-    (or the --input-size given, which must hold them)."""
-    input_size = padded_input_size(config.model, photos) if fit_input else config.input_size
-    return config.replace(photo_size=photos, input_size=input_size)

@@ -9,26 +9,26 @@ from pathlib import Path
 from typing import Any
 
 from carvana.core import distributed
-from carvana.core.errors import CheckpointError, ConfigError
+from carvana.core.errors import CheckpointError
 from carvana.core.geometry import Size, aspect_difference
 from carvana.core.process_lifetime import Terminated
 from carvana.core.text import count
 from carvana.data.datasets import make_test_loader
-from carvana.data.layout import load_carvana_data
+from carvana.data.layout import CarvanaData, load_carvana_data
 from carvana.data.source import prediction_data_dir
 from carvana.kaggle import files as layout_names
 from carvana.kaggle.rle_csv import is_gzip_name
 from carvana.pipeline.files import validate_file
 from carvana.pipeline.memory import explain_out_of_memory
-from carvana.pipeline.report import prediction_settings, report_submission
+from carvana.pipeline.report import prediction_words, report_submission
 from carvana.pipeline.results import SUBMISSION_NAME, PredictionStopped
+from carvana.pipeline.settings import prediction_settings
 from carvana.predict.ensemble import (EnsembleForward, EnsembleMember, averages_at_photo_size, describe_mean,
                                       ensemble_checkpoints)
 from carvana.predict.predictor import Predictor
-from carvana.predict.threshold import prediction_threshold
 from carvana.run.checkpoint import Checkpoint
 from carvana.run.config import Config, Environment
-from carvana.run.identity import BEST_NAME, RunRecord, fold_checkpoints
+from carvana.run.identity import BEST_NAME, fold_checkpoints
 from carvana.run.out_of_fold import read_out_of_fold_record
 from carvana.submission.parts import merge_parts, part_path, remove_parts
 from carvana.submission.predictions_saver import PredictionsSaver
@@ -36,9 +36,9 @@ from carvana.submission.predictions_saver import PredictionsSaver
 log = logging.getLogger(__name__)
 
 
-def predict_test_set(predictor: Predictor, config: Config, data_dir: Path, submission: Path,
+def predict_test_set(predictor: Predictor, config: Config, data: CarvanaData, submission: Path,
                      trained_photos: Size | None = None, threshold_note: str = "") -> int:
-    """Stream the test set's predictions into `submission` (atomically); return the row count.
+    """Stream the predictions of `data`'s test set into `submission` (atomically); return the row count.
 
     `threshold_note`: where `config.threshold` comes from, for the banner (`prediction_threshold`).
 
@@ -51,10 +51,10 @@ def predict_test_set(predictor: Predictor, config: Config, data_dir: Path, submi
     """
     ranks = distributed.current()
     if not ranks.distributed:
-        return _predict_test_set(predictor, config, data_dir, submission, trained_photos, threshold_note)
+        return _predict_test_set(predictor, config, data, submission, trained_photos, threshold_note)
     try:
         distributed.barrier()  # every process is here before any writes a part
-        return _predict_test_set(predictor, config, data_dir, submission, trained_photos, threshold_note)
+        return _predict_test_set(predictor, config, data, submission, trained_photos, threshold_note)
     except BaseException as error:
         part_path(submission, ranks.rank, ranks.world_size).unlink(missing_ok=True)
         if isinstance(error, Terminated):
@@ -67,19 +67,17 @@ def predict_test_set(predictor: Predictor, config: Config, data_dir: Path, submi
             remove_parts(submission)  # merged, or never to be
 
 
-def _predict_test_set(predictor: Predictor, config: Config, data_dir: Path, submission: Path,
+def _predict_test_set(predictor: Predictor, config: Config, data: CarvanaData, submission: Path,
                       trained_photos: Size | None, threshold_note: str) -> int:
-
-    data = load_carvana_data(data_dir, need_train=False)
     if trained_photos is not None:
-        _warn_of_another_shape(data.image_size, trained_photos, config.input_size, data_dir)
+        _warn_of_another_shape(data.image_size, trained_photos, config.input_size, data.data_dir)
     # The inputs the model takes: one per distinct geometry of an ensemble's members, else the config's.
     geometries = predictor.forward.input_geometries or (config.geometry,)
     loader = make_test_loader(data, geometries[0] if len(geometries) == 1 else geometries, config, shard=True)
     ranks = distributed.current()
     processes = f" by {ranks.world_size} processes" if ranks.distributed else ""
     log.info(f"Predicting {len(data.test_names)} test images{processes} into {submission} "
-             f"({'; '.join(prediction_settings(config, threshold_note))}) ...")
+             f"({'; '.join(prediction_words(config, threshold_note))}) ...")
     written = part_path(submission, ranks.rank, ranks.world_size) if ranks.distributed else submission
     saver = PredictionsSaver(written, data.image_size, threshold=config.threshold, cleanup=config.mask_cleanup)
     with explain_out_of_memory(config, "predicting the test set"):
@@ -118,10 +116,10 @@ def run_prediction(checkpoint: Path | list[Path] | None, overrides: dict[str, An
         return submission
     model = load_predictor(members[0] if members else None, overrides)
     config = model.config
-    data_dir = prediction_data_dir(config.data_dir, config.output_dir)
+    data = load_carvana_data(prediction_data_dir(config.data_dir, config.output_dir), need_train=False)
     submission = submission or config.output_dir / SUBMISSION_NAME
-    rows = predict_test_set(model.predictor, config, data_dir, submission,
-                            trained_photos=trained_photos(model.checkpoint.run), threshold_note=model.threshold_note)
+    rows = predict_test_set(model.predictor, config, data, submission,
+                            trained_photos=_trained_photos(model.checkpoint), threshold_note=model.threshold_note)
     report_submission(submission, rows)
     return submission
 
@@ -137,11 +135,13 @@ def ensemble_member_paths(checkpoint: Path | list[Path] | None, ensemble: Path |
 
 
 def predict_with_ensemble(paths: list[Path], overrides: dict[str, Any], submission: Path | None,
-                           out_of_fold: dict[str, Any] | None = None) -> tuple[Path, int]:
+                           out_of_fold: dict[str, Any] | None = None, data: CarvanaData | None = None
+                           ) -> tuple[Path, int]:
     """`predict` with the ensemble of the checkpoints at `paths`: the mean of their probabilities
     (carvana.predict.ensemble), thresholded and cleaned up as chosen on the folds' out-of-fold
     predictions (`out_of_fold`, a fold run's record), else as the first checkpoint's are, unless
-    --threshold / --mask-cleanup say otherwise, streamed into one submission; returns it and its rows."""
+    --threshold / --mask-cleanup say otherwise, streamed into one submission; returns it and its rows.
+    `data`: the test set, when already loaded (else found as the first checkpoint's settings say)."""
     first: Checkpoint | None = None
     first_config: Config | None = None
     members: list[EnsembleMember] = []
@@ -152,7 +152,7 @@ def predict_with_ensemble(paths: list[Path], overrides: dict[str, Any], submissi
             raise CheckpointError(f"{path}: a fold run among other models; give its folds' checkpoints "
                                   f"({', '.join(map(str, folds))}), or the fold run alone")
         saved = Checkpoint.latest(path, BEST_NAME)
-        config = saved.recipe.replace(**overrides)
+        config = saved.recipe.replace(**overrides)  # the member's forward pass; the first one's threshold below
         if first is None:
             first, first_config = saved, config
         forward = Predictor.from_checkpoint(config, saved.path, payload=saved.payload).forward
@@ -161,13 +161,12 @@ def predict_with_ensemble(paths: list[Path], overrides: dict[str, Any], submissi
         described.append(f"{saved.path} ({config.model} width {config.width:g} at {config.input_size}{crop}"
                          f"{', flip TTA' if config.tta else ''})")
     assert first is not None and first_config is not None
-    data_dir = prediction_data_dir(first_config.data_dir, first_config.output_dir)
-    # Members of different covered sizes are averaged at the photos' size: the test photos' (read only for them).
-    photo_size = load_carvana_data(data_dir, need_train=False).image_size if averages_at_photo_size(members) else None
-    ensemble = EnsembleForward(members, photo_size)
+    if data is None:
+        data = load_carvana_data(prediction_data_dir(first_config.data_dir, first_config.output_dir), need_train=False)
+    # Members of different covered sizes are averaged at the photos' size: the test photos'.
+    ensemble = EnsembleForward(members, data.image_size if averages_at_photo_size(members) else None)
     # Every member flipping is the ensemble's TTA; otherwise each member keeps its own (the banner lists which).
-    config, threshold_note = prediction_config(first_config.replace(tta=ensemble.tta), first.payload,
-                                               given_threshold=overrides.get("threshold"))
+    config, threshold_note = prediction_settings(first, {**overrides, "tta": ensemble.tta})
     threshold_source = "--threshold" if "threshold" in overrides else "the first model's"
     cleanup_source = "--mask-cleanup" if "mask_cleanup" in overrides else "the first model's"
     if out_of_fold is not None and "threshold" not in overrides:
@@ -182,8 +181,8 @@ def predict_with_ensemble(paths: list[Path], overrides: dict[str, Any], submissi
              f"{', '.join(described)}; threshold {config.threshold:g} ({threshold_source}), mask clean-up "
              f"{config.mask_cleanup} ({cleanup_source})")
     submission = submission or config.output_dir / SUBMISSION_NAME
-    rows = predict_test_set(Predictor(ensemble, tta=config.tta), config, data_dir, submission,  # type: ignore[arg-type]
-                            trained_photos=trained_photos(first.run), threshold_note=threshold_note)
+    rows = predict_test_set(Predictor(ensemble, tta=config.tta), config, data, submission,  # type: ignore[arg-type]
+                            trained_photos=_trained_photos(first), threshold_note=threshold_note)
     return submission, rows
 
 
@@ -199,10 +198,9 @@ class LoadedModel:
 
 def load_predictor(checkpoint: Path | None, overrides: dict[str, Any]) -> LoadedModel:
     """The model `predict` and `cutout` use: `checkpoint` (see `saved_model`) with the flags in `overrides`
-    applied to its recipe, and its threshold (`prediction_config`)."""
+    applied to its recipe, and its threshold (`prediction_settings`)."""
     saved = saved_model(checkpoint, overrides.get("output_dir"))
-    config = saved.recipe.replace(**overrides)
-    config, threshold_note = prediction_config(config, saved.payload, given_threshold=overrides.get("threshold"))
+    config, threshold_note = prediction_settings(saved, overrides)
     return LoadedModel(saved, config, threshold_note, Predictor.from_checkpoint(config, saved.path,
                                                                                 payload=saved.payload))
 
@@ -220,23 +218,13 @@ def saved_model(checkpoint: Path | None, output_dir: Path | None) -> Checkpoint:
                              missing="no trained model yet; run `python main.py train` first or pass --checkpoint")
 
 
-def prediction_config(config: Config, payload: dict[str, Any], given_threshold: float | None) -> tuple[Config, str]:
-    """`config` with the threshold to predict with (`--threshold`, else the checkpoint's, else the
-    config's), and where it comes from for the banner."""
-    threshold, note = prediction_threshold(payload, given_threshold, config.threshold)
-    return config.replace(threshold=threshold), note
-
-
 # Test photos whose aspect differs from the training photos' by more than this get a warning.
 ASPECT_WARNING = 0.10
 
 
-def trained_photos(record: RunRecord | None) -> Size | None:
-    """The size of the photos a checkpoint's run was trained on (None for checkpoints that do not record it)."""
-    try:
-        return Size.parse(record.photo_size) if record is not None and record.photo_size else None
-    except (ConfigError, AttributeError):
-        return None
+def _trained_photos(checkpoint: Checkpoint) -> Size | None:
+    """The size of the photos a checkpoint's run was trained on (None where it does not record it)."""
+    return checkpoint.run.photo_size if checkpoint.run is not None else None
 
 
 def _warn_of_another_shape(test_photos: Size, trained_photos: Size, input_size: Size, data_dir: Path) -> None:

@@ -22,8 +22,9 @@ def tensorboard_command(log_dir: Path) -> str:
     return f"tensorboard --logdir {log_dir if log_dir.is_absolute() else f'./{log_dir}'}"
 
 
-def describe_run(run: Run, data, split, classifier, source, input_note: str = "") -> str:
-    config, geometry = run.config, run.geometry
+def describe_run(run: Run, config: Config, data, split, classifier, input_note: str = "") -> str:
+    """The banner of a run about to train: its data, model, training settings and folders."""
+    geometry = config.geometry
     cars = lambda names: len({layout_names.car_id(n) for n in names})  # noqa: E731
     params = sum(p.numel() for p in classifier.model.parameters())
     lr = float(classifier.optimizer.param_groups[0]["lr"])  # what the next epoch trains with
@@ -65,7 +66,7 @@ def crop_note(config: Config) -> str:
     return f" (the {config.photo_size} photos whole, mirror-padded; training on {config.crop} crops of them)"
 
 
-def prediction_settings(config: Config, threshold_note: str) -> list[str]:
+def prediction_words(config: Config, threshold_note: str) -> list[str]:
     """How the masks are made, for a banner: the threshold and where it comes from, the clean-up, TTA."""
     settings = [f"threshold {config.threshold:g}" + (f": {threshold_note}" if threshold_note else "")]
     if config.mask_cleanup != "none":

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from carvana.core.errors import CarvanaError
-from carvana.core.geometry import Size
+from carvana.data.layout import CarvanaData
 from carvana.data.source import DataSource
 from carvana.run.checkpoint import Checkpoint
 from carvana.run.config import Config
@@ -29,16 +29,23 @@ class PredictionStopped(CarvanaError):
 
 
 @dataclass(frozen=True)
+class RunData:
+    """A run's data, found once for all its folds: where it came from, and its files and photos' size."""
+
+    source: DataSource
+    layout: CarvanaData
+
+
+@dataclass(frozen=True)
 class TrainingResult:
     config: Config  # the run's settings (a resumed run's model and name included)
     classifier: Any  # the CarvanaClassifier, holding the weights of `checkpoint`
     checkpoint: Checkpoint  # best.pt, or last.pt when no epoch improved on the monitored metric; as scored
-    source: DataSource  # where the data came from (e.g. input/sample for the built-in sample)
-    validation_dice: float  # at full resolution, on the validation cars
+    data: RunData  # where the data came from (e.g. input/sample for the built-in sample) and its files
+    validation_dice: float  # at full resolution (its photos' size), on the validation cars
     validation_images: int
     validation_cars: int
     training_ended: str = ""  # why training ended: "finished all 20 epochs", "stopped at the time budget ..."
-    photo_size: Size | None = None  # the training photos' size, at which the validation was scored
     # A fold run (--folds K): each fold's best checkpoint, and `validation_dice` is the out-of-fold Dice.
     fold_checkpoints: tuple[Path, ...] = ()
 

@@ -7,7 +7,6 @@ from pathlib import Path
 from typing import Any
 
 from carvana.core.errors import ConfigError, DataError
-from carvana.core.geometry import Size
 from carvana.data.layout import is_carvana_data_dir
 from carvana.data.source import SAMPLE, DataOptions, DataSource, download_in_progress, ensure_sample, get_data
 from carvana.run.checkpoint import Checkpoint
@@ -53,8 +52,7 @@ def resumed_data(config: Config, options: DataOptions, record: RunRecord | None)
     if record is None or (config.data_dir != record.data_dir and config.data_dir != _given_data_dir(record)):
         return get_data(config.data_dir, options, output_dir=config.output_dir)
     if record.origin == SAMPLE:
-        size = Size.parse(record.sample_image_size) if record.sample_image_size else None
-        kept = DataOptions(dataset="sample", sample_cars=record.sample_cars, sample_image_size=size)
+        kept = DataOptions(dataset="sample", sample_cars=record.sample_cars, sample_image_size=record.sample_image_size)
         source = ensure_sample(record.data_dir, kept, announce=True)
         log.info(f"Dataset: {record.origin} in {record.data_dir} (the run's data)")
         return source

@@ -8,9 +8,10 @@ from typing import Any
 
 from carvana.core.text import count
 from carvana.data.source import DataOptions
-from carvana.pipeline.predict import predict_test_set, predict_with_ensemble, prediction_config
+from carvana.pipeline.predict import predict_test_set, predict_with_ensemble
 from carvana.pipeline.report import tensorboard_command
 from carvana.pipeline.results import SUBMISSION_NAME
+from carvana.pipeline.settings import prediction_settings
 from carvana.pipeline.train import run_training
 from carvana.predict.predictor import Predictor
 from carvana.run.config import ENVIRONMENT_FIELDS, Config
@@ -20,20 +21,20 @@ log = logging.getLogger(__name__)
 
 
 def run_all(config: Config, options: DataOptions, resume: str | None = None,
-            changes: dict[str, Any] | None = None) -> None:
+            given: dict[str, Any] | None = None) -> None:
     """`python main.py`: the whole job, ending with a summary of where everything was written."""
     start = time.monotonic()
-    result = run_training(config, options, resume, need_test=True, changes=changes)
+    result = run_training(config, options, resume, need_test=True, given=given)
 
-    config, threshold_note = prediction_config(result.config, result.checkpoint.payload, None)
+    config, threshold_note = prediction_settings(result.checkpoint, {}, recipe=result.config)
     submission = config.output_dir / SUBMISSION_NAME
     if result.fold_checkpoints:  # a fold run predicts with every fold, at the out-of-fold threshold
         folds_dir = result.fold_checkpoints[0].parent.parent
         where = {name: getattr(result.config, name) for name in ENVIRONMENT_FIELDS}
         submission, rows = predict_with_ensemble(list(result.fold_checkpoints), where, submission,
-                                                  read_out_of_fold_record(folds_dir))
+                                                  read_out_of_fold_record(folds_dir), data=result.data.layout)
     else:
-        rows = predict_test_set(Predictor(result.classifier.forward, tta=config.tta), config, result.source.data_dir,
+        rows = predict_test_set(Predictor(result.classifier.forward, tta=config.tta), config, result.data.layout,
                                 submission, threshold_note=threshold_note)
     minutes, seconds = divmod(int(time.monotonic() - start), 60)
     log.info("\n".join([

@@ -23,7 +23,7 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
-from carvana.run.config import MASK_CLEANUPS
+from carvana.run.fields import MASK_CLEANUPS
 
 NONE, LARGEST, FILL, LARGEST_AND_FILL = MASK_CLEANUPS
 

@@ -9,29 +9,36 @@ where it ran and `predict` rebuilds the same model wherever it runs.
 """
 from __future__ import annotations
 
+import argparse
 import dataclasses
-import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from carvana.core.errors import ConfigError
 from carvana.core.geometry import Geometry, Size
-from carvana.models.fastest_layout import MEMORY_FORMATS
 from carvana.models.input_sizes import coarse_input_size
 from carvana.models.specs import MODEL_SPECS, UNET1024, UNET_ORIGINAL, model_geometry, model_spec
+from carvana.run.fields import FIELDS, fields_of_kind, shown
 
-OPTIMIZERS = ("sgd", "rmsprop", "adam")
-SCHEDULERS = ("plateau", "cosine", "none")
-AMP_MODES = ("auto", "off", "fp16", "bf16")
-# What carvana.predict.cleanup may do to a predicted mask: keep its largest region, fill its holes, both.
-MASK_CLEANUPS = ("none", "largest", "fill", "largest+fill")
-SEED_LIMIT = 2**32  # numpy, scikit-learn and the per-epoch seeds take seeds in [0, 2**32)
-RUN_NAME_MAX_LENGTH = 100
-RUN_NAME_PUNCTUATION = "._-+=@"
-PATH_FIELDS = ("data_dir", "output_dir", "log_dir")
-SIZE_FIELDS = ("input_size", "crop", "photo_size")  # WxH sizes, [width, height] in a checkpoint
+PATH_FIELDS = fields_of_kind("path")
+SIZE_FIELDS = fields_of_kind("size")  # WxH sizes, [width, height] in a checkpoint
 LEGACY_CHANNELS_LAST = "channels_last"  # the setting `memory_format` replaced (checkpoints, config.yaml)
+
+
+def _primitive(value: Any) -> Any:
+    """A setting as a checkpoint keeps it (torch.load(weights_only=True) takes primitives only): a size as
+    [width, height], a path as text."""
+    if isinstance(value, Size):
+        return list(value)
+    return str(value) if isinstance(value, Path) else value
+
+
+def _typed(name: str, value: Any) -> Any:
+    """The setting `name` from its primitive (`_primitive`); a malformed size is left for the checks to refuse."""
+    if name in SIZE_FIELDS and isinstance(value, list) and len(value) == 2:
+        return Size(*value)
+    return Path(value) if name in PATH_FIELDS else value
 
 
 @dataclass(frozen=True)
@@ -55,58 +62,25 @@ class Environment:
 
     def to_dict(self) -> dict[str, Any]:
         """Primitives only, so a checkpoint holding it loads with torch.load(weights_only=True)."""
-        return {name: str(value) if isinstance(value, Path) else value
-                for name, value in ((f.name, getattr(self, f.name)) for f in dataclasses.fields(self))}
+        return {f.name: _primitive(getattr(self, f.name)) for f in dataclasses.fields(self)}
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "Environment":
         """The fields of `data` this version knows (others, from another version of the tool, are skipped)."""
         known = [f.name for f in dataclasses.fields(cls) if f.name in data]
-        return cls(**{name: Path(data[name]) if name in PATH_FIELDS else data[name] for name in known})
+        return cls(**{name: _typed(name, data[name]) for name in known})
 
 
 # The Config fields that say where a run runs (`Environment`); the others are its recipe.
 ENVIRONMENT_FIELDS = tuple(f.name for f in dataclasses.fields(Environment))
 
 
-def run_name_problem(name: str) -> str | None:
-    """Why `name` cannot name a run's folders (None if it can).
-
-    A run name becomes one folder under output/models and one under logs; `--resume last` finds runs
-    one level down. Path separators would nest it deeper, `.`/`..` and a leading dot would point
-    elsewhere or hide it, and a leading `-` reads as a flag; letters, digits and ._-+=@ are safe.
-    """
-    if not name:
-        return "empty; give letters, digits and ._-+=@"
-    if "/" in name or "\\" in name:
-        return "contains a path separator; a run name is one folder name (letters, digits and ._-+=@)"
-    if name.startswith("."):
-        return "starts with '.'; use a name that starts with a letter or digit"
-    if name.startswith("-"):
-        return "starts with '-', which reads as a flag; use a name that starts with a letter or digit"
-    if len(name) > RUN_NAME_MAX_LENGTH:
-        return f"longer than {RUN_NAME_MAX_LENGTH} characters"
-    bad = sorted({c for c in name if not (c.isalnum() or c in RUN_NAME_PUNCTUATION)})
-    if bad:
-        shown = " ".join(repr(c) for c in bad)
-        return f"contains {shown}; use only letters, digits and ._-+=@"
-    return None
-
-
 def memory_format_of(channels_last: Any) -> str:
     """The `memory_format` of a setting from before it existed, `channels_last: true/false`: false was
     --no-channels-last, which forced NCHW; true was the default, which `auto` is now."""
     if not isinstance(channels_last, bool):
-        raise ConfigError(f"channels last {channels_last!r}: must be true or false")
+        raise ConfigError(f"channels last {shown(channels_last)}: must be true or false")
     return "auto" if channels_last else "nchw"
-
-
-def _is_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
-def _is_finite_number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
 @dataclass(frozen=True)
@@ -177,22 +151,17 @@ class Config:
     run_name: str | None = None
 
     def __post_init__(self) -> None:
-        spec = model_spec(self.model)  # a ConfigError listing the models for an unknown name
-        if self.optimizer not in OPTIMIZERS:
-            raise ConfigError(f"optimizer {self.optimizer!r}: choose from {', '.join(OPTIMIZERS)}")
-        if self.scheduler not in SCHEDULERS:
-            raise ConfigError(f"scheduler {self.scheduler!r}: choose from {', '.join(SCHEDULERS)}")
-        if self.amp not in AMP_MODES:
-            raise ConfigError(f"amp {self.amp!r}: choose from {', '.join(AMP_MODES)}")
-        if self.memory_format not in MEMORY_FORMATS:
-            raise ConfigError(f"memory format {self.memory_format!r}: choose from {', '.join(MEMORY_FORMATS)}")
-        if self.mask_cleanup not in MASK_CLEANUPS:
-            raise ConfigError(f"mask cleanup {self.mask_cleanup!r}: choose from {', '.join(MASK_CLEANUPS)}")
-        self._check_numbers()
-        if self.run_name is not None:
-            problem = run_name_problem(self.run_name) if isinstance(self.run_name, str) else "not a string"
-            if problem:
-                raise ConfigError(f"run name {self.run_name!r}: {problem}")
+        """Each value checked as its flag checks its text (`FIELDS`), then the rules between settings."""
+        for name, field in FIELDS.items():
+            try:
+                field.check(getattr(self, name))
+            except argparse.ArgumentTypeError as e:
+                raise ConfigError(f"{name.replace('_', ' ')} {e}") from None
+        spec = model_spec(self.model)
+        if not self.epochs_cap and self.max_steps is None and self.max_time is None:
+            raise ConfigError("epochs: without --max-steps or --max-time the run needs --epochs to end")
+        if self.fold is not None and (self.fold > self.folds or self.folds < 2):
+            raise ConfigError(f"fold {self.fold}: must be one of 1..{self.folds} of a run with --folds 2 or more")
         spec.geometry(self.input_size)  # raises a ConfigError naming valid sizes
         if self.crop is not None or self.photo_size is not None:
             self._check_crop()
@@ -202,11 +171,6 @@ class Config:
     def _check_crop(self) -> None:
         """--crop: a same-size net, a crop it can take, and photos that fit into its input whole."""
         spec = model_spec(self.model)
-        for name in ("crop", "photo_size"):
-            value = getattr(self, name)
-            if value is not None and (not isinstance(value, Size) or not all(_is_int(side) and side > 0
-                                                                              for side in value)):
-                raise ConfigError(f"{name.replace('_', ' ')} {value!r}: must be a WxH size in whole pixels above 0")
         if self.crop is None:
             raise ConfigError(f"photo size {self.photo_size}: only a run with --crop pads whole photos")
         if not spec.same_size:
@@ -226,61 +190,6 @@ class Config:
         if self.crop.width > self.input_size.width or self.crop.height > self.input_size.height:
             raise ConfigError(f"--crop {self.crop}: larger than the {self.photo_size} photos padded to "
                               f"{self.input_size}; choose a crop within that")
-
-    def _check_numbers(self) -> None:
-        """Every number in range and finite: a config from a file or checkpoint gets the flags' checks."""
-        for name in ("lr", "momentum", "weight_decay", "width", "bce_weight", "dice_weight", "validation_size",
-                     "sample_size", "threshold"):
-            if not _is_finite_number(getattr(self, name)):
-                raise ConfigError(f"{name.replace('_', ' ')} {getattr(self, name)!r}: must be a finite number")
-        if self.grad_clip is not None and not _is_finite_number(self.grad_clip):
-            raise ConfigError(f"grad clip {self.grad_clip!r}: must be a finite number")
-        for name in ("batch_size", "epochs", "seed", "workers", "coarse_epochs"):
-            if not _is_int(getattr(self, name)):
-                raise ConfigError(f"{name.replace('_', ' ')} {getattr(self, name)!r}: must be a whole number")
-        if self.max_steps is not None and (not _is_int(self.max_steps) or self.max_steps < 1):
-            raise ConfigError(f"max steps {self.max_steps!r}: must be a whole number of at least 1 (or unset)")
-        if self.max_time is not None and (not _is_finite_number(self.max_time) or self.max_time <= 0):
-            raise ConfigError(f"max time {self.max_time!r}: must be a finite number of seconds above 0 (or unset)")
-        for name in ("epochs_cap", "soft_targets", "cache", "tune_threshold"):
-            if not isinstance(getattr(self, name), bool):
-                raise ConfigError(f"{name.replace('_', ' ')} {getattr(self, name)!r}: must be true or false")
-        if not self.epochs_cap and self.max_steps is None and self.max_time is None:
-            raise ConfigError("epochs: without --max-steps or --max-time the run needs --epochs to end")
-        if self.early_stopping_patience is not None and not _is_int(self.early_stopping_patience):
-            raise ConfigError(f"patience {self.early_stopping_patience!r}: must be a whole number")
-        if not 0.0 < self.validation_size < 1.0:
-            raise ConfigError(f"validation size {self.validation_size}: must be between 0 and 1")
-        if not 0.0 < self.sample_size <= 1.0:
-            raise ConfigError(f"sample size {self.sample_size}: must be in (0, 1]")
-        if not 0.0 < self.threshold < 1.0:
-            raise ConfigError(f"threshold {self.threshold}: must be between 0 and 1")
-        for name in ("batch_size", "epochs"):
-            if getattr(self, name) < 1:
-                raise ConfigError(f"{name.replace('_', ' ')} {getattr(self, name)}: must be at least 1")
-        if self.early_stopping_patience is not None and self.early_stopping_patience < 1:
-            raise ConfigError(f"patience {self.early_stopping_patience}: must be at least 1 (or unset)")
-        if self.width <= 0:
-            raise ConfigError(f"width {self.width}: must be positive")
-        if self.lr <= 0:
-            raise ConfigError(f"lr {self.lr}: the learning rate must be positive")
-        if self.grad_clip is not None and self.grad_clip <= 0:
-            raise ConfigError(f"grad clip {self.grad_clip}: the max gradient norm must be positive (or unset)")
-        if not 0.0 <= self.momentum < 1.0:
-            raise ConfigError(f"momentum {self.momentum}: must be in [0, 1)")
-        for name in ("weight_decay", "bce_weight", "dice_weight"):
-            if getattr(self, name) < 0:
-                raise ConfigError(f"{name.replace('_', ' ')} {getattr(self, name)}: must not be negative")
-        if not 0 <= self.seed < SEED_LIMIT:
-            raise ConfigError(f"seed {self.seed}: must be in 0..{SEED_LIMIT - 1}")
-        if self.workers < 0:
-            raise ConfigError(f"workers {self.workers}: must be 0 (load in the main process) or more")
-        if self.coarse_epochs < 0:
-            raise ConfigError(f"coarse epochs {self.coarse_epochs}: must be 0 (none) or more")
-        if not _is_int(self.folds) or self.folds < 1:
-            raise ConfigError(f"folds {self.folds!r}: must be a whole number of at least 1 (1 = one split, no folds)")
-        if self.fold is not None and (not _is_int(self.fold) or not 1 <= self.fold <= self.folds or self.folds < 2):
-            raise ConfigError(f"fold {self.fold!r}: must be one of 1..{self.folds} of a run with --folds 2 or more")
 
     @property
     def coarse_phase_epochs(self) -> int:
@@ -328,41 +237,28 @@ class Config:
 
     def to_dict(self) -> dict[str, Any]:
         """Primitives only, so a checkpoint holding it loads with torch.load(weights_only=True)."""
-        out: dict[str, Any] = {}
-        for f in dataclasses.fields(self):
-            value = getattr(self, f.name)
-            if isinstance(value, Size):
-                value = [value.width, value.height]
-            elif isinstance(value, Path):
-                value = str(value)
-            out[f.name] = value
-        return out
+        return {f.name: _primitive(getattr(self, f.name)) for f in dataclasses.fields(self)}
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "Config":
-        known = {f.name: f for f in dataclasses.fields(cls)}
+        """The settings of `data` (`to_dict`'s) this version knows; others, from another version, are skipped."""
         kwargs: dict[str, Any] = {}
         for key, value in data.items():
             if key == LEGACY_CHANNELS_LAST and "memory_format" not in data:
                 key, value = "memory_format", memory_format_of(value)
-            if key not in known:
-                continue  # a field from another version of the tool
-            if key in SIZE_FIELDS and value is not None:
-                value = Size(*value)
-            elif key in PATH_FIELDS:
-                value = Path(value)
-            kwargs[key] = value
+            if key in FIELDS:
+                kwargs[key] = _typed(key, value)
         return cls(**kwargs)
 
 
-PRESETS: dict[str, Config] = {
+PRESETS: dict[str, Config] = {config.preset: config for config in (
     # The paper's network: 572 in, 388 out, SGD with high momentum as in the paper.
-    "unet_original": Config(
+    Config(
         preset="unet_original", model=UNET_ORIGINAL, input_size=MODEL_SPECS[UNET_ORIGINAL].default_input,
         optimizer="sgd", lr=0.01, momentum=0.99, batch_size=3, epochs=50,
     ),
     # UNet1024 as the Kaggle competitors who shared it trained it: 1024x1024, RMSprop 2e-4.
-    "unet1024": Config(
+    Config(
         preset="unet1024", model=UNET1024, input_size=MODEL_SPECS[UNET1024].default_input, optimizer="rmsprop",
         lr=2e-4, batch_size=2, epochs=50,
     ),
@@ -371,12 +267,12 @@ PRESETS: dict[str, Config] = {
     # model never saw (docs/benchmarks.md): 384x256 over 192x128, its first 30 of 38 epochs at
     # 192x128 (progressive resizing), soft targets, flip TTA, and keeping the largest car region (a
     # floor band at the frame's bottom edge is otherwise taken for car).
-    "cpu": Config(
+    Config(
         preset="cpu", model=UNET1024, input_size=Size(384, 256), width=0.25, optimizer="adam",
         lr=2e-3, batch_size=8, epochs=38, coarse_epochs=30, scheduler="cosine", soft_targets=True, tta=True,
         mask_cleanup="largest",
     ),
-}
+)}
 
 
 def preset(name: str) -> Config:

@@ -1,4 +1,4 @@
-"""A run's identity: its unique name, its folders and their lock, and what a resumed run continues.
+"""A run's identity: its unique name, its folders and their lock, and the record of its data and split.
 
 `Run` is the one owner of these facts: its name, folders and checkpoint paths (`best.pt`, `last.pt`)
 are decided here once and handed on; nothing else names a run or its files.
@@ -8,10 +8,8 @@ reserves them with `mkdir` (which fails when the folder exists, even for a proce
 runs started in the same second get two names (`-2`, `-3`, ...). While a run writes, it holds a lock
 on its models folder; a second process that wants the same run is refused, naming the holder.
 
-A resumed run continues *the same run*: the checkpoint's settings, data dir and split, with only the
-settings given explicitly on the command line changed (each change is printed). Settings that would
-change the network (so the saved weights do not fit) or the split (so validation cars would be
-trained on) are refused.
+A resumed run continues *the same run*: its checkpoint's `RunRecord` says where its data came from and
+how it was split (its settings are decided in `carvana.pipeline.settings`).
 """
 from __future__ import annotations
 
@@ -22,25 +20,15 @@ from pathlib import Path
 from typing import Any
 
 from carvana.core import distributed
-from carvana.core.durations import format_duration
 from carvana.core.errors import CarvanaError, ConfigError
-from carvana.core.geometry import Geometry
+from carvana.core.geometry import Size
 from carvana.core.locks import FolderLock
 from carvana.core.text import finished_epochs
 from carvana.run.config import Config
-from carvana.run.flags import flag_of
 
 LOCK_NAME = ".run.lock"
 LAST_NAME = "last.pt"  # after every epoch: where a resume continues (Lightning's and Keras' names)
 BEST_NAME = "best.pt"  # the epoch of the best monitored score: what scoring and prediction use
-# Changing these on resume would build another network: the saved weights would not fit it.
-WEIGHT_FIELDS = ("model", "input_size", "width")
-# Changing these on resume would draw another split: cars the run validated on would be trained on.
-SPLIT_FIELDS = ("validation_size", "sample_size", "seed", "folds", "fold")
-# A resumed run keeps its name and the preset its settings came from.
-IDENTITY_FIELDS = ("run_name", "preset")
-# Fields that set which epochs ran at which input size (and crop): fixed once the run has started.
-PHASE_FIELDS = ("coarse_epochs", "crop", "photo_size")
 
 
 def run_folder(config: Config, run_name: str) -> Path:
@@ -76,14 +64,14 @@ class RunRecord:
     train_cars: list[str] = field(default_factory=list)
     valid_cars: list[str] = field(default_factory=list)
     sample_cars: int | None = None  # the built-in sample's settings, to regenerate it identically
-    sample_image_size: str | None = None
-    photo_size: str | None = None  # WxH of the photos trained on, which prediction compares its photos' shape with
+    sample_image_size: Size | None = None
+    photo_size: Size | None = None  # of the photos trained on, which prediction compares its photos' shape with
 
     def to_dict(self) -> dict[str, Any]:
         """Primitives only (checkpoints load with weights_only=True)."""
         return {"data_dir": str(self.data_dir), "origin": self.origin, "train_cars": list(self.train_cars),
                 "valid_cars": list(self.valid_cars), "sample_cars": self.sample_cars,
-                "sample_image_size": self.sample_image_size, "photo_size": self.photo_size}
+                "sample_image_size": _text(self.sample_image_size), "photo_size": _text(self.photo_size)}
 
     @classmethod
     def from_payload(cls, payload: dict[str, Any]) -> "RunRecord | None":
@@ -94,24 +82,35 @@ class RunRecord:
         return cls(data_dir=Path(data["data_dir"]), origin=str(data.get("origin", "local data")),
                    train_cars=[str(c) for c in data.get("train_cars", [])],
                    valid_cars=[str(c) for c in data.get("valid_cars", [])],
-                   sample_cars=data.get("sample_cars"), sample_image_size=data.get("sample_image_size"),
-                   photo_size=data.get("photo_size"))
+                   sample_cars=data.get("sample_cars"), sample_image_size=_size(data.get("sample_image_size")),
+                   photo_size=_size(data.get("photo_size")))
+
+
+def _text(size: Size | None) -> str | None:
+    return None if size is None else str(size)
+
+
+def _size(text: Any) -> Size | None:
+    """A size a checkpoint recorded as WxH text; None for none, or for one this version cannot read."""
+    try:
+        return Size.parse(text) if isinstance(text, str) and text else None
+    except ConfigError:
+        return None
 
 
 # --------------------------------------------------------------------------- folders and locks
 
 
 class Run:
-    """A run being trained: its name, folders, checkpoint paths and settings, decided once; locked while in use.
+    """A run being trained: its name, folders and checkpoint paths, decided once; locked while in use.
 
     Made by `reserve_new_run` (a new run) or `open_existing_run` (a resumed one). The pipeline hands
     its name and paths on to the classifier and the callbacks.
     """
 
     def __init__(self, config: Config, name: str, created: list[Path]):
+        """`config`: where the run's folders are (its output and log dirs, and its fold)."""
         self.name = name
-        # The run's settings; the pipeline sets them once more when it fits the input size to the photos.
-        self.config = config.replace(run_name=name)
         self.models_dir = models_dir(config, name)
         self.folder = run_folder(config, name)  # its folder under OUTPUT/models, logs and OUTPUT/validation
         self.log_dir = config.log_dir / self.folder
@@ -120,11 +119,6 @@ class Run:
         self.best_path = self.models_dir / BEST_NAME
         self._created = created  # folders this process made, removed again if the run never starts
         self._lock = FolderLock(self.models_dir, LOCK_NAME)
-
-    @property
-    def geometry(self) -> Geometry:
-        """The network's input and output sizes at the run's input size."""
-        return self.config.geometry
 
     def lock(self) -> None:
         """Hold the run's lock, or refuse in one line naming the process that holds it."""
@@ -250,55 +244,6 @@ def _make_missing(*folders: Path) -> list[Path]:
         except OSError as e:
             raise ConfigError(f"{folder}: cannot create this folder ({e.strerror or e})") from None
     return created
-
-
-# --------------------------------------------------------------------------- resume
-
-
-def _shown(value: Any) -> str:
-    if isinstance(value, bool):
-        return "on" if value else "off"
-    if isinstance(value, float):
-        return f"{value:g}"
-    return str(value)
-
-
-def _duration(seconds: float | None) -> str:
-    return "none" if seconds is None else format_duration(seconds)
-
-
-def resumed_config(saved: Config, changes: dict[str, Any], checkpoint: Path) -> tuple[Config, list[str]]:
-    """The saved run's config with the explicitly given `changes`; and one line per change made.
-
-    A change that cannot apply to a resumed run is refused in one line naming the flag.
-    """
-    notes: list[str] = []
-    applied: dict[str, Any] = {}
-    for name, value in changes.items():
-        if value is None or getattr(saved, name) == value:
-            continue  # not given, or given as it already was
-        old = getattr(saved, name)
-        flag = flag_of(name)
-        if name in WEIGHT_FIELDS:
-            raise ConfigError(f"{flag} {_shown(value)}: {checkpoint} was trained with {flag} {_shown(old)}; "
-                              "its weights only fit that network (start a new run to change it)")
-        if name in SPLIT_FIELDS:
-            raise ConfigError(f"{flag} {_shown(value)}: {checkpoint} was split with {flag} {_shown(old)}; another "
-                              "value would put validation cars into training (start a new run to change it)")
-        if name in PHASE_FIELDS:
-            raise ConfigError(f"{flag} {_shown(value)}: {checkpoint} was started with {flag} {_shown(old)}; its "
-                              "epochs already ran at their input sizes (start a new run to change it)")
-        if name in IDENTITY_FIELDS:
-            raise ConfigError(f"{flag} {_shown(value)}: {checkpoint} belongs to {name.replace('_', ' ')} "
-                              f"{_shown(old)}; a resumed run keeps it (give single flags to change settings)")
-        applied[name] = value
-        if name == "max_time":
-            notes.append(f"resume: {flag} {_duration(old)} -> {_duration(value)}")
-        elif isinstance(value, bool):
-            notes.append(f"resume: {flag} ({name.replace('_', ' ')} {_shown(old)} -> {_shown(value)})")
-        else:
-            notes.append(f"resume: {flag} {_shown(old)} -> {_shown(value)}")
-    return saved.replace(**applied), notes
 
 
 def finished_message(run_name: str, epoch: int, saved_epochs: int, wanted_epochs: int) -> str:

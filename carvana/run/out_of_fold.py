@@ -8,7 +8,7 @@ from typing import Any
 
 from carvana.core.atomic import atomic_write_bytes
 from carvana.core.errors import CheckpointError
-from carvana.run.config import MASK_CLEANUPS
+from carvana.run.fields import MASK_CLEANUPS
 
 OUT_OF_FOLD_RECORD = "out_of_fold.json"
 

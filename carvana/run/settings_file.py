@@ -10,25 +10,24 @@ file's settings as if they were given as flags, explicit flags overriding them.
 PyYAML reads and writes it (safe loader and dumper only: no tags, no objects). A file is read as
 untrusted input: at most 64 KiB of it, its YAML events checked for anchors, aliases and nesting
 before anything is built from them, and every value checked for its YAML type and then by its
-flag's parser, so that whatever it holds ends in one short `ConfigError` naming the file and key.
+flag's parser (`carvana.run.fields`), so that whatever it holds ends in one short `ConfigError` naming
+the file and key.
 """
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import os
 from pathlib import Path
-from typing import Any, Callable, Iterable, Mapping
+from typing import Any, Iterable, Mapping
 
 import yaml
 
 from carvana.core.atomic import atomic_write_bytes
 from carvana.core.errors import ConfigError
 from carvana.core.geometry import Size
-from carvana.run.config import (ENVIRONMENT_FIELDS, LEGACY_CHANNELS_LAST, PATH_FIELDS, SIZE_FIELDS, Config,
-                                 memory_format_of)
-from carvana.run.flags import (FLAGS, SHOWN_LENGTH, non_negative_float, positive_float, positive_int, quoted,
-                               size)
+from carvana.run.config import ENVIRONMENT_FIELDS, LEGACY_CHANNELS_LAST, Config, memory_format_of
+from carvana.run.fields import FIELDS, SHOWN_LENGTH, cut, shown
+from carvana.run.flags import FLAGS
 
 CONFIG_FILE_NAME = "config.yaml"
 MAX_FILE_BYTES = 64 * 1024  # a run's config.yaml is about 2 KB
@@ -41,25 +40,6 @@ UNKNOWN_SHOWN = 5  # unknown keys a message names
 # Settings a file cannot set: the run's name comes from its folder or --run-name, not from a file a
 # second run would be started from.
 NOT_IN_FILE = ("run_name",)
-FIELDS = tuple(f.name for f in dataclasses.fields(Config))
-OPTIONAL = tuple(f.name for f in dataclasses.fields(Config) if "None" in str(f.type))  # null: unset
-BOOLEANS = tuple(name for name in FIELDS if isinstance(getattr(Config, name), bool))
-CHOICES = {flag.field: tuple(flag.choices) for flag in FLAGS if flag.choices is not None}
-
-
-def _momentum(text: str) -> float:
-    value = non_negative_float(text)
-    if value >= 1:
-        raise argparse.ArgumentTypeError(f"{quoted(text)} is not a number of at least 0 and below 1")
-    return value
-
-
-# Each remaining field's parser of text: its flag's, or for the settings no flag sets, one as strict.
-PARSERS: dict[str, Callable[[str], Any]] = {
-    "momentum": _momentum, "weight_decay": non_negative_float, "bce_weight": non_negative_float,
-    "dice_weight": non_negative_float, "fold": positive_int,
-    **{flag.field: flag.type for flag in FLAGS if flag.type is not None and flag.field not in SIZE_FIELDS}}
-TEXT_FIELDS = ("device", *PATH_FIELDS)  # the fields that take text only, not numbers
 
 
 def _key_names() -> dict[str, str]:
@@ -149,9 +129,9 @@ def _parse_yaml(text: str, path: Path) -> Any:
         mark = getattr(e, "problem_mark", None)
         where = f"line {mark.line + 1}: " if mark is not None else ""
         problem = getattr(e, "problem", None) or str(e).splitlines()[0]
-        raise ConfigError(f"{path}: not valid YAML ({where}{_cut(problem)})") from None
+        raise ConfigError(f"{path}: not valid YAML ({where}{cut(problem)})") from None
     except (ValueError, OverflowError) as e:  # a scalar PyYAML cannot convert: an int of 5,000 digits, 2021-02-30
-        raise ConfigError(f"{path}: a value YAML cannot convert ({_cut(str(e).split(':')[0])})") from None
+        raise ConfigError(f"{path}: a value YAML cannot convert ({cut(str(e).split(':')[0])})") from None
 
 
 def _check_events(events: Iterable[yaml.Event], path: Path) -> None:
@@ -166,7 +146,7 @@ def _check_events(events: Iterable[yaml.Event], path: Path) -> None:
         if depth == 1 and isinstance(event, yaml.ScalarEvent):
             if next_is_key:
                 if event.value in keys:  # PyYAML would keep the last one without a word
-                    raise ConfigError(f"{path}: line {line}: {_cut(event.value)} is set twice")
+                    raise ConfigError(f"{path}: line {line}: {cut(event.value)} is set twice")
                 keys.add(event.value)
             next_is_key = not next_is_key
         if isinstance(event, yaml.CollectionStartEvent):
@@ -185,9 +165,9 @@ def settings_from_mapping(data: Mapping[Any, Any], path: Path) -> dict[str, Any]
     names = _key_names()
     unknown = [key for key in data if not isinstance(key, str) or key not in names]
     if unknown:
-        shown = ", ".join(key if _plain_key(key) else _shown(key) for key in unknown[:UNKNOWN_SHOWN])
+        listed = ", ".join(key if _plain_key(key) else shown(key) for key in unknown[:UNKNOWN_SHOWN])
         more = f" and {len(unknown) - UNKNOWN_SHOWN} more" if len(unknown) > UNKNOWN_SHOWN else ""
-        raise ConfigError(f"{path}: unknown setting{'s' if len(unknown) > 1 else ''} {shown}{more} "
+        raise ConfigError(f"{path}: unknown setting{'s' if len(unknown) > 1 else ''} {listed}{more} "
                           f"(the keys are the settings' names, e.g. lr, input_size, epochs)")
     settings: dict[str, Any] = {}
     keys: dict[str, str] = {}  # field -> the key that set it
@@ -197,89 +177,14 @@ def settings_from_mapping(data: Mapping[Any, Any], path: Path) -> dict[str, Any]
             raise ConfigError(f"{path}: {field} is set twice (as {keys[field]} and as {key})")
         keys[field] = key
         try:
-            settings[field] = _value(field, key, value)
-        except (argparse.ArgumentTypeError, ConfigError, ValueError) as e:
+            legacy = key == LEGACY_CHANNELS_LAST  # memory_format's setting of old, true or false
+            settings[field] = memory_format_of(value) if legacy else FIELDS[field].check(value, text=True)
+        except (argparse.ArgumentTypeError, ConfigError) as e:
             raise ConfigError(f"{path}: {key}: {e}") from None
     return settings  # checked with the rest of the settings by Config itself
-
-
-def _value(field: str, key: str, value: Any) -> Any:
-    """A YAML value as `field` takes it: its YAML type checked, then its text through the flag's parser."""
-    if value is None:
-        if field in OPTIONAL:
-            return None
-        raise argparse.ArgumentTypeError("null: give a value, or leave the line out for the preset's")
-    if key == LEGACY_CHANNELS_LAST:
-        return memory_format_of(_boolean(value))
-    if field in BOOLEANS:
-        return _boolean(value)
-    if field in SIZE_FIELDS:
-        return size(_size_text(value))
-    if field in CHOICES:
-        if isinstance(value, str) and value in CHOICES[field]:
-            return value
-        hint = " (quote it: YAML reads a bare on/off/yes/no as true/false)" if isinstance(value, bool) else ""
-        raise argparse.ArgumentTypeError(f"{_shown(value)}: choose from {', '.join(CHOICES[field])}{hint}")
-    if isinstance(value, str):
-        return PARSERS[field](value)
-    if field in TEXT_FIELDS:
-        raise argparse.ArgumentTypeError(f"{_shown(value)}: must be text")
-    if field == "max_time":  # a number is seconds, as config.yaml writes it; text needs a unit, as the flag
-        return positive_float(_number_text(value))
-    return PARSERS[field](_number_text(value))
-
-
-def _boolean(value: Any) -> bool:
-    if not isinstance(value, bool):
-        raise argparse.ArgumentTypeError(f"{_shown(value)}: must be true or false")
-    return value
-
-
-def _size_text(value: Any) -> str:
-    """A size as the flag's text: `384x256`, a number (a square), or [width, height]."""
-    if isinstance(value, str):
-        return value
-    if isinstance(value, list) and len(value) == 2 and all(_is_int(side) for side in value):
-        return "x".join(_number_text(side) for side in value)
-    if _is_int(value):
-        return _number_text(value)
-    raise argparse.ArgumentTypeError(f"{_shown(value)}: must be WIDTHxHEIGHT (e.g. 384x256) or [width, height] "
-                                     "in whole pixels")
-
-
-def _number_text(value: Any) -> str:
-    """A YAML number as the flag's text would give it; anything else refused."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise argparse.ArgumentTypeError(f"{_shown(value)}: must be a number")
-    if isinstance(value, int) and value.bit_length() > 64:  # beyond every setting (and str() of 4,300 digits raises)
-        raise argparse.ArgumentTypeError(f"{_shown(value)} is too large")
-    return str(value)
-
-
-def _is_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
 
 
 def _plain_key(key: Any) -> bool:
     """A key a message may show as it is: short, printable, no spaces."""
     return isinstance(key, str) and 0 < len(key) <= SHOWN_LENGTH and key.isprintable() and " " not in key
 
-
-def _shown(value: Any) -> str:
-    """A YAML value as a message shows it, in at most about SHOWN_LENGTH characters."""
-    if value is None or isinstance(value, bool):
-        return {None: "null", True: "true", False: "false"}[value]
-    if isinstance(value, str):
-        return quoted(value)
-    if isinstance(value, int) and value.bit_length() > 3 * SHOWN_LENGTH:  # and str() raises past 4,300 digits
-        return f"a {round(value.bit_length() * 0.30103):,}-digit number"
-    if isinstance(value, (int, float)):
-        return _cut(str(value))
-    kinds = {list: "a list", dict: "a mapping", set: "a set", bytes: "binary data"}
-    return kinds.get(type(value), f"a {type(value).__name__}")
-
-
-def _cut(text: str) -> str:
-    """A library's message on one line, at most twice SHOWN_LENGTH characters."""
-    text = " ".join(text.split())
-    return text if len(text) <= 2 * SHOWN_LENGTH else text[:2 * SHOWN_LENGTH - 3] + "..."

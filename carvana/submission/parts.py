@@ -1,7 +1,7 @@
 """A submission predicted by several processes (torchrun): one part file per process, merged into one.
 
 Process r of W predicts the test photos r, r + W, r + 2W, ... of `sample_submission.csv`
-(`carvana.data.datasets.ShardSampler`) and streams its rows into its own part file, in that order.
+(`carvana.data.loading.ShardSampler`) and streams its rows into its own part file, in that order.
 Rank 0 then reads the W parts side by side, taking row k from part k mod W, which puts every row
 back in `sample_submission.csv` order without holding any part in memory, and writes the
 submission atomically (a previous one stays until the merged file is complete).

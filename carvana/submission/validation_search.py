@@ -29,7 +29,7 @@ from carvana.predict.cleanup import clean_probabilities
 from carvana.predict.hooks import PredictCallback, PredictState
 from carvana.predict.postprocess import probabilities_to_runs
 from carvana.predict.threshold import MARGIN, choose_threshold, validation_cars
-from carvana.run.config import MASK_CLEANUPS
+from carvana.run.fields import MASK_CLEANUPS
 from carvana.submission.score import dice_from_runs
 from carvana.submission.writer import SubmissionWriter, default_workers
 

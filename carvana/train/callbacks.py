@@ -2,7 +2,7 @@
 
 `CarvanaClassifier.train` calls these hooks with a `TrainState`; a callback overrides only the
 hooks it needs. They run in the callbacks' `order` (see `carvana.core.hooks`): early stopping's
-counters, then the checkpoints, then the rest, loggers last.
+counters, then the checkpoints, then the rest, the logging callbacks last.
 The prediction hooks are `carvana.predict.hooks`.
 
 A callback owns its state (the checkpoint's best score, early stopping's counters): it hands it
@@ -12,14 +12,18 @@ before `on_train_begin` of a resumed run.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable
 
 import torch
 
+from carvana.core.errors import ConfigError
 from carvana.core.hooks import CONTROL
 from carvana.run.config import Config
+
+MODES = ("max", "min")
 
 
 @dataclass
@@ -46,7 +50,7 @@ class TrainState:
     model: torch.nn.Module
     optimizer: torch.optim.Optimizer
     scheduler: Any  # a torch LR scheduler or None
-    scaler: Any  # torch.amp.GradScaler or None
+    scaler: Any  # torch.amp.GradScaler (enabled only under float16 autocast)
     device: torch.device
     epochs: int  # the epoch the run ends at (absolute, counting resumed epochs)
     epoch: int = 0  # last completed epoch, 1-based; 0 before the first ends
@@ -104,6 +108,40 @@ class Callback:
     def on_exception(self, state: TrainState, exception: BaseException) -> None:
         """Training stopped by `exception`: Ctrl-C or SIGTERM (a KeyboardInterrupt), a diverged loss or any
         error; `state.epoch` is the last complete epoch, and `on_train_end` will not be called."""
+
+
+class MetricMonitor(Callback):
+    """The one "is this better" of `ModelCheckpoint` and `EarlyStopping`, with Lightning's meanings: the
+    metric `monitor`, `mode` "max" or "min", and `min_delta`, by how much a score must beat the best."""
+
+    label = "monitor"  # names the callback in its errors
+
+    def __init__(self, monitor: str, mode: str, min_delta: float = 0.0):
+        if mode not in MODES:
+            raise ConfigError(f"{self.label} mode {mode!r}: choose from {', '.join(MODES)}")
+        if min_delta < 0:
+            raise ConfigError(f"{self.label} min delta {min_delta}: must be zero or positive")
+        self.monitor, self.mode, self.min_delta = monitor, mode, min_delta
+
+    def monitored_score(self, state: TrainState) -> float | None:
+        """The epoch's score; None for a coarse epoch, whose score is at the coarse size and not compared."""
+        if self.monitor not in state.metrics:
+            raise ConfigError(f"{self.label} monitor {self.monitor!r}: not a metric (choose from "
+                              f"{', '.join(state.metrics)})")
+        return None if state.coarse_epoch else float(state.metrics[self.monitor])
+
+    def improves(self, score: float, best: float | None) -> bool:
+        """Whether `score` beats `best` by more than `min_delta` (NaN never does; any other beats None)."""
+        if math.isnan(score):
+            return False
+        if best is None:
+            return True
+        return score > best + self.min_delta if self.mode == "max" else score < best - self.min_delta
+
+    def monitors_as(self, saved: dict[str, Any]) -> bool:
+        """Whether a saved state was counted with this `monitor`, `mode` and `min_delta` (one it lacks: yes)."""
+        return all(saved.get(name, getattr(self, name)) == getattr(self, name)
+                   for name in ("monitor", "mode", "min_delta"))
 
 
 def callback_states(callbacks: Iterable[Any]) -> dict[str, dict[str, Any]]:

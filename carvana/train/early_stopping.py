@@ -2,20 +2,17 @@
 from __future__ import annotations
 
 import logging
-import math
 from typing import Any
 
 from carvana.core.errors import ConfigError
 from carvana.core.hooks import TRACK
 from carvana.core.text import count
-from carvana.train.callbacks import Callback, TrainState
+from carvana.train.callbacks import MetricMonitor, TrainState
 
 log = logging.getLogger(__name__)
 
-MODES = ("max", "min")
 
-
-class EarlyStopping(Callback):
+class EarlyStopping(MetricMonitor):
     """Sets `state.should_stop` after `patience` epochs without an improvement over `min_delta`.
 
     `best_score` is the best value of `monitor` so far, `wait_count` the epochs since it was reached
@@ -30,18 +27,13 @@ class EarlyStopping(Callback):
     """
 
     order = TRACK
+    label = "early stopping"
 
     def __init__(self, monitor: str = "val_dice", patience: int = 5, min_delta: float = 0.0, mode: str = "max"):
-        if mode not in MODES:
-            raise ConfigError(f"early stopping mode {mode!r}: choose from {', '.join(MODES)}")
+        super().__init__(monitor, mode, min_delta)
         if patience < 1:
             raise ConfigError(f"early stopping patience {patience}: must be at least 1")
-        if min_delta < 0:
-            raise ConfigError(f"early stopping min delta {min_delta}: must be zero or positive")
-        self.monitor = monitor
         self.patience = patience
-        self.min_delta = min_delta
-        self.mode = mode
         self.best_score: float | None = None
         self.wait_count = 0  # epochs since the last improvement
         self.stopped_epoch: int | None = None
@@ -55,7 +47,7 @@ class EarlyStopping(Callback):
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         """Take up a resumed run's counters. Counted for another `monitor`, `mode` or `min_delta` they do
         not apply: they are counted again from the history. The `patience` stays this callback's own."""
-        if any(state_dict.get(name) != getattr(self, name) for name in ("monitor", "mode", "min_delta")):
+        if not self.monitors_as(state_dict):
             return
         best, stopped = state_dict.get("best_score"), state_dict.get("stopped_epoch")
         self.best_score = None if best is None else float(best)
@@ -72,13 +64,10 @@ class EarlyStopping(Callback):
         self._restored = False
 
     def on_epoch_end(self, state: TrainState) -> None:
-        if self.monitor not in state.metrics:
-            raise ConfigError(
-                f"early stopping monitor {self.monitor!r}: not a metric (choose from {', '.join(state.metrics)})"
-            )
-        if state.coarse_epoch:
+        score = self.monitored_score(state)
+        if score is None:  # a coarse epoch
             return
-        self._update(state.metrics[self.monitor])
+        self._update(score)
         if self.wait_count >= self.patience:
             state.should_stop = True
             self.stopped_epoch = state.epoch
@@ -88,16 +77,7 @@ class EarlyStopping(Callback):
             )
 
     def _update(self, score: float) -> None:
-        if self._improves(score):
+        if self.improves(score, self.best_score):
             self.best_score, self.wait_count = float(score), 0
         else:
             self.wait_count += 1
-
-    def _improves(self, score: float) -> bool:
-        if math.isnan(score):
-            return False
-        if self.best_score is None:
-            return True
-        if self.mode == "max":
-            return score > self.best_score + self.min_delta
-        return score < self.best_score - self.min_delta

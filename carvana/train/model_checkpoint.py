@@ -7,19 +7,15 @@ an interrupted epoch exactly. How a file is written, checked and read back is `c
 """
 from __future__ import annotations
 
-import math
 import shutil
 from pathlib import Path
 from typing import Any, Iterable
 
 from carvana.core.atomic import atomic_path
-from carvana.core.errors import ConfigError
 from carvana.core.hooks import PERSIST
 from carvana.run.checkpoint import FORMAT_VERSION, save_checkpoint, settings_entries
 from carvana.run.identity import BEST_NAME, LAST_NAME
-from carvana.train.callbacks import Callback, TrainState, callback_states
-
-MODES = ("max", "min")
+from carvana.train.callbacks import MetricMonitor, TrainState, callback_states
 
 
 def checkpoint_payload(state: TrainState, run_record: dict[str, Any] | None = None, best_score: float | None = None,
@@ -54,15 +50,7 @@ def checkpoint_payload(state: TrainState, run_record: dict[str, Any] | None = No
     }
 
 
-def _better(score: float, best: float | None, mode: str, min_delta: float = 0.0) -> bool:
-    if math.isnan(score):
-        return False
-    if best is None:
-        return True
-    return score > best + min_delta if mode == "max" else score < best - min_delta
-
-
-class ModelCheckpoint(Callback):
+class ModelCheckpoint(MetricMonitor):
     """`last.pt` after every epoch, `best.pt` when the monitored metric improves (Lightning/Keras names).
 
     `best_model_score` is the best value of `monitor` so far, `best_model_path` the file holding the
@@ -82,14 +70,12 @@ class ModelCheckpoint(Callback):
     """
 
     order = PERSIST
+    label = "checkpoint"
 
     def __init__(self, dirpath: str | Path, monitor: str = "val_dice", mode: str = "max", save_last: bool = True,
                  run_record: dict[str, Any] | None = None):
-        if mode not in MODES:
-            raise ConfigError(f"checkpoint mode {mode!r}: choose from {', '.join(MODES)}")
+        super().__init__(monitor, mode)
         self.dirpath = Path(dirpath)
-        self.monitor = monitor
-        self.mode = mode
         self.save_last = save_last
         self.run_record = run_record  # saved in every checkpoint (primitives only)
         self.last_path = self.dirpath / LAST_NAME
@@ -112,7 +98,7 @@ class ModelCheckpoint(Callback):
         gives names neither: its score is taken). `last_model_path` stays None until this run writes
         last.pt: until then the run resumes from the file the classifier was resumed from.
         """
-        if state_dict.get("monitor", self.monitor) != self.monitor or state_dict.get("mode", self.mode) != self.mode:
+        if not self.monitors_as(state_dict):
             return
         score, best = state_dict.get("best_model_score"), state_dict.get("best_model_path")
         self.best_model_score = None if score is None else float(score)
@@ -123,13 +109,8 @@ class ModelCheckpoint(Callback):
         self._tried_epoch = None
 
     def on_epoch_end(self, state: TrainState) -> None:
-        if self.monitor not in state.metrics:
-            raise ConfigError(
-                f"checkpoint monitor {self.monitor!r}: not a metric (choose from {', '.join(state.metrics)})"
-            )
-        score = float(state.metrics[self.monitor])
-        # A coarse epoch's score is at the coarse size: best.pt comes from the full-size epochs.
-        improved = not state.coarse_epoch and _better(score, self.best_model_score, self.mode)
+        score = self.monitored_score(state)  # None in the coarse phase: best.pt comes from the full-size epochs
+        improved = score is not None and self.improves(score, self.best_model_score)
         kept = self.best_model_score, self.best_model_path
         if improved:  # before the payload is made, so that the file's own state names it the best
             self.best_model_score, self.best_model_path = score, self.best_path
