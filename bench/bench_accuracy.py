@@ -81,10 +81,17 @@ class Settings:
     sample_cars: int | None = None  # built-in sample's training cars for the transfer figure (None = its default)
     sample_image_size: Size | None = None
     crop: Size | None = None  # full-resolution training (--crop): random crops of the unresized photos
+    model: str | None = None  # another model than the preset's (e.g. unet_resnet34), at the preset's input size
+    max_time: str | None = None  # a training-time budget (main.py --max-time): the budget alone ends the run
 
     def flags(self) -> list[str]:
         """main.py training flags that override the preset."""
         flags = ["--preset", PRESET, "--seed", str(self.seed)]
+        if self.model is not None:  # at the preset's input size, not the model's own preset's
+            flags += ["--model", self.model, *([] if self.input_size or self.crop else
+                                               ["--input-size", str(preset(PRESET).input_size)])]
+        if self.max_time is not None:
+            flags += ["--max-time", self.max_time]
         if self.epochs is not None:
             flags += ["--epochs", str(self.epochs)]
         if self.input_size is not None:
@@ -99,9 +106,9 @@ class Settings:
         if self.crop is not None:
             return photos
         config = preset(PRESET)
-        size = self.input_size or input_size_for_photos(config.model, config.input_size, photos,
-                                                        drawn_for=KAGGLE_SIZE)
-        return model_geometry(config.model, size).output_size
+        model = self.model or config.model
+        size = self.input_size or input_size_for_photos(model, config.input_size, photos, drawn_for=KAGGLE_SIZE)
+        return model_geometry(model, size).output_size
 
 
 FULL = Settings(train_cars=24, held_out_cars=8, seed=0)
@@ -386,7 +393,9 @@ def report(settings: Settings, quick: bool, runs: dict[str, RunResult], transfer
             figures[f"ceiling_{kind}_{variant}"] = {"mean_dice": mean, "worst_dice": worst}
     print_table(
         f"Accuracy on real photos{' (QUICK: tiny settings, not the real figures)' if quick else ''}: "
-        f"preset {PRESET}{f' with --crop {settings.crop}' if settings.crop else ''}, {settings.train_cars} "
+        f"preset {PRESET}{f' with --crop {settings.crop}' if settings.crop else ''}"
+        f"{f' --model {settings.model}' if settings.model else ''}"
+        f"{f' --max-time {settings.max_time}' if settings.max_time else ''}, {settings.train_cars} "
         "training cars, Dice at full resolution on "
         f"{settings.held_out_cars} held-out cars ({settings.held_out_cars * kl.VIEWS_PER_CAR} images)",
         ["model", "mean Dice", "worst-5 mean", "worst", "input -> output", "train min", "train img/s", "wall min"],
@@ -397,7 +406,13 @@ def report(settings: Settings, quick: bool, runs: dict[str, RunResult], transfer
         print(f"  worst of {key}: " + ", ".join(f"{name} {d:.3f}" for name, d in result.worst))
     if settings.crop is not None:
         figures["crop"] = str(settings.crop)
-    record("accuracy_real_photos" + (f"_crop{settings.crop}" if settings.crop else "") + ("_quick" if quick else ""),
+    for name, value in (("model", settings.model), ("max_time", settings.max_time)):
+        if value is not None:
+            figures[name] = value
+    parts = (settings.model, settings.max_time and f"budget{settings.max_time}",
+             settings.train_cars != FULL.train_cars and not quick and f"{settings.train_cars}cars")
+    suffix = "".join(f"_{part}" for part in parts if part)
+    record("accuracy_real_photos" + (f"_crop{settings.crop}" if settings.crop else "") + suffix + ("_quick" if quick else ""),
            figures)
     return figures
 
@@ -412,6 +427,9 @@ def parse_arguments() -> argparse.Namespace:
     parser.add_argument("--only", nargs="+", choices=VARIANTS, default=list(VARIANTS), help="some variants only")
     parser.add_argument("--crop", type=parse_size, default=None, metavar="WxH", help=(
         "train at full resolution on WxH crops of the unresized photos (main.py --crop)"))
+    parser.add_argument("--model", default=None, help="train this model instead of the preset's (main.py --model)")
+    parser.add_argument("--max-time", default=None, metavar="DURATION", help=(
+        "a training-time budget instead of the preset's epochs (main.py --max-time, e.g. 10m)"))
     parser.add_argument("--keep", type=Path, default=None, help=(
         "work in this folder and keep it (data, logs); a second run there reuses what the first finished"))
     return parser.parse_args()
@@ -424,5 +442,6 @@ if __name__ == "__main__":
         train_cars=arguments.train_cars or base.train_cars, held_out_cars=arguments.held_out_cars or base.held_out_cars,
         seed=base.seed if arguments.seed is None else arguments.seed, epochs=arguments.epochs or base.epochs,
         input_size=None if arguments.crop else base.input_size, sample_cars=base.sample_cars,
-        sample_image_size=base.sample_image_size, crop=arguments.crop)
+        sample_image_size=base.sample_image_size, crop=arguments.crop, model=arguments.model,
+        max_time=arguments.max_time)
     main(arguments.quick, chosen, tuple(arguments.only), arguments.keep)

@@ -107,7 +107,7 @@ def end_to_end(images: int, batch: int, workers: int) -> dict[str, float]:
         data = load_carvana_data(data_dir, need_train=False)
         geometry = model_geometry(config.model, config.input_size)
         torch.manual_seed(config.seed)  # random weights, drawn as a new run draws them
-        predictor = Predictor.for_config(config, build_model(config.model, config.width), progress=False)
+        predictor = Predictor.for_config(config, config.new_model(), progress=False)
         loader = make_test_loader(data, geometry, config)
         # Warm-up pass on a few batches (cuDNN autotuning, worker start-up).
         warm = make_test_loader(data.test_image_paths()[: batch * 2], geometry, config)

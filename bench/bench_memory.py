@@ -192,7 +192,6 @@ def ensemble_child(rows: int) -> dict:
 
     from bench.fixtures import PHOTO_SIZE
     from carvana.core.geometry import Size
-    from carvana.models import build_model
     from carvana.predict.ensemble import EnsembleForward, EnsembleMember
     from carvana.predict.predictor import Predictor
     from carvana.run.config import Config
@@ -203,7 +202,7 @@ def ensemble_child(rows: int) -> dict:
         config = Config(preset="cpu", model="unet1024", input_size=Size(width, height), width=0.125, amp="off",
                         device="cpu")
         torch.manual_seed(seed)
-        model = build_model(config.model, config.width)
+        model = config.new_model()
         forward = Predictor.for_config(config, model, progress=False).forward
         members.append(EnsembleMember(Path(f"model-{width}x{height}.pt"), forward, tta=False))
     ensemble = EnsembleForward(members, PHOTO_SIZE)

@@ -24,7 +24,6 @@ from bench.common import print_table, record  # noqa: E402
 from bench.fixtures import PHOTO_SIZE, probability_maps, real_photos  # noqa: E402
 from carvana.data.datasets import make_test_loader  # noqa: E402
 from carvana.data.layout import CarvanaData  # noqa: E402
-from carvana.models import build_model  # noqa: E402
 from carvana.models.specs import model_geometry  # noqa: E402
 from carvana.predict.predictor import Predictor  # noqa: E402
 from carvana.run.config import preset  # noqa: E402
@@ -48,7 +47,7 @@ def main(quick: bool = False) -> dict:
     loops, repeat = (1, 2) if quick else (3, 3)
     config = preset("cpu")
     torch.manual_seed(config.seed)  # random weights (the speed is the same), drawn as a new run draws them
-    predictor = Predictor.for_config(config, build_model(config.model, config.width), progress=False)
+    predictor = Predictor.for_config(config, config.new_model(), progress=False)
     geometry = model_geometry(config.model, config.input_size)
     photos = real_photos()
     names = [p.name for p in photos] * loops

@@ -83,7 +83,7 @@ def _run(args: argparse.Namespace) -> int:
 
     given, config = _settings(args)
     if args.print_config:
-        return _print_config(config)
+        return _print_config(given, config, args.resume)
     run_all(config, _data_options(args, given), args.resume, given=given)
     return 0
 
@@ -96,17 +96,25 @@ def _given(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _settings(args: argparse.Namespace) -> tuple[dict[str, Any], Config]:
-    """The settings the command line gave, and the run's settings they request (`requested_settings`)."""
+    """The settings the command line gave, and the run's settings they request (`requested_settings`; with
+    --resume only where to look for the run: its checkpoint holds the rest)."""
     from carvana.pipeline.settings import requested_settings
 
     given = _given(args)
-    return given, requested_settings(given)
+    return given, requested_settings(given, resuming=args.resume is not None)
 
 
-def _print_config(config: Config) -> int:
-    log.info(settings_yaml(config, "settings resolved from the preset, --config and the flags "
-                                   "(a new run fits the input size to its photos' shape unless input_size is set)")
-             .rstrip("\n"))
+def _print_config(given: dict[str, Any], config: Config, resume: str | None) -> int:
+    """--print-config: a new run's settings, or those a resumed run goes on with (`resumed_run_settings`)."""
+    from carvana.pipeline.settings import resumed_run_settings
+
+    if resume is not None:
+        config = resumed_run_settings(given, config, resume)
+        title = f"settings of the run --resume {resume} goes on with"
+    else:
+        title = ("settings resolved from the preset, --config and the flags (a new run fits the input size to its "
+                 "photos' shape unless input_size is set)")
+    log.info(settings_yaml(config, title).rstrip("\n"))
     return 0
 
 
@@ -116,7 +124,7 @@ def _train(args: argparse.Namespace) -> int:
 
     given, config = _settings(args)
     if args.print_config:
-        return _print_config(config)
+        return _print_config(given, config, args.resume)
     result = run_training(config, _data_options(args, given), args.resume, given=given)
     if result.fold_checkpoints:
         folder = result.fold_checkpoints[0].parent.parent

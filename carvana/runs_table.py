@@ -30,6 +30,7 @@ from carvana.core.errors import CheckpointError
 from carvana.core.locks import FolderLock
 from carvana.core.text import count
 from carvana.predict.threshold import ThresholdRecord
+from carvana.run.config import model_choices
 from carvana.run.identity import BEST_NAME, FOLD_PREFIX, LAST_NAME, LOCK_NAME
 from carvana.run.out_of_fold import OUT_OF_FOLD_RECORD, read_out_of_fold_record
 from carvana.train.budget import TrainingBudget
@@ -141,7 +142,8 @@ def _recipe_cells(entries: dict[str, Any] | None) -> dict[str, Any]:
     if entries is None:
         return {}
     config, size = entries["config"], entries["config"].get("input_size")
-    return {"preset": str(config.get("preset", "")), "model": str(entries.get("model_name", config.get("model", ""))),
+    model = " ".join([str(entries.get("model_name", config.get("model", ""))), *model_choices(config)])
+    return {"preset": str(config.get("preset", "")), "model": model,
             "input_size": f"{size[0]}x{size[1]}" if isinstance(size, (list, tuple)) and len(size) == 2 else "",
             "width": float(entries["width"]) if isinstance(entries.get("width"), (int, float)) else None}
 

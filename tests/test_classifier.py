@@ -100,10 +100,10 @@ def test_the_validation_batch_of_the_valid_convolution_unet_crops_the_mirror_bor
 
 def test_optimisers_and_schedulers_follow_the_config():
     model = torch.nn.Conv2d(3, 1, 1)
-    sgd = build_optimizer(tiny_config(optimizer="sgd", lr=0.01, momentum=0.99), model.parameters())
+    sgd = build_optimizer(tiny_config(optimizer="sgd", lr=0.01, momentum=0.99), model)
     assert isinstance(sgd, torch.optim.SGD) and sgd.defaults["momentum"] == 0.99 and sgd.defaults["lr"] == 0.01
-    assert isinstance(build_optimizer(tiny_config(optimizer="rmsprop"), model.parameters()), torch.optim.RMSprop)
-    assert isinstance(build_optimizer(tiny_config(optimizer="adam"), model.parameters()), torch.optim.Adam)
+    assert isinstance(build_optimizer(tiny_config(optimizer="rmsprop"), model), torch.optim.RMSprop)
+    assert isinstance(build_optimizer(tiny_config(optimizer="adam"), model), torch.optim.Adam)
     plateau = build_scheduler(tiny_config(scheduler="plateau"), sgd)
     assert isinstance(plateau, torch.optim.lr_scheduler.ReduceLROnPlateau) and plateau.mode == "max"
     assert build_scheduler(tiny_config(scheduler="none"), sgd) is None

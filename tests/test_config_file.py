@@ -205,7 +205,7 @@ class Written(str):
 
 HUGE = Written("0x" + "f" * 5000)
 INT_FIELDS = ("batch_size", "epochs", "max_steps", "coarse_epochs", "early_stopping_patience", "folds", "fold",
-              "seed", "workers")
+              "seed", "workers", "encoder_freeze_epochs")
 # Values of the wrong YAML type, or out of every setting's range, for each kind of setting.
 WRONG = {
     "any": [[1, 2, 3], {"a": 1}, "\0", "x" * 5000 + "\0", datetime.date(2024, 1, 1)],

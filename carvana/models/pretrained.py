@@ -51,17 +51,23 @@ def imagenet_state_dict(arch: str) -> dict[str, Any]:
     except OSError as error:  # no network, name not resolved, refused, an HTTP error
         reason = getattr(error, "reason", None) or error.strerror or error
         raise CheckpointError(f"encoder weights imagenet: cannot download {url} ({reason}); offline, download "
-                              "that file on a machine with internet and give its path as the encoder weights") from None
+                              "that file on a machine with internet and give its path (--encoder-weights PATH)") from None
     except UNREADABLE as error:  # the hash differs (the download is not the published file) or a damaged cache
         cache = Path(torch.hub.get_dir()) / "checkpoints"
         raise CheckpointError(f"encoder weights imagenet: {url}: {_first_line(error)} (a damaged copy in {cache} "
                               "is downloaded again once deleted)") from None
 
 
-def _read_file(path: Path) -> Any:
-    if not path.is_file():
-        raise ConfigError(f"encoder weights {str(path)!r}: no such file (choose {', '.join(ENCODER_WEIGHTS)} "
+def check_source(source: str) -> None:
+    """A ConfigError in one line when `source` is neither imagenet, none nor a file: checked before a new run
+    gets its data, not after."""
+    if source not in ENCODER_WEIGHTS and not Path(source).is_file():
+        raise ConfigError(f"encoder weights {source!r}: no such file (choose {', '.join(ENCODER_WEIGHTS)} "
                           "or the path of a torchvision checkpoint)")
+
+
+def _read_file(path: Path) -> Any:
+    check_source(str(path))
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except (OSError, *UNREADABLE) as error:

@@ -47,7 +47,9 @@ class ModelSpec:
         for its smallest side as the other side within that many pixels;
     builder: width (and `options` by keyword) -> a freshly initialised net (imports torch and the
         net's module when called);
-    options: the builder's keyword options beyond width, e.g. the encoder U-Nets' `upsample`.
+    options: the builder's keyword options beyond width, e.g. the encoder U-Nets' `upsample`;
+    encoder: whether the net's `encoder` is a classification backbone (`carvana.models.encoders`) that
+        takes ImageNet weights (`carvana.models.pretrained`), its own learning rate and freezing.
     """
 
     name: str
@@ -57,6 +59,7 @@ class ModelSpec:
     valid_sides: Callable[[float], list[int]]
     builder: Callable[..., "SegmentationNet"]
     options: tuple[str, ...] = ()
+    encoder: bool = False
 
 
 def _build_unet_original(width: float) -> "SegmentationNet":
@@ -105,7 +108,7 @@ def _encoder_unet_spec(model: str) -> ModelSpec:
         name=model, same_size=True, default_input=Size(1024, 1024),
         geometry=partial(_divisible_geometry, model, ENCODER_UNET_DIVISOR),
         valid_sides=partial(_divisible_sides, ENCODER_UNET_DIVISOR),
-        builder=partial(_build_encoder_unet, model), options=ENCODER_UNET_OPTIONS,
+        builder=partial(_build_encoder_unet, model), options=ENCODER_UNET_OPTIONS, encoder=True,
     )
 
 
@@ -123,6 +126,7 @@ MODEL_SPECS: dict[str, ModelSpec] = {
     **{model: _encoder_unet_spec(model) for model in (UNET_RESNET34, UNET_RESNET18, UNET_VGG11)},
 }
 MODEL_NAMES = tuple(MODEL_SPECS)
+ENCODER_MODELS = tuple(name for name, spec in MODEL_SPECS.items() if spec.encoder)
 
 
 def model_spec(name: str) -> ModelSpec:

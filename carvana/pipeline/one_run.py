@@ -60,7 +60,7 @@ def train_one_run(run: Run, config: Config, data: RunData, checkpoint: Checkpoin
                  split_by_car(layout.train_names, config.validation_size, config.sample_size, config.seed))
         if record is not None and record.valid_cars:
             check_same_split(record, split, source.data_dir, run.name)
-        classifier = CarvanaClassifier(config)
+        classifier = CarvanaClassifier(config, pretrained=checkpoint is None)
         if checkpoint is not None:
             classifier.resume_from(checkpoint)
     except BaseException:

@@ -9,7 +9,7 @@ from pathlib import Path
 from carvana.core.text import count
 from carvana.kaggle import files as layout_names
 from carvana.models.input_sizes import coarse_input_size
-from carvana.run.config import Config
+from carvana.run.config import Config, model_choices
 from carvana.run.identity import Run
 from carvana.train.budget import TrainingBudget
 
@@ -35,7 +35,8 @@ def describe_run(run: Run, config: Config, data, split, classifier, input_note: 
         f"Data: {count(len(split.train), 'training image')} ({count(cars(split.train), 'car')}), "
         f"{count(len(split.valid), 'validation image')} ({count(cars(split.valid), 'unseen car')}), "
         f"photos {data.image_size}",
-        f"Model: {config.model} (width {config.width:g}, {params / 1e6:.2f}M parameters), "
+        f"Model: {config.model} ({', '.join([f'width {config.width:g}', *model_choices(config.to_dict())])}, "
+        f"{params / 1e6:.2f}M parameters), "
         f"input {geometry.input_size} -> output {geometry.output_size}{input_note or crop_note(config)}"
         f"{coarse_note(config)}",
         f"Training: {TrainingBudget.of(config).describe()}{resumed}, batch {config.batch_size}, "

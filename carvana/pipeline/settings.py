@@ -19,22 +19,34 @@ from carvana.core.errors import CarvanaError, ConfigError
 from carvana.core.geometry import Size
 from carvana.kaggle import files as layout_names
 from carvana.models.input_sizes import input_size_for_photos, padded_input_size
+from carvana.pipeline.resumed_data import resume_checkpoint
 from carvana.predict.threshold import prediction_threshold
 from carvana.run.checkpoint import Checkpoint
-from carvana.run.config import Config, preset
+from carvana.run.config import (DEFAULTS, ENVIRONMENT_FIELDS, MODEL_OPTION_FIELDS, PRESETS, Config, options_of,
+                                preset)
 from carvana.run.flags import flag_of
 from carvana.run.flags import given_settings as flag_settings
 from carvana.run.settings_file import read_settings_file
 
-# Changing these on resume would build another network: the saved weights would not fit it.
-WEIGHT_FIELDS = ("model", "input_size", "width")
-# Changing these on resume would draw another split: cars the run validated on would be trained on.
-SPLIT_FIELDS = ("validation_size", "sample_size", "seed", "folds", "fold")
-# A resumed run keeps its name and the preset its settings came from.
-IDENTITY_FIELDS = ("run_name", "preset")
-# Fields that set which epochs ran at which input size (and crop): fixed once the run has started.
-PHASE_FIELDS = ("coarse_epochs", "crop", "photo_size")
-
+# What a resumed run cannot change, and why: (fields, the reason given after "FLAG VALUE: CHECKPOINT").
+FIXED_ON_RESUME = (
+    # Another network: the saved weights would not fit it.
+    (("model", "input_size", "width", "upsample", "attention"),
+     "was trained with {flag} {old}; its weights only fit that network (start a new run to change it)"),
+    # A run starts from these weights once, then carries on from its checkpoint's.
+    (("encoder_weights",),
+     "started from {flag} {old}; its weights carry on from its checkpoint (start a new run to change it)"),
+    # Another split: cars the run validated on would be trained on.
+    (("validation_size", "sample_size", "seed", "folds", "fold"),
+     "was split with {flag} {old}; another value would put validation cars into training (start a new run to "
+     "change it)"),
+    # Which epochs ran at which input size (and crop).
+    (("coarse_epochs", "crop", "photo_size"),
+     "was started with {flag} {old}; its epochs already ran at their input sizes (start a new run to change it)"),
+    # Its name and the preset its settings came from.
+    (("run_name", "preset"),
+     "belongs to {name} {old}; a resumed run keeps it (give single flags to change settings)"),
+)
 
 def given_settings(values: Mapping[str, Any], command: str) -> dict[str, Any]:
     """The Config fields a command line set explicitly (`values`: its parsed flags): a --config file's
@@ -52,17 +64,24 @@ def given_settings(values: Mapping[str, Any], command: str) -> dict[str, Any]:
     return given
 
 
-def requested_settings(given: Mapping[str, Any], base: Config | None = None) -> Config:
+def requested_settings(given: Mapping[str, Any], base: Config | None = None, resuming: bool = False) -> Config:
     """The preset (or `base`) with the `given` settings applied; another model than the preset's brings
-    that model's own input size and coarse phase unless they are given too."""
-    changes = dict(given)
+    that model's own preset's input size and coarse phase unless they are given too (a model without a
+    preset of its own, as the encoder U-Nets, keeps the preset's); a model without an encoder drops the
+    preset's encoder settings (`--preset unet_resnet34 --model unet1024`). `resuming`: only where the run is
+    looked for and runs (the `Environment`'s fields) is applied; the recipe is the checkpoint's
+    (`resumed_settings`)."""
+    changes = {name: value for name, value in given.items() if not resuming or name in ENVIRONMENT_FIELDS}
     name = changes.pop("preset", None)
     if base is None:
         base = preset(name or default_preset_name(changes.get("device")))
-    if changes.get("model") and changes["model"] != base.model:
+    model_preset = PRESETS.get(changes.get("model"))
+    if model_preset is not None and model_preset.model != base.model:
         for field in ("input_size", "coarse_epochs"):
             if changes.get(field) is None:
-                changes[field] = getattr(preset(changes["model"]), field)
+                changes[field] = getattr(model_preset, field)
+    for field in set(MODEL_OPTION_FIELDS) - set(options_of(changes.get("model", base.model))) - set(changes):
+        changes[field] = DEFAULTS[field]  # the preset's encoder settings, for a model given without an encoder
     return base.replace(**changes)
 
 
@@ -70,6 +89,12 @@ def default_preset_name(device: str | None = None) -> str:
     """unet1024 where the run gets a GPU (CUDA here, and no `--device cpu`), else cpu."""
     on_cpu = device is not None and device.split(":")[0] == "cpu"
     return "unet1024" if torch.cuda.is_available() and not on_cpu else "cpu"
+
+
+def resumed_run_settings(given: Mapping[str, Any], where: Config, resume: str) -> Config:
+    """The settings the run `resume` names (found under `where.output_dir`) goes on with, `given` applied."""
+    checkpoint = resume_checkpoint(where.output_dir, resume)
+    return resumed_settings(checkpoint.run_config(), given, checkpoint.path)[0]
 
 
 def resumed_settings(saved: Config, given: Mapping[str, Any], checkpoint: Path) -> tuple[Config, list[str]]:
@@ -91,20 +116,12 @@ def resumed_settings(saved: Config, given: Mapping[str, Any], checkpoint: Path) 
 
 
 def _check_resumable(name: str, value: Any, old: Any, checkpoint: Path) -> None:
-    flag = flag_of(name)
-    change = f"{flag} {_shown(value)}: {checkpoint}"
-    if name in WEIGHT_FIELDS:
-        raise ConfigError(f"{change} was trained with {flag} {_shown(old)}; its weights only fit that network "
-                          "(start a new run to change it)")
-    if name in SPLIT_FIELDS:
-        raise ConfigError(f"{change} was split with {flag} {_shown(old)}; another value would put validation "
-                          "cars into training (start a new run to change it)")
-    if name in PHASE_FIELDS:
-        raise ConfigError(f"{change} was started with {flag} {_shown(old)}; its epochs already ran at their input "
-                          "sizes (start a new run to change it)")
-    if name in IDENTITY_FIELDS:
-        raise ConfigError(f"{change} belongs to {name.replace('_', ' ')} {_shown(old)}; a resumed run keeps it "
-                          "(give single flags to change settings)")
+    """A ConfigError naming the flag when `FIXED_ON_RESUME` says a resumed run cannot change `name`."""
+    for fields, reason in FIXED_ON_RESUME:
+        if name in fields:
+            flag = flag_of(name)
+            raise ConfigError(f"{flag} {_shown(value)}: {checkpoint} " + reason.format(
+                flag=flag, old=_shown(old), name=name.replace("_", " ")))
 
 
 def _change_note(name: str, value: Any, old: Any) -> str:

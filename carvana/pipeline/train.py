@@ -9,6 +9,7 @@ from carvana.core import distributed
 from carvana.core.folders import check_writable_dir
 from carvana.data.layout import load_carvana_data
 from carvana.data.source import DataOptions, get_data
+from carvana.models.pretrained import check_source
 from carvana.pipeline.folds import train_folds
 from carvana.pipeline.one_run import main_first, train_one_run
 from carvana.pipeline.results import RunData, TrainingResult
@@ -41,6 +42,8 @@ def run_training(config: Config, options: DataOptions, resume: str | None = None
         check_resume_data_options(options, checkpoint.run, checkpoint.path)
         for note in notes:
             log.info(note)
+    else:
+        check_source(config.encoder_weights)  # a mistyped weights file: before the data, not after
     if config.folds > 1:  # the run of all its folds, whichever fold's checkpoint `resume` found
         config = config.replace(fold=None) if config.fold is not None else config
     # Fail now, not after the first epoch (or the download): outputs must be writable.

@@ -61,13 +61,11 @@ class Predictor:
         `payload`: the file as `load_checkpoint(path)` read it, when the caller has it already, so that
         the file is read once. CheckpointError naming `path` when it holds another model's weights.
         """
-        from carvana.models import build_model
-
         if payload is None:
             payload = load_checkpoint(path, expected_model=config.model)
         else:
             check_model(payload, path, config.model)
-        predictor = cls.for_config(config, build_model(config.model, config.width), progress=progress)
+        predictor = cls.for_config(config, config.new_model(), progress=progress)
         load_model_weights(predictor.model, payload, path)
         return predictor
 

@@ -11,15 +11,21 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from carvana.core.errors import ConfigError
 from carvana.core.geometry import Geometry, Size
+from carvana.models import build_model
 from carvana.models.input_sizes import coarse_input_size
-from carvana.models.specs import MODEL_SPECS, UNET1024, UNET_ORIGINAL, model_geometry, model_spec
+from carvana.models.specs import (ENCODER_MODELS, ENCODER_UNET_OPTIONS, MODEL_SPECS, UNET1024, UNET_ORIGINAL,
+                                  UNET_RESNET34, model_geometry, model_spec)
 from carvana.run.fields import FIELDS, fields_of_kind, shown
+
+if TYPE_CHECKING:
+    from carvana.models.base import SegmentationNet
 
 PATH_FIELDS = fields_of_kind("path")
 SIZE_FIELDS = fields_of_kind("size")  # WxH sizes, [width, height] in a checkpoint
@@ -90,6 +96,14 @@ class Config:
     model: str = UNET1024
     input_size: Size = Size(384, 256)
     width: float = 1.0  # channel multiplier; < 1 gives a slimmer net of the same shape
+    # The encoder U-Nets (carvana.models.encoder_unet): the decoder's up-sampling and attention gates;
+    # the encoder's starting weights (imagenet, none or a file: a new run's, carvana.models.pretrained),
+    # its learning rate as a share of `lr`, and the first epochs it is kept fixed.
+    upsample: str = "transpose"
+    attention: bool = False
+    encoder_weights: str = "none"
+    encoder_lr_scale: float = 1.0
+    encoder_freeze_epochs: int = 0
     # Full-resolution training (--crop WxH, same-size nets): the photos are not resized. Training takes
     # random `crop` windows of them; validation and prediction take each photo whole, mirror-padded from
     # `photo_size` (the training photos' size, set when the run starts) to `input_size` (e.g. 1918x1280
@@ -163,10 +177,23 @@ class Config:
         if self.fold is not None and (self.fold > self.folds or self.folds < 2):
             raise ConfigError(f"fold {self.fold}: must be one of 1..{self.folds} of a run with --folds 2 or more")
         spec.geometry(self.input_size)  # raises a ConfigError naming valid sizes
+        self._check_model_options()
         if self.crop is not None or self.photo_size is not None:
             self._check_crop()
         elif self.coarse_epochs:
             coarse_input_size(self.model, self.input_size)  # a ConfigError for a net that cannot take it
+
+    def _check_model_options(self) -> None:
+        """Settings of the encoder U-Nets set for a model that does not take them: refused, naming the models."""
+        for name in MODEL_OPTION_FIELDS:
+            if name not in options_of(self.model) and getattr(self, name) != DEFAULTS[name]:
+                raise ConfigError(f"{name.replace('_', ' ')} {shown(getattr(self, name))}: {self.model} has no such "
+                                  f"option (the encoder U-Nets take it: {', '.join(ENCODER_MODELS)})")
+
+    def new_model(self) -> "SegmentationNet":
+        """A freshly initialised net of this model, width and the model's options (e.g. upsample, attention)."""
+        options = {name: getattr(self, name) for name in model_spec(self.model).options}
+        return build_model(self.model, self.width, **options)
 
     def _check_crop(self) -> None:
         """--crop: a same-size net, a crop it can take, and photos that fit into its input whole."""
@@ -251,6 +278,35 @@ class Config:
         return cls(**kwargs)
 
 
+# The settings of an encoder U-Net's encoder (its decoder's are its spec's `options`), and every field's default.
+ENCODER_FIELDS = ("encoder_weights", "encoder_lr_scale", "encoder_freeze_epochs")
+MODEL_OPTION_FIELDS = (*ENCODER_UNET_OPTIONS, *ENCODER_FIELDS)
+DEFAULTS = {f.name: f.default for f in dataclasses.fields(Config)}
+
+
+def options_of(model: str) -> tuple[str, ...]:
+    """The settings of `MODEL_OPTION_FIELDS` that `model` takes: its builder's options, and its encoder's."""
+    spec = model_spec(model)
+    return (*spec.options, *(ENCODER_FIELDS if spec.encoder else ()))
+
+
+def model_choices(settings: Mapping[str, Any]) -> list[str]:
+    """An encoder U-Net's choices that are not the defaults, in words (`settings`: a Config's `to_dict()`,
+    as a checkpoint holds it), e.g. ["bilinear", "attention", "imagenet encoder", "encoder lr x0.1"]."""
+    words = []
+    if settings.get("upsample", "transpose") != "transpose":
+        words.append(str(settings["upsample"]))
+    if settings.get("attention") is True:
+        words.append("attention")
+    if settings.get("encoder_weights", "none") != "none":
+        words.append(f"{Path(str(settings['encoder_weights'])).name} encoder")
+    if settings.get("encoder_lr_scale", 1.0) != 1.0:
+        words.append(f"encoder lr x{settings['encoder_lr_scale']}")
+    if settings.get("encoder_freeze_epochs"):
+        words.append(f"encoder frozen {settings['encoder_freeze_epochs']} epoch(s)")
+    return words
+
+
 PRESETS: dict[str, Config] = {config.preset: config for config in (
     # The paper's network: 572 in, 388 out, SGD with high momentum as in the paper.
     Config(
@@ -271,6 +327,13 @@ PRESETS: dict[str, Config] = {config.preset: config for config in (
         preset="cpu", model=UNET1024, input_size=Size(384, 256), width=0.25, optimizer="adam",
         lr=2e-3, batch_size=8, epochs=38, coarse_epochs=30, scheduler="cosine", soft_targets=True, tta=True,
         mask_cleanup="largest",
+    ),
+    # For a GPU: a U-Net on an ImageNet-pretrained ResNet34 (the Carvana winners' kind of model; Adam 1e-4
+    # as TernausNet trained it), the encoder kept fixed for the first epoch while the decoder starts. At
+    # UNet1024's input, so the two compare; not measured on a GPU here yet, so not the default.
+    Config(
+        preset="unet_resnet34", model=UNET_RESNET34, input_size=Size(1024, 1024), optimizer="adam", lr=1e-4,
+        batch_size=4, epochs=50, scheduler="cosine", encoder_weights="imagenet", encoder_freeze_epochs=1,
     ),
 )}
 

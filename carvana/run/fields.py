@@ -20,9 +20,9 @@ from carvana.core.durations import parse_duration
 from carvana.core.errors import ConfigError
 from carvana.core.geometry import Size
 from carvana.models.fastest_layout import MEMORY_FORMATS
-from carvana.models.specs import MODEL_NAMES
+from carvana.models.specs import ENCODER_WEIGHTS, MODEL_NAMES, UPSAMPLE_MODES
 
-PRESET_NAMES = ("unet_original", "unet1024", "cpu")  # carvana.run.config.PRESETS
+PRESET_NAMES = ("unet_original", "unet1024", "cpu", "unet_resnet34")  # carvana.run.config.PRESETS
 OPTIMIZERS = ("sgd", "rmsprop", "adam")
 SCHEDULERS = ("plateau", "cosine", "none")
 AMP_MODES = ("auto", "off", "fp16", "bf16")
@@ -147,6 +147,14 @@ def folder(text: str) -> Path:
     return Path(text)
 
 
+def encoder_weights(text: str) -> str:
+    """imagenet, none, or a weights file's path (whether the file is there is checked when a new run loads
+    it, `carvana.models.pretrained`: predicting from the run's checkpoint needs no such file)."""
+    if not text or "\0" in text:
+        raise argparse.ArgumentTypeError(f"{quoted(text)} is not {', '.join(ENCODER_WEIGHTS)} or a file's path")
+    return text
+
+
 def run_name_problem(name: str) -> str | None:
     """Why `name` cannot name a run's folders (None if it can).
 
@@ -250,12 +258,25 @@ def _choice(choices: tuple[str, ...], help: str | None = None) -> Field:
 
 
 FIELDS: dict[str, Field] = {  # in Config's order
-    "preset": _choice(PRESET_NAMES, "unet_original, unet1024, or cpu (default: unet1024 with CUDA, cpu without)"),
+    "preset": _choice(PRESET_NAMES, "unet_original, unet1024, cpu, or unet_resnet34 (downloads ImageNet weights "
+                                    "once) (default: unet1024 with CUDA, cpu without)"),
     "model": _choice(MODEL_NAMES),
     "input_size": Field("size", size, (
         "model input WxH, e.g. 572 or 384x256 (default: the preset's pixel count at the photos' shape; "
         "the preset's own size for 1918x1280 photos)")),
     "width": Field("number", positive_float, "channel multiplier (1 = the paper's widths)"),
+    "upsample": _choice(UPSAMPLE_MODES, (
+        "encoder U-Nets: how each decoder block doubles its input: transpose (2x2 transposed convolution, "
+        "default), pixelshuffle (convolution + pixel shuffle) or bilinear (+ convolution)")),
+    "attention": Field("bool", help=(
+        "encoder U-Nets: attention gates on the skip features of the three deepest decoder blocks")),
+    "encoder_weights": Field("text", encoder_weights, (
+        "encoder U-Nets: the encoder's starting weights for a new run: imagenet (torchvision's, downloaded once "
+        "into torch hub's cache), none (random, default), or a file of them (offline: the downloaded .pth)")),
+    "encoder_lr_scale": Field("number", positive_float, (
+        "encoder U-Nets: the encoder's learning rate as a share of --lr (e.g. 0.1 for a pretrained encoder)")),
+    "encoder_freeze_epochs": Field("whole", non_negative_int, (
+        "encoder U-Nets: keep the encoder's weights fixed for the first N epochs (the decoder learns first)")),
     "crop": Field("size", size, (
         "full-resolution training (unet1024): train on random WxH crops of the unresized photos; validate and "
         "predict each photo whole, mirror-padded to a size the net takes (1918x1280 -> 1920x1280), no resizing"),

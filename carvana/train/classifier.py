@@ -46,9 +46,9 @@ from carvana.core import distributed
 from carvana.core.errors import CheckpointError, ConfigError
 from carvana.core.hooks import call_cleanup_hook, call_hook, in_hook_order
 from carvana.core.process_lifetime import EXIT_INTERRUPTED, interrupt_exit_code, stopped_by
-from carvana.models import build_model
 from carvana.models.forward_pass import ForwardPass
 from carvana.models.input_sizes import coarse_input_size
+from carvana.models.pretrained import load_encoder_weights
 from carvana.run.checkpoint import Checkpoint
 from carvana.run.config import Config
 from carvana.train.budget import TrainingBudget, TrainingClock
@@ -56,7 +56,7 @@ from carvana.train.callbacks import Callback, TrainState, ValidationBatch, callb
 from carvana.train.losses import BCEDiceLoss
 from carvana.train.loop import batches_per_pass, evaluate, seed_epoch, train_one_epoch
 from carvana.train.model_checkpoint import ModelCheckpoint, saved_callback_states
-from carvana.train.schedule import build_optimizer, build_scheduler, cosine_schedule
+from carvana.train.schedule import build_optimizer, build_scheduler, cosine_schedule, reset_lr
 
 log = logging.getLogger(__name__)
 
@@ -98,15 +98,18 @@ class CarvanaClassifier:
     """A U-Net with its optimiser, scheduler and counters; trains, validates and resumes."""
 
     def __init__(self, config: Config, model: nn.Module | None = None, device: torch.device | str | None = None,
-                 progress: bool | None = None):
-        """`model` defaults to `build_model(config.model, config.width)` (seeded by `config.seed`);
-        `device` to `config.device`; `progress`: tqdm bars (None = only on a terminal)."""
+                 progress: bool | None = None, pretrained: bool = False):
+        """`model` defaults to `config.new_model()` (seeded by `config.seed`), its encoder from
+        `config.encoder_weights` when `pretrained` (a new run's start; a resumed run loads its checkpoint
+        instead); `device` defaults to `config.device`; `progress`: tqdm bars (None = only on a terminal)."""
         self.config = config
         self.geometry = config.geometry
+        self.ranks = distributed.current()
         if model is None:
             torch.manual_seed(config.seed)  # the same seed gives the same initial weights
-            model = build_model(config.model, config.width)
-        self.ranks = distributed.current()
+            model = config.new_model()
+            if pretrained and config.encoder_weights != "none" and self.ranks.is_main:
+                load_encoder_weights(model.encoder, config.encoder_weights)  # DDP hands them to the others
         # The layout is chosen (maybe timed, on rank 0 alone) before SyncBatchNorm, which would wait for the others.
         forward = ForwardPass.with_settings(model, device or config.device, config.amp, config.memory_format,
                                             self.geometry, config.batch_size, config.step_input_size)
@@ -117,7 +120,7 @@ class CarvanaClassifier:
         # The forward pass that trains: through DistributedDataParallel under torchrun.
         self.train_forward = self._distributed_forward() if self.ranks.distributed else self.forward
         self.loss_fn = BCEDiceLoss(config.bce_weight, config.dice_weight)
-        self.optimizer = build_optimizer(config, self.model.parameters())
+        self.optimizer = build_optimizer(config, self.model)
         self.scheduler = build_scheduler(config, self.optimizer)
         self.scaler = self.forward.precision.grad_scaler()  # disabled outside fp16
         self.progress = progress
@@ -214,7 +217,7 @@ class CarvanaClassifier:
         train_loss, train_dice, steps = train_one_epoch(
             self.train_forward, train_loader, self.loss_fn, self.optimizer, self.scaler, state, epoch,
             threshold=self.config.threshold, grad_clip=self.config.grad_clip, budget=budget,
-            seconds=partial(self._run_seconds, clock), progress=self.progress)
+            seconds=partial(self._run_seconds, clock), progress=self.progress, frozen=self._frozen(epoch))
         try:
             valid = evaluate(self.forward, valid_loader, self.loss_fn, self.config.threshold,
                              desc=f"valid {epoch}/{state.epochs}", progress=self.progress,
@@ -237,6 +240,10 @@ class CarvanaClassifier:
                  f"val loss {valid['val_loss']:.4f} dice {valid['val_dice']:.4f}  lr {lr:.2e}  "
                  f"{seconds:.1f}s ({steps / max(seconds, 1e-9):.2f} steps/s)")
         call_hook(callbacks, "on_epoch_end", state)
+
+    def _frozen(self, epoch: int) -> list[nn.Parameter]:
+        """The parameters epoch `epoch` leaves as they are: the encoder's in its first `encoder_freeze_epochs`."""
+        return list(self.model.encoder.parameters()) if epoch <= self.config.encoder_freeze_epochs else []
 
     def _run_seconds(self, clock: TrainingClock) -> float:
         """The run's training time so far: rank 0's clock on every process under torchrun."""
@@ -312,14 +319,14 @@ class CarvanaClassifier:
 
     def _restore_schedule(self, saved: dict[str, Any], scheduler_state: dict[str, Any] | None) -> None:
         """The LR the next epoch trains with: a plateau run's saved state carries on (its reduced LR too,
-        unless `--lr` changed); cosine: the epoch decides, on the curve to the config's epochs (a saved
-        cosine state, a CosineAnnealingLR's in older checkpoints, is ignored); else the config's LR."""
+        unless `--lr` or `--encoder-lr-scale` changed); cosine: the epoch decides, on the curve to the config's
+        epochs (a saved cosine state, a CosineAnnealingLR's in older checkpoints, is ignored); else the config's LR."""
         continued = saved.get("scheduler") == "plateau" and scheduler_state is not None
         if continued and isinstance(self.scheduler, ReduceLROnPlateau):
             self.scheduler.load_state_dict(scheduler_state)
-        if not continued or saved.get("lr") != self.config.lr:
-            for group in self.optimizer.param_groups:
-                group["lr"] = group["initial_lr"] = self.config.lr
+        changed = any(saved.get(name, 1.0) != getattr(self.config, name) for name in ("lr", "encoder_lr_scale"))
+        if not continued or changed:
+            reset_lr(self.optimizer, self.config)
         self._start_lr_curve(self.config.epochs)
 
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 import math
 import random
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any, Callable, Iterable, Sequence
 
 import numpy as np
 import torch
@@ -56,11 +56,12 @@ def batches_per_pass(loader: Any) -> int | None:
 def train_one_epoch(
     forward: ForwardPass, loader: Iterable, loss_fn: nn.Module, optimizer: torch.optim.Optimizer,
     scaler: torch.amp.GradScaler, state: TrainState, epoch: int, *, threshold: float, grad_clip: float | None,
-    budget: TrainingBudget, seconds: Callable[[], float], progress: bool | None,
+    budget: TrainingBudget, seconds: Callable[[], float], progress: bool | None, frozen: Sequence[nn.Parameter] = (),
 ) -> tuple[float, float, int]:
     """Train epoch `epoch`: the per-image mean loss and Dice (over every process) and the steps taken. `state`
     counts the steps and marks the weights as past its last completed epoch (`mid_epoch`); the epoch ends
-    early once `budget` is spent (`seconds()`: the run's trained time)."""
+    early once `budget` is spent (`seconds()`: the run's trained time). `frozen` parameters keep their values:
+    their gradients are dropped before the step (the optimiser skips a parameter without one)."""
     forward.model.train()
     loss_sum = dice_sum = 0.0
     seen = step = 0
@@ -75,6 +76,8 @@ def train_one_epoch(
             _stop_if_diverged(loss_value, state, epoch, step)
             optimizer.zero_grad(set_to_none=True)
             scaler.scale(loss).backward()  # a disabled scaler (outside fp16) leaves the loss as it is
+            for parameter in frozen:
+                parameter.grad = None
             if grad_clip:
                 scaler.unscale_(optimizer)
                 nn.utils.clip_grad_norm_(forward.model.parameters(), grad_clip)

@@ -7,12 +7,13 @@ after every epoch) moves the curve's end, and a run extended by `--epochs` follo
 from __future__ import annotations
 
 import math
-from typing import Any, Callable, Iterable
+from typing import Any, Callable
 
 import torch
 from torch import nn
 from torch.optim.lr_scheduler import LambdaLR, ReduceLROnPlateau
 
+from carvana.models.specs import model_spec
 from carvana.run.config import Config
 
 # ReduceLROnPlateau on validation Dice: halve the LR after 2 epochs without a new best.
@@ -24,14 +25,37 @@ PLATEAU_MIN_LR = 1e-7
 FINE_LR_FACTOR = 0.5
 
 
-def build_optimizer(config: Config, parameters: Iterable[nn.Parameter]) -> torch.optim.Optimizer:
+def build_optimizer(config: Config, model: nn.Module) -> torch.optim.Optimizer:
     """SGD with momentum (the paper's U-Net), RMSprop (UNet1024 as shared on Kaggle), or Adam;
-    `config.momentum` applies to SGD only, RMSprop keeps PyTorch's defaults."""
+    `config.momentum` applies to SGD only, RMSprop keeps PyTorch's defaults. An encoder U-Net's encoder
+    is a parameter group of its own (`"encoder": True`), at `config.encoder_lr_scale` times the LR."""
+    groups = parameter_groups(config, model)
     if config.optimizer == "sgd":
-        return torch.optim.SGD(parameters, lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay)
+        return torch.optim.SGD(groups, lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay)
     if config.optimizer == "rmsprop":
-        return torch.optim.RMSprop(parameters, lr=config.lr, weight_decay=config.weight_decay)
-    return torch.optim.Adam(parameters, lr=config.lr, weight_decay=config.weight_decay)
+        return torch.optim.RMSprop(groups, lr=config.lr, weight_decay=config.weight_decay)
+    return torch.optim.Adam(groups, lr=config.lr, weight_decay=config.weight_decay)
+
+
+def parameter_groups(config: Config, model: nn.Module) -> list[dict[str, Any]]:
+    """The model's parameters in one group, or for an encoder U-Net the decoder's (first: the LR logged)
+    then the encoder's at its own LR."""
+    if not model_spec(config.model).encoder:
+        return [{"params": list(model.parameters())}]
+    encoder = {id(parameter) for parameter in model.encoder.parameters()}
+    return [{"params": [p for p in model.parameters() if id(p) not in encoder]},
+            {"params": list(model.encoder.parameters()), "lr": base_lr(config, {"encoder": True}), "encoder": True}]
+
+
+def base_lr(config: Config, group: dict[str, Any]) -> float:
+    """A parameter group's LR before any schedule: `config.lr`, times `config.encoder_lr_scale` for the encoder's."""
+    return config.lr * (config.encoder_lr_scale if group.get("encoder") else 1.0)
+
+
+def reset_lr(optimizer: torch.optim.Optimizer, config: Config) -> None:
+    """Every group at its `base_lr` (the start of a schedule, or a resume that changed --lr)."""
+    for group in optimizer.param_groups:
+        group["lr"] = group["initial_lr"] = base_lr(config, group)
 
 
 def cosine_factor(config: Config, planned: int, epoch: int) -> float:
@@ -53,8 +77,8 @@ def cosine_schedule(optimizer: torch.optim.Optimizer, config: Config, planned: C
                     epoch: int = 0) -> LambdaLR:
     """A LambdaLR along `cosine_factor` from `config.lr`, positioned after `epoch` completed epochs (the
     optimiser's LR is set to epoch `epoch + 1`'s); `planned()`: the run's planned end, read at each step."""
-    for group in optimizer.param_groups:
-        group["initial_lr"] = config.lr  # the base LambdaLR scales: the config's LR, --lr on resume included
+    for group in optimizer.param_groups:  # the base LambdaLR scales: the config's, --lr on resume included
+        group["initial_lr"] = base_lr(config, group)
     return LambdaLR(optimizer, lambda done: cosine_factor(config, planned(), done), last_epoch=epoch - 1)
 
 
