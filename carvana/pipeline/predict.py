@@ -116,7 +116,7 @@ def run_prediction(checkpoint: Path | list[Path] | None, overrides: dict[str, An
         return submission
     model = load_predictor(members[0] if members else None, overrides)
     config = model.config
-    data = load_carvana_data(prediction_data_dir(config.data_dir, config.output_dir), need_train=False)
+    data = _test_data(config)
     submission = submission or config.output_dir / SUBMISSION_NAME
     rows = predict_test_set(model.predictor, config, data, submission,
                             trained_photos=_trained_photos(model.checkpoint), threshold_note=model.threshold_note)
@@ -162,7 +162,7 @@ def predict_with_ensemble(paths: list[Path], overrides: dict[str, Any], submissi
                          f"{', flip TTA' if config.tta else ''})")
     assert first is not None and first_config is not None
     if data is None:
-        data = load_carvana_data(prediction_data_dir(first_config.data_dir, first_config.output_dir), need_train=False)
+        data = _test_data(first_config)
     # Members of different covered sizes are averaged at the photos' size: the test photos'.
     ensemble = EnsembleForward(members, data.image_size if averages_at_photo_size(members) else None)
     # Every member flipping is the ensemble's TTA; otherwise each member keeps its own (the banner lists which).
@@ -194,6 +194,11 @@ class LoadedModel:
     config: Config  # the checkpoint's recipe, where it runs (`overrides`), and the threshold to use
     threshold_note: str  # where the threshold comes from, for the banner
     predictor: Predictor
+
+
+def _test_data(config: Config) -> CarvanaData:
+    """The test set a prediction reads: the data dir's (or the sample, or Kaggle's extracted zips), read once."""
+    return load_carvana_data(prediction_data_dir(config.data_dir, config.output_dir), need_train=False)
 
 
 def load_predictor(checkpoint: Path | None, overrides: dict[str, Any]) -> LoadedModel:
