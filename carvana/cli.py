@@ -13,8 +13,8 @@ import sys
 from typing import Any, Iterator, Sequence
 
 from carvana.cli_parser import SUBCOMMANDS, build_parser, unknown_command
-from carvana.core import distributed
-from carvana.core.errors import CarvanaError, os_error_line
+from carvana.core import ranks
+from carvana.core.errors import CarvanaError, StoppedBySignal, os_error_line
 from carvana.core.process_lifetime import Terminated, interrupt_exit_code, sigterm_as_interrupt
 from carvana.run.config import Config, Environment
 from carvana.run.settings_file import settings_yaml
@@ -30,24 +30,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not argv or argv[0] not in (*SUBCOMMANDS, "-h", "--help"):
         argv.insert(0, "run")
     args = parser.parse_args(argv)
-    if args.command not in DISTRIBUTED_COMMANDS and not distributed.is_main():
+    if args.command not in DISTRIBUTED_COMMANDS and not ranks.is_main():
         return 0  # under torchrun, fetch/validate/score/submit run once: in rank 0
     try:
         with sigterm_as_interrupt():  # docker stop, Slurm, `timeout`: clean up as for Ctrl-C
             with _process_group(args):
                 return HANDLERS[args.command](args)
     except CarvanaError as e:
-        from carvana.pipeline.results import PredictionStopped, TrainingInterrupted
-
         # Under torchrun every process gets the signal: one says what happened.
-        if distributed.is_main() or not isinstance(e, (TrainingInterrupted, PredictionStopped)):
+        if ranks.is_main() or not isinstance(e, StoppedBySignal):
             log.error(f"error: {e}")
         return e.exit_code  # 130 (Ctrl-C) or 143 (SIGTERM) during training, after last.pt was saved
     except OSError as e:  # what no stage foresaw (a disk that fills, a folder made read-only mid-run)
         log.error(f"error: {os_error_line(e)}")
         return 1
     except KeyboardInterrupt as e:
-        if distributed.is_main():  # under torchrun every process gets the signal: one says so
+        if ranks.is_main():  # under torchrun every process gets the signal: one says so
             log.error("\ninterrupted" if not isinstance(e, Terminated) else str(e))
         return interrupt_exit_code(e)
 
@@ -59,9 +57,10 @@ DISTRIBUTED_COMMANDS = ("run", "train", "predict")
 @contextlib.contextmanager
 def _process_group(args: argparse.Namespace) -> Iterator[None]:
     """Under torchrun, join the processes of the run for the command (gloo on the CPU, nccl on CUDA)."""
-    if args.command not in DISTRIBUTED_COMMANDS or not distributed.current().distributed:
+    if args.command not in DISTRIBUTED_COMMANDS or not ranks.current().distributed:
         yield
         return
+    from carvana.core import distributed
     from carvana.core.device import select_device
 
     distributed.start(select_device(getattr(args, "device", None) or Config.device).type)

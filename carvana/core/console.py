@@ -20,7 +20,7 @@ import sys
 
 from tqdm import tqdm
 
-from carvana.core import distributed
+from carvana.core import ranks
 
 PACKAGE_LOGGER = "carvana"
 
@@ -46,7 +46,7 @@ def setup_console(level: int = logging.INFO) -> ConsoleHandler:
     """Show the package's messages from `level` up on the console (errors only on a rank other than 0);
     calling it again changes only the level."""
     logger = logging.getLogger(PACKAGE_LOGGER)
-    logger.setLevel(level if distributed.is_main() else max(level, logging.ERROR))
+    logger.setLevel(level if ranks.is_main() else max(level, logging.ERROR))
     for handler in logger.handlers:
         if isinstance(handler, ConsoleHandler):
             return handler
@@ -59,6 +59,6 @@ def setup_console(level: int = logging.INFO) -> ConsoleHandler:
 def bars_disabled(progress: bool | None) -> bool | None:
     """tqdm's `disable` for a progress setting (True/False; None = only on a terminal), never a bar
     on a rank other than 0."""
-    if not distributed.is_main():
+    if not ranks.is_main():
         return True
     return None if progress is None else not progress

@@ -43,6 +43,11 @@ class TrainingDiverged(CarvanaError):
     """The loss became NaN or infinite."""
 
 
+class StoppedBySignal(CarvanaError):
+    """Ctrl-C or SIGTERM stopped a stage, which cleaned up; under torchrun every process got the signal."""
+    exit_code = 130
+
+
 def os_error_line(error: OSError) -> str:
     """An OSError as one line naming the path it is about (`PATH: Read-only file system`), for the CLI's last
     resort: a failure no stage turned into a CarvanaError still reads as one line, never a traceback."""

@@ -38,7 +38,6 @@ from carvana.models.step_timing import Candidate, NotTimed, time_training_steps
 
 log = logging.getLogger(__name__)
 
-MEMORY_FORMATS = ("auto", "channels_last", "nchw")
 FORCING_FLAGS = {"channels_last": "--channels-last", "nchw": "--no-channels-last"}
 CACHE_DIR_VARIABLE = "CARVANA_CACHE_DIR"  # the cache's folder (tests point it at a temporary one)
 CACHE_NAME = "fastest.json"

@@ -7,14 +7,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from carvana.core.errors import CarvanaError
+from carvana.core.errors import StoppedBySignal
 from carvana.data.layout import CarvanaData
 from carvana.data.source import DataSource
 from carvana.run.checkpoint import Checkpoint
 from carvana.run.config import Config
 
 
-class TrainingInterrupted(CarvanaError):
+class TrainingInterrupted(StoppedBySignal):
     """Ctrl-C or SIGTERM during training: the last checkpoint is saved; the message says how to resume."""
     exit_code = 130
 
@@ -23,7 +23,7 @@ class TrainingInterrupted(CarvanaError):
         self.exit_code = exit_code  # 130 Ctrl-C, 143 SIGTERM
 
 
-class PredictionStopped(CarvanaError):
+class PredictionStopped(StoppedBySignal):
     """SIGTERM while several processes (torchrun) predict the test set: no submission was written."""
     exit_code = 143
 

@@ -19,13 +19,13 @@ from typing import Any
 from carvana.core.durations import parse_duration
 from carvana.core.errors import ConfigError
 from carvana.core.geometry import Size
-from carvana.models.fastest_layout import MEMORY_FORMATS
 from carvana.models.specs import ENCODER_WEIGHTS, MODEL_NAMES, UPSAMPLE_MODES
 
 PRESET_NAMES = ("unet_original", "unet1024", "cpu", "unet_resnet34")  # carvana.run.config.PRESETS
 OPTIMIZERS = ("sgd", "rmsprop", "adam")
 SCHEDULERS = ("plateau", "cosine", "none")
 AMP_MODES = ("auto", "off", "fp16", "bf16")
+MEMORY_FORMATS = ("auto", "channels_last", "nchw")  # auto: the fastest here (carvana.models.fastest_layout)
 # What carvana.predict.cleanup may do to a predicted mask: keep its largest region, fill its holes, both.
 MASK_CLEANUPS = ("none", "largest", "fill", "largest+fill")
 
