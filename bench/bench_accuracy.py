@@ -30,6 +30,7 @@ import argparse
 import csv
 import os
 import re
+import shlex
 import shutil
 import subprocess
 import sys
@@ -83,6 +84,7 @@ class Settings:
     crop: Size | None = None  # full-resolution training (--crop): random crops of the unresized photos
     model: str | None = None  # another model than the preset's (e.g. unet_resnet34), at the preset's input size
     max_time: str | None = None  # a training-time budget (main.py --max-time): the budget alone ends the run
+    more_flags: tuple[str, ...] = ()  # any other main.py flags, e.g. ("--attention", "--upsample", "bilinear")
 
     def flags(self) -> list[str]:
         """main.py training flags that override the preset."""
@@ -98,6 +100,7 @@ class Settings:
             flags += ["--input-size", str(self.input_size)]
         if self.crop is not None:
             flags += ["--crop", str(self.crop)]
+        flags += self.more_flags
         return flags
 
     def output_size(self, photos: Size) -> Size:
@@ -395,7 +398,8 @@ def report(settings: Settings, quick: bool, runs: dict[str, RunResult], transfer
         f"Accuracy on real photos{' (QUICK: tiny settings, not the real figures)' if quick else ''}: "
         f"preset {PRESET}{f' with --crop {settings.crop}' if settings.crop else ''}"
         f"{f' --model {settings.model}' if settings.model else ''}"
-        f"{f' --max-time {settings.max_time}' if settings.max_time else ''}, {settings.train_cars} "
+        f"{f' --max-time {settings.max_time}' if settings.max_time else ''}"
+        f"{''.join(' ' + flag for flag in settings.more_flags)}, {settings.train_cars} "
         "training cars, Dice at full resolution on "
         f"{settings.held_out_cars} held-out cars ({settings.held_out_cars * kl.VIEWS_PER_CAR} images)",
         ["model", "mean Dice", "worst-5 mean", "worst", "input -> output", "train min", "train img/s", "wall min"],
@@ -406,10 +410,12 @@ def report(settings: Settings, quick: bool, runs: dict[str, RunResult], transfer
         print(f"  worst of {key}: " + ", ".join(f"{name} {d:.3f}" for name, d in result.worst))
     if settings.crop is not None:
         figures["crop"] = str(settings.crop)
-    for name, value in (("model", settings.model), ("max_time", settings.max_time)):
+    for name, value in (("model", settings.model), ("max_time", settings.max_time),
+                        ("more_flags", " ".join(settings.more_flags) or None)):
         if value is not None:
             figures[name] = value
     parts = (settings.model, settings.max_time and f"budget{settings.max_time}",
+             "".join(flag.lstrip("-") for flag in settings.more_flags),
              settings.train_cars != FULL.train_cars and not quick and f"{settings.train_cars}cars")
     suffix = "".join(f"_{part}" for part in parts if part)
     record("accuracy_real_photos" + (f"_crop{settings.crop}" if settings.crop else "") + suffix + ("_quick" if quick else ""),
@@ -430,6 +436,8 @@ def parse_arguments() -> argparse.Namespace:
     parser.add_argument("--model", default=None, help="train this model instead of the preset's (main.py --model)")
     parser.add_argument("--max-time", default=None, metavar="DURATION", help=(
         "a training-time budget instead of the preset's epochs (main.py --max-time, e.g. 10m)"))
+    parser.add_argument("--flags", type=shlex.split, default=[], metavar="'FLAGS'", help=(
+        "other main.py training flags as one argument after '=', e.g. --flags='--attention --upsample bilinear'"))
     parser.add_argument("--keep", type=Path, default=None, help=(
         "work in this folder and keep it (data, logs); a second run there reuses what the first finished"))
     return parser.parse_args()
@@ -443,5 +451,5 @@ if __name__ == "__main__":
         seed=base.seed if arguments.seed is None else arguments.seed, epochs=arguments.epochs or base.epochs,
         input_size=None if arguments.crop else base.input_size, sample_cars=base.sample_cars,
         sample_image_size=base.sample_image_size, crop=arguments.crop, model=arguments.model,
-        max_time=arguments.max_time)
+        max_time=arguments.max_time, more_flags=tuple(arguments.flags))
     main(arguments.quick, chosen, tuple(arguments.only), arguments.keep)

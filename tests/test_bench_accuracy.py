@@ -7,6 +7,7 @@ import sys
 
 import pytest
 
+from carvana.cli_parser import build_parser
 from carvana.core.geometry import Size
 from carvana.data.images import image_size, read_mask
 from carvana.data.layout import load_carvana_data
@@ -70,3 +71,10 @@ def test_without_the_real_photos_the_benchmark_says_so_and_records_nothing(tmp_p
     figures = bench_accuracy.main(quick=True)
     assert "skipped" in figures
     assert "absent" in capsys.readouterr().out
+
+
+def test_a_model_and_more_flags_reach_main_py_as_the_command_line_takes_them():
+    settings = bench_accuracy.Settings(train_cars=2, held_out_cars=1, seed=3, model="unet_resnet18",
+                                       max_time="10m", more_flags=("--attention", "--upsample", "bilinear"))
+    args = build_parser().parse_args(["train", *settings.flags()])
+    assert (args.model, args.attention, args.upsample, args.max_time) == ("unet_resnet18", True, "bilinear", 600)
