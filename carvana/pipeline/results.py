@@ -16,7 +16,6 @@ from carvana.run.config import Config
 
 class TrainingInterrupted(StoppedBySignal):
     """Ctrl-C or SIGTERM during training: the last checkpoint is saved; the message says how to resume."""
-    exit_code = 130
 
     def __init__(self, message: str, exit_code: int = 130):
         super().__init__(message)
