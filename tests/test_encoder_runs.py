@@ -97,12 +97,18 @@ def test_a_resume_cannot_change_the_decoder_or_the_starting_weights(workdir, cap
         assert code != 0 and named in one_line_error(err)
 
 
-@pytest.mark.parametrize("flags", [["--attention"], ["--upsample", "bilinear"], ["--encoder-weights", "imagenet"],
+@pytest.mark.parametrize("flags", [["--upsample", "bilinear"], ["--encoder-weights", "imagenet"],
                                    ["--encoder-freeze-epochs", "2"], ["--encoder-lr-scale", "0.1"]])
 def test_encoder_choices_for_a_model_without_an_encoder_are_refused_in_one_line(flags, tmp_path, capsys):
     code, _, err = run_cli(["train", "--output-dir", tmp_path / "out", *SAMPLE, *TINY, *flags], capsys)
     line = one_line_error(err)
     assert code != 0 and "unet_resnet34" in line and not (tmp_path / "out/models").exists()
+
+
+@pytest.mark.parametrize("preset,model", [("cpu", "unet1024"), ("unet_original", "unet_original")])
+def test_attention_gates_are_every_unets_choice_not_only_the_encoder_unets(preset, model, capsys):
+    code, out, err = run_cli(["train", "--preset", preset, "--attention", "--print-config"], capsys)
+    assert code == 0 and f"model: {model}" in out + err and "attention: true" in out + err
 
 
 def test_a_missing_weights_file_is_refused_in_one_line_before_anything_is_written(tmp_path, capsys):

@@ -15,8 +15,9 @@ import torch
 from carvana.core.errors import CarvanaError, ConfigError
 from carvana.core.geometry import Size
 from carvana.models import build_model, model_spec, pretrained
-from carvana.models.encoder_unet import AttentionGate, PixelShuffleUp
+from carvana.models.encoder_unet import PixelShuffleUp
 from carvana.models.encoders import ResNetEncoder, VGG11Encoder
+from carvana.models.parts import AttentionGate
 from carvana.models.pretrained import load_encoder_weights
 from carvana.models.specs import UNET1024, UNET_RESNET18, UNET_RESNET34, UNET_VGG11, UPSAMPLE_MODES
 

@@ -95,6 +95,14 @@ def test_paper_unet_up_steps_halve_channels_and_concat_the_cropped_encoder_map()
         assert torch.equal(joined[:, : skip.shape[1]], expected)
 
 
+def test_paper_unet_with_attention_gates_its_three_deepest_skips_and_keeps_its_geometry():
+    model = build_model(UNET_ORIGINAL, width=SLIM, attention=True)
+    assert [up.gate is not None for up in model.ups] == [True, True, True, False]
+    assert forward(model, 572, 572).shape == (1, 1, 388, 388)
+    plain = set(build_model(UNET_ORIGINAL, width=SLIM).state_dict())
+    assert not any(".gate." in name for name in plain) and plain < set(model.state_dict())
+
+
 def test_center_crop_takes_the_middle_window():
     grid = torch.arange(7 * 9).reshape(1, 1, 7, 9)
     assert torch.equal(center_crop(grid, 3, 5), grid[:, :, 2:5, 2:7])
@@ -148,6 +156,28 @@ def test_unet1024_decoder_resizes_to_the_skip_and_concats_it():
     assert out.shape == (1, 4, 6, 10)
     assert seen[0].shape == (1, 12, 6, 10) and torch.equal(seen[0][:, 8:], skip)
 
+
+
+def test_unet1024_with_attention_gates_its_three_deepest_skips_and_keeps_its_size():
+    model = build_model(UNET1024, width=SLIM, attention=True)
+    assert [stage.gate is not None for stage in model.decoder] == [True, True, True, False, False, False]
+    assert forward(model, 192, 128, batch=2).shape == (2, 1, 128, 192)
+
+
+def test_unet1024_without_attention_keeps_the_parameter_names_its_checkpoints_were_saved_with():
+    names = set(build_model(UNET1024, width=SLIM).state_dict())
+    gated = set(build_model(UNET1024, width=SLIM, attention=True).state_dict())
+    assert not any(".gate." in name for name in names) and names < gated
+
+
+def test_a_gated_unet1024_stage_weighs_the_skip_before_concatenating_it():
+    stage = UpResizeConcat(in_channels=8, skip_channels=4, out_channels=4, attention=True).eval()
+    seen: list[torch.Tensor] = []
+    stage.convs.register_forward_pre_hook(lambda m, inputs: seen.append(inputs[0]))
+    skip = torch.randn(1, 4, 6, 10)
+    stage(torch.randn(1, 8, 3, 5), skip)
+    weights = seen[0][:, 8:] / skip  # the gate's sigmoid, one weight per pixel for every channel
+    assert torch.all((weights > 0) & (weights < 1)) and torch.allclose(weights, weights[:, :1].expand_as(weights))
 
 @pytest.mark.parametrize(
     "channels,width,expected", [(24, 1.0, 24), (24, 0.25, 8), (24, 0.125, 4), (768, 0.25, 192), (10, 1.0, 12)]

@@ -24,10 +24,10 @@ from torch import nn
 from carvana.core.errors import ConfigError
 from carvana.models.base import SegmentationNet
 from carvana.models.encoders import ResNetEncoder, VGG11Encoder
-from carvana.models.parts import CHANNEL_MULTIPLE, ConvBnRelu, ConvStack, Head, he_normal_init, scale_channels
+from carvana.models.parts import (ATTENTION_STAGES, AttentionGate, ConvBnRelu, ConvStack, Head, he_normal_init,
+                                  scale_channels)
 from carvana.models.specs import UNET_RESNET18, UNET_RESNET34, UNET_VGG11, UPSAMPLE_MODES
 
-ATTENTION_STAGES = 3  # the skips at 1/16, 1/8 and 1/4 of the input
 RESNET_DECODER = (256, 128, 64, 32, 16)  # segmentation_models.pytorch's U-Net decoder
 TERNAUS_DECODER = (256, 256, 128, 64, 32)  # TernausNet11's, for 32 filters
 
@@ -57,21 +57,6 @@ def up_sampler(mode: str, channels: int) -> nn.Module:
     if mode == "bilinear":
         return nn.Upsample(scale_factor=2, mode="bilinear", align_corners=False)
     raise ConfigError(f"upsample {mode!r}: choose from {', '.join(UPSAMPLE_MODES)}")
-
-
-class AttentionGate(nn.Module):
-    """Weighs each pixel of the skip by a sigmoid of what the decoder's map and the skip say there
-    (additive attention: 1x1 convs of both to a common width, summed, ReLU, 1x1 conv to one channel)."""
-
-    def __init__(self, gate_channels: int, skip_channels: int) -> None:
-        super().__init__()
-        inner = max(CHANNEL_MULTIPLE, skip_channels // 2)
-        self.gate = nn.Sequential(nn.Conv2d(gate_channels, inner, 1, bias=False), nn.BatchNorm2d(inner))
-        self.skip = nn.Sequential(nn.Conv2d(skip_channels, inner, 1, bias=False), nn.BatchNorm2d(inner))
-        self.weight = nn.Sequential(nn.ReLU(inplace=True), nn.Conv2d(inner, 1, 1), nn.Sigmoid())
-
-    def forward(self, gate: torch.Tensor, skip: torch.Tensor) -> torch.Tensor:
-        return skip * self.weight(self.gate(gate) + self.skip(skip)).to(skip.dtype)
 
 
 class DecoderBlock(nn.Module):

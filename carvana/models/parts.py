@@ -1,8 +1,9 @@
 """The named building blocks the two U-Nets are drawn with.
 
 Each block is one arrow (or one box) of a U-Net diagram: a 3x3 conv + BatchNorm + ReLU, a stack of
-them, a down step, an up step with its skip connection, and the 1x1 head. `UNetOriginal` and
-`UNet1024` differ only in which blocks they stack and how their up steps join the skip map:
+them, a down step, an up step with its skip connection (the skip optionally weighed by an attention
+gate), and the 1x1 head. `UNetOriginal` and `UNet1024` differ only in which blocks they stack and how
+their up steps join the skip map:
 the paper crops the larger encoder map to the up-sampled one (valid convolutions shrink every map),
 UNet1024 resizes the up-sampled map to the skip (padded convolutions keep sizes).
 """
@@ -15,6 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 
 CHANNEL_MULTIPLE = 4  # slimmed channel counts are rounded to this, so no layer is starved
+ATTENTION_STAGES = 3  # `attention`: gates on the skips of a U-Net's three deepest decoder stages
 
 
 def scale_channels(channels: int, width: float) -> int:
@@ -78,22 +80,41 @@ class Down(nn.Sequential):
         )
 
 
+class AttentionGate(nn.Module):
+    """Weighs each pixel of the skip by a sigmoid of what the decoder's map and the skip say there
+    (additive attention: 1x1 convs of both to a common width, summed, ReLU, 1x1 conv to one channel)."""
+
+    def __init__(self, gate_channels: int, skip_channels: int) -> None:
+        super().__init__()
+        inner = max(CHANNEL_MULTIPLE, skip_channels // 2)
+        self.gate = nn.Sequential(nn.Conv2d(gate_channels, inner, 1, bias=False), nn.BatchNorm2d(inner))
+        self.skip = nn.Sequential(nn.Conv2d(skip_channels, inner, 1, bias=False), nn.BatchNorm2d(inner))
+        self.weight = nn.Sequential(nn.ReLU(inplace=True), nn.Conv2d(inner, 1, 1), nn.Sigmoid())
+
+    def forward(self, gate: torch.Tensor, skip: torch.Tensor) -> torch.Tensor:
+        return skip * self.weight(self.gate(gate) + self.skip(skip)).to(skip.dtype)
+
+
 class UpCropConcat(nn.Module):
     """The paper's green arrow, grey arrow and two blue ones.
 
     A 2x2 transposed convolution (stride 2) doubles the map and halves its channels; the encoder map
     of the same level, which is larger because every valid conv since it lost a border, is cropped
-    to the centre and concatenated; two valid 3x3 convs follow.
+    to the centre (and weighed by an `AttentionGate` when `attention`) and concatenated; two valid 3x3
+    convs follow.
     """
 
-    def __init__(self, in_channels: int, out_channels: int) -> None:
+    def __init__(self, in_channels: int, out_channels: int, attention: bool = False) -> None:
         super().__init__()
         self.up = nn.ConvTranspose2d(in_channels, in_channels // 2, kernel_size=2, stride=2)
+        self.gate = AttentionGate(in_channels // 2, out_channels) if attention else None
         self.convs = ConvStack(in_channels // 2 + out_channels, out_channels, convs=2, padding=0)
 
     def forward(self, x: torch.Tensor, skip: torch.Tensor) -> torch.Tensor:
         up = self.up(x)
         cropped = center_crop(skip, up.shape[-2], up.shape[-1])
+        if self.gate is not None:
+            cropped = self.gate(up, cropped)
         return self.convs(torch.cat([cropped, up.to(cropped.dtype)], dim=1))
 
 
@@ -112,15 +133,20 @@ class EncoderStage(nn.Module):
 
 
 class UpResizeConcat(nn.Module):
-    """UNet1024's decoder step: bilinear up-sampling to the skip's size, concat, padded conv blocks."""
+    """UNet1024's decoder step: bilinear up-sampling to the skip's size, concat (the skip weighed by an
+    `AttentionGate` when `attention`), padded conv blocks."""
 
-    def __init__(self, in_channels: int, skip_channels: int, out_channels: int, convs: int = 3) -> None:
+    def __init__(self, in_channels: int, skip_channels: int, out_channels: int, convs: int = 3,
+                 attention: bool = False) -> None:
         super().__init__()
+        self.gate = AttentionGate(in_channels, skip_channels) if attention else None
         self.convs = ConvStack(in_channels + skip_channels, out_channels, convs=convs, padding=1)
 
     def forward(self, x: torch.Tensor, skip: torch.Tensor) -> torch.Tensor:
         # Resizing to the skip's actual size (not a fixed factor) keeps the net free of baked-in sizes.
         up = F.interpolate(x, size=skip.shape[-2:], mode="bilinear", align_corners=False)
+        if self.gate is not None:
+            skip = self.gate(up, skip)
         # Under autocast an op may hand back a wider dtype than the skip; cat would then promote the
         # whole (large) tensor, so both halves are put in the skip's dtype.
         return self.convs(torch.cat([up.to(skip.dtype), skip], dim=1))

@@ -62,12 +62,12 @@ class ModelSpec:
     encoder: bool = False
 
 
-def _build_unet_original(width: float) -> "SegmentationNet":
-    """The paper's U-Net with `width` times its 64 first-level channels."""
+def _build_unet_original(width: float, attention: bool = False) -> "SegmentationNet":
+    """The paper's U-Net with `width` times its 64 first-level channels, with attention gates or without."""
     from carvana.models.parts import scale_channels
     from carvana.models.unet_original import UNetOriginal
 
-    return UNetOriginal(base_channels=scale_channels(PAPER_BASE_CHANNELS, width))
+    return UNetOriginal(base_channels=scale_channels(PAPER_BASE_CHANNELS, width), attention=attention)
 
 
 def _divisible_geometry(model: str, divisor: int, input_size: Size) -> Geometry:
@@ -86,11 +86,11 @@ def _divisible_sides(divisor: int, most_pixels: float) -> list[int]:
     return list(range(divisor, int(most_pixels // divisor) + 1, divisor))
 
 
-def _build_unet1024(width: float) -> "SegmentationNet":
-    """UNet1024 with every channel count scaled by `width`."""
+def _build_unet1024(width: float, attention: bool = False) -> "SegmentationNet":
+    """UNet1024 with every channel count scaled by `width`, with attention gates or without."""
     from carvana.models.unet1024 import UNet1024
 
-    return UNet1024(width=width)
+    return UNet1024(width=width, attention=attention)
 
 
 def _build_encoder_unet(model: str, width: float, **options: object) -> "SegmentationNet":
@@ -116,12 +116,12 @@ MODEL_SPECS: dict[str, ModelSpec] = {
     UNET_ORIGINAL: ModelSpec(
         name=UNET_ORIGINAL, same_size=False, default_input=Size(572, 572),
         geometry=partial(original_geometry, UNET_ORIGINAL), valid_sides=original_valid_sides,
-        builder=_build_unet_original,
+        builder=_build_unet_original, options=("attention",),
     ),
     UNET1024: ModelSpec(
         name=UNET1024, same_size=True, default_input=Size(1024, 1024),
         geometry=partial(_divisible_geometry, UNET1024, UNET1024_DIVISOR),
-        valid_sides=partial(_divisible_sides, UNET1024_DIVISOR), builder=_build_unet1024,
+        valid_sides=partial(_divisible_sides, UNET1024_DIVISOR), builder=_build_unet1024, options=("attention",),
     ),
     **{model: _encoder_unet_spec(model) for model in (UNET_RESNET34, UNET_RESNET18, UNET_VGG11)},
 }

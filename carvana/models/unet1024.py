@@ -5,6 +5,8 @@ stages (two padded conv blocks, keep the skip, max-pool) of 24, 64, 128, 256, 51
 one conv block in the centre at 1/64 of the input, and six decoder stages (bilinear up-sampling to
 the skip's size, concat, three conv blocks) whose widths mirror the encoder back down to 24.
 Padded convolutions keep every size, so output = input; six pools need sides divisible by 64.
+`attention` puts an attention gate (Oktay et al. 2018) on the skips of the three deepest decoder stages,
+as on the encoder U-Nets (`carvana.models.encoder_unet`).
 """
 from __future__ import annotations
 
@@ -12,7 +14,8 @@ import torch
 from torch import nn
 
 from carvana.models.base import SegmentationNet
-from carvana.models.parts import ConvBnRelu, EncoderStage, Head, UpResizeConcat, he_normal_init, scale_channels
+from carvana.models.parts import (ATTENTION_STAGES, ConvBnRelu, EncoderStage, Head, UpResizeConcat, he_normal_init,
+                                  scale_channels)
 from carvana.models.specs import UNET1024
 
 ENCODER_CHANNELS = (24, 64, 128, 256, 512, 768)
@@ -27,11 +30,13 @@ class UNet1024(SegmentationNet):
         in_channels: image channels (3 for RGB).
         out_channels: logit channels (1 for a car/background mask).
         width: channel multiplier; counts are rounded to a multiple of 4 (at least 4).
+        attention: gates on the skips of the ATTENTION_STAGES deepest decoder stages.
     """
 
     name = UNET1024
 
-    def __init__(self, in_channels: int = 3, out_channels: int = 1, width: float = 1.0) -> None:
+    def __init__(self, in_channels: int = 3, out_channels: int = 1, width: float = 1.0,
+                 attention: bool = False) -> None:
         super().__init__()
         if width <= 0:
             raise ValueError(f"width {width}: must be positive")
@@ -48,8 +53,8 @@ class UNet1024(SegmentationNet):
         self.center = ConvBnRelu(encoder[-1], encoder[-1], padding=1)
         decoder_in = [encoder[-1], *decoder_out[:-1]]
         self.decoder = nn.ModuleList(
-            UpResizeConcat(c_in, c_skip, c_out, convs=DECODER_CONVS)
-            for c_in, c_skip, c_out in zip(decoder_in, reversed(encoder), decoder_out)
+            UpResizeConcat(c_in, c_skip, c_out, convs=DECODER_CONVS, attention=attention and stage < ATTENTION_STAGES)
+            for stage, (c_in, c_skip, c_out) in enumerate(zip(decoder_in, reversed(encoder), decoder_out))
         )
         self.head = Head(decoder_out[-1], out_channels)
         self.apply(he_normal_init)

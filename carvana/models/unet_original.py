@@ -5,7 +5,8 @@ Valid (unpadded) 3x3 convolutions, so every map is smaller than the one before i
 that arithmetic and explains how whole images are covered (resize to the output size, mirror-pad the
 border).
 BatchNorm follows every convolution, which the 2015 paper predates but which lets it train at
-ordinary learning rates.
+ordinary learning rates. `attention` gates the skips of the three deepest up steps (Oktay et al. 2018
+drew their Attention U-Net on this one).
 """
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ from torch import nn
 
 from carvana.core.geometry import Geometry, Size
 from carvana.models.base import SegmentationNet
-from carvana.models.parts import ConvStack, Down, Head, UpCropConcat, he_normal_init
+from carvana.models.parts import ATTENTION_STAGES, ConvStack, Down, Head, UpCropConcat, he_normal_init
 from carvana.models.specs import UNET_ORIGINAL
 from carvana.models.valid_convolutions import ORIGINAL_DEPTH, original_geometry
 
@@ -27,12 +28,14 @@ class UNetOriginal(SegmentationNet):
         out_channels: logit channels (1 for a car/background mask).
         base_channels: channels of the first level; each level below doubles them.
         depth: number of max-pools (4 in the paper).
+        attention: gates on the skips of the ATTENTION_STAGES deepest up steps.
     """
 
     name = UNET_ORIGINAL
 
     def __init__(
-        self, in_channels: int = 3, out_channels: int = 1, base_channels: int = 64, depth: int = ORIGINAL_DEPTH
+        self, in_channels: int = 3, out_channels: int = 1, base_channels: int = 64, depth: int = ORIGINAL_DEPTH,
+        attention: bool = False,
     ) -> None:
         super().__init__()
         if depth < 1:
@@ -43,7 +46,8 @@ class UNetOriginal(SegmentationNet):
 
         self.inc = ConvStack(in_channels, channels[0], convs=2, padding=0)
         self.downs = nn.ModuleList(Down(channels[i], channels[i + 1]) for i in range(depth))
-        self.ups = nn.ModuleList(UpCropConcat(channels[i + 1], channels[i]) for i in reversed(range(depth)))
+        self.ups = nn.ModuleList(UpCropConcat(channels[i + 1], channels[i], attention and i >= depth - ATTENTION_STAGES)
+                                 for i in reversed(range(depth)))
         self.head = Head(channels[0], out_channels)
         self.apply(he_normal_init)
 

@@ -20,8 +20,8 @@ from carvana.core.errors import ConfigError
 from carvana.core.geometry import Geometry, Size
 from carvana.models import build_model
 from carvana.models.input_sizes import coarse_input_size
-from carvana.models.specs import (ENCODER_MODELS, ENCODER_UNET_OPTIONS, MODEL_SPECS, UNET1024, UNET_ORIGINAL,
-                                  UNET_RESNET34, model_geometry, model_spec)
+from carvana.models.specs import (ENCODER_UNET_OPTIONS, MODEL_SPECS, UNET1024, UNET_ORIGINAL, UNET_RESNET34,
+                                  model_geometry, model_spec)
 from carvana.run.fields import FIELDS, fields_of_kind, shown
 
 if TYPE_CHECKING:
@@ -96,9 +96,9 @@ class Config:
     model: str = UNET1024
     input_size: Size = Size(384, 256)
     width: float = 1.0  # channel multiplier; < 1 gives a slimmer net of the same shape
-    # The encoder U-Nets (carvana.models.encoder_unet): the decoder's up-sampling and attention gates;
-    # the encoder's starting weights (imagenet, none or a file: a new run's, carvana.models.pretrained),
-    # its learning rate as a share of `lr`, and the first epochs it is kept fixed.
+    # Attention gates on the deepest skips (every model). The encoder U-Nets' (carvana.models.encoder_unet):
+    # the decoder's up-sampling, the encoder's starting weights (imagenet, none or a file: a new run's,
+    # carvana.models.pretrained), its learning rate as a share of `lr`, and the first epochs it is kept fixed.
     upsample: str = "transpose"
     attention: bool = False
     encoder_weights: str = "none"
@@ -184,11 +184,12 @@ class Config:
             coarse_input_size(self.model, self.input_size)  # a ConfigError for a net that cannot take it
 
     def _check_model_options(self) -> None:
-        """Settings of the encoder U-Nets set for a model that does not take them: refused, naming the models."""
+        """A model setting set for a model that does not take it: refused, naming the models that do."""
         for name in MODEL_OPTION_FIELDS:
             if name not in options_of(self.model) and getattr(self, name) != DEFAULTS[name]:
+                takers = [model for model in MODEL_SPECS if name in options_of(model)]
                 raise ConfigError(f"{name.replace('_', ' ')} {shown(getattr(self, name))}: {self.model} has no such "
-                                  f"option (the encoder U-Nets take it: {', '.join(ENCODER_MODELS)})")
+                                  f"option ({', '.join(takers)} take it)")
 
     def new_model(self) -> "SegmentationNet":
         """A freshly initialised net of this model, width and the model's options (e.g. upsample, attention)."""
@@ -291,8 +292,9 @@ def options_of(model: str) -> tuple[str, ...]:
 
 
 def model_choices(settings: Mapping[str, Any]) -> list[str]:
-    """An encoder U-Net's choices that are not the defaults, in words (`settings`: a Config's `to_dict()`,
-    as a checkpoint holds it), e.g. ["bilinear", "attention", "imagenet encoder", "encoder lr x0.1"]."""
+    """A model's choices (attention gates; an encoder U-Net's decoder and encoder) that are not the defaults,
+    in words (`settings`: a Config's `to_dict()`, as a checkpoint holds it), e.g. ["bilinear", "attention",
+    "imagenet encoder", "encoder lr x0.1"]."""
     words = []
     if settings.get("upsample", "transpose") != "transpose":
         words.append(str(settings["upsample"]))

@@ -269,7 +269,7 @@ FIELDS: dict[str, Field] = {  # in Config's order
         "encoder U-Nets: how each decoder block doubles its input: transpose (2x2 transposed convolution, "
         "default), pixelshuffle (convolution + pixel shuffle) or bilinear (+ convolution)")),
     "attention": Field("bool", help=(
-        "encoder U-Nets: attention gates on the skip features of the three deepest decoder blocks")),
+        "attention gates on the skip features of the three deepest decoder blocks (every model)")),
     "encoder_weights": Field("text", encoder_weights, (
         "encoder U-Nets: the encoder's starting weights for a new run: imagenet (torchvision's, downloaded once "
         "into torch hub's cache), none (random, default), or a file of them (offline: the downloaded .pth)")),
