@@ -31,7 +31,8 @@ UNET_VGG11 = "unet_vgg11"
 PAPER_BASE_CHANNELS = 64  # UNetOriginal's first-level channels in the paper, scaled by `width`
 UNET1024_DIVISOR = 64  # 2 ** 6 max-pools
 ENCODER_UNET_DIVISOR = 32  # 2 ** 5 halvings of a ResNet or VGG encoder
-ENCODER_UNET_OPTIONS = ("upsample", "attention")  # see carvana.models.encoder_unet
+UNET_OPTIONS = ("attention",)  # every U-Net's: gates on its deepest skips (carvana.models.parts)
+ENCODER_UNET_OPTIONS = ("upsample", *UNET_OPTIONS)  # see carvana.models.encoder_unet
 UPSAMPLE_MODES = ("transpose", "pixelshuffle", "bilinear")  # the encoder U-Nets' `upsample`, default first
 ENCODER_WEIGHTS = ("imagenet", "none")  # or a file's path: carvana.models.pretrained
 
@@ -116,17 +117,16 @@ MODEL_SPECS: dict[str, ModelSpec] = {
     UNET_ORIGINAL: ModelSpec(
         name=UNET_ORIGINAL, same_size=False, default_input=Size(572, 572),
         geometry=partial(original_geometry, UNET_ORIGINAL), valid_sides=original_valid_sides,
-        builder=_build_unet_original, options=("attention",),
+        builder=_build_unet_original, options=UNET_OPTIONS,
     ),
     UNET1024: ModelSpec(
         name=UNET1024, same_size=True, default_input=Size(1024, 1024),
         geometry=partial(_divisible_geometry, UNET1024, UNET1024_DIVISOR),
-        valid_sides=partial(_divisible_sides, UNET1024_DIVISOR), builder=_build_unet1024, options=("attention",),
+        valid_sides=partial(_divisible_sides, UNET1024_DIVISOR), builder=_build_unet1024, options=UNET_OPTIONS,
     ),
     **{model: _encoder_unet_spec(model) for model in (UNET_RESNET34, UNET_RESNET18, UNET_VGG11)},
 }
 MODEL_NAMES = tuple(MODEL_SPECS)
-ENCODER_MODELS = tuple(name for name, spec in MODEL_SPECS.items() if spec.encoder)
 
 
 def model_spec(name: str) -> ModelSpec:
