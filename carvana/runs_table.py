@@ -1,17 +1,10 @@
 """`python main.py runs`: a table of the runs in an output dir, best first.
 
-Each run folder under `OUTPUT/models/` is read from its checkpoints' entries (the tensors are
-memory-mapped, never read, so a folder of large checkpoints lists at once): its recipe, how far it
-trained and why it ended, the best validation Dice of its epochs (at the model's output size), the
-full-resolution validation Dice and threshold its best checkpoint was scored with, and the time it
-trained. Runs are sorted by the full-resolution Dice (the number Kaggle would compute), then by the
-epochs' best, runs never scored last. A fold run (`--folds K`) is one row: its out-of-fold Dice, its
-folds' epochs and time summed, the mean of their best epochs' Dice, and as its best checkpoint its
-folder, `FOLDER (ensemble of K folds)`: what `predict --ensemble FOLDER` averages.
-
-Every folder under `OUTPUT/models/` gets a row (hidden ones aside): one without a checkpoint says
-`no checkpoint`, and one whose checkpoint (or out-of-fold record) cannot be read says `unreadable
-(FILE: why)`, its cells empty where only that file could tell.
+Each folder under `OUTPUT/models/` is one row, read from its checkpoints' entries (tensors memory-
+mapped, never read): recipe, epochs and why it ended, best epoch Dice, the full-resolution Dice and
+threshold of its best checkpoint, training time. Sorted by the full-resolution Dice (Kaggle's number),
+unscored runs last. A fold run is one row with its out-of-fold Dice. A folder without a checkpoint, or
+with one that cannot be read, still gets a row saying so.
 """
 from __future__ import annotations
 

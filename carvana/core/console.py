@@ -1,17 +1,9 @@
 """The console: the package's messages go through `logging` and appear as plain lines, as print would show them.
 
-Modules log with `logging.getLogger(__name__)`. `setup_console`, run when the package is imported
-(the command line and library use alike), gives the package's logger one `ConsoleHandler`: each
-message exactly as written, no level or logger name; information on stdout, warnings and errors on
-stderr. Records also propagate to the root logger, so an application's own logging configuration
-and pytest's caplog see them.
-
-The handler writes through `tqdm.write`, which clears the progress bars, writes the line and draws
-the bars again below it, and it looks sys.stdout and sys.stderr up at each message, so a stream
-replaced after the import (pytest's capsys, contextlib.redirect_stdout) receives it.
-
-Under torchrun one process speaks for the run: the others (rank > 0, `carvana.core.distributed`)
-show errors only, and no progress bars (`bars_disabled`).
+`setup_console` (run at import) gives the package's logger one handler: each message as written,
+information on stdout, warnings and errors on stderr, through `tqdm.write` so progress bars are
+redrawn below it; streams are looked up per message (capsys, redirect_stdout work), and records also
+propagate to the root logger. Under torchrun ranks above 0 show errors only and no bars.
 """
 from __future__ import annotations
 

@@ -1,20 +1,10 @@
 """Several processes, one run: the process group that `torchrun` launches, and what its ranks agree on.
 
-`torchrun --nproc_per_node=N main.py ...` starts N copies of the same command with RANK, WORLD_SIZE,
-LOCAL_RANK and the rendezvous address in their environment; `python main.py` starts one, with none
-of them. `current()` reads which process this is (a world of one outside torchrun) and `start()`
-joins the group: gloo on the CPU, nccl on CUDA, one GPU per local rank.
-
-Everything here is a no-op in a world of one, so callers need no second code path: `agree`,
-`gather` and `broadcast` return their input, `barrier` returns at once.
-
-Who does what (`carvana.pipeline`, `carvana.train.classifier`):
-- every rank trains on its share of the batches (DistributedDataParallel averages the gradients),
-  validates its share of the validation photos, and predicts its share of the test set;
-- only rank 0 (`is_main()`) writes checkpoints, TensorBoard events, the validation files and the
-  submission, and prints; the others show errors only (`carvana.core.console`);
-- decisions that end a loop (a NaN loss, a spent time budget, early stopping) are taken on values
-  every rank holds alike, so no rank is left waiting in a collective for one that stopped.
+`current()` reads which process this is from torchrun's RANK, WORLD_SIZE and LOCAL_RANK (a world of
+one without them); `start()` joins the group (gloo on the CPU, nccl on CUDA, a GPU per local rank).
+In a world of one everything is a no-op (`agree`, `gather`, `broadcast` return their input), so
+callers have one code path. Every rank trains, validates and predicts its share; only rank 0 writes
+and prints; decisions that end a loop are taken on values every rank holds, so none waits forever.
 """
 from __future__ import annotations
 

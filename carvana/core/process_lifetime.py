@@ -1,17 +1,10 @@
 """How the processes of a run end: SIGTERM stops it like Ctrl-C, and helper processes never outlive it.
 
-SIGTERM is what `docker stop`, Slurm, `timeout` and a stopped Kaggle kernel send. Inside
-`sigterm_as_interrupt` it raises `Terminated` (a KeyboardInterrupt) in the main thread, so the code
-that already cleans up after Ctrl-C (last.pt at the last completed epoch, a partial submission
-removed) runs for it too; the CLI then exits with 143 (128 + SIGTERM) instead of Ctrl-C's 130.
-
-Helper processes (DataLoader workers, the sample generator's pool) call `end_with_main_process`
-when they start. A main process killed outright (kill -9, the OOM killer) runs no clean-up, and
-its helpers do not notice on their own: a DataLoader worker's parent is the forkserver, which
-stays up while any worker holds its liveness pipe, and the workers wait on queues they hold both
-ends of. Left alive they keep their memory and the caller's stdout and stderr, so `main.py | tee`
-or a job runner waits for an end of file that never comes. With every helper gone the forkserver
-and multiprocessing's resource tracker see their pipes close and exit too.
+SIGTERM (`docker stop`, Slurm, `timeout`, a stopped Kaggle kernel) raises `Terminated`, a
+KeyboardInterrupt, in the main thread, so Ctrl-C's clean-up runs for it too; the CLI exits 143.
+Helpers (loader workers, the sample generator's pool) call `end_with_main_process` when they start:
+a main process killed outright runs no clean-up, and helpers left alive would keep their memory and
+the caller's stdout, so `main.py | tee` would wait for an end of file that never comes.
 """
 from __future__ import annotations
 

@@ -1,31 +1,11 @@
 """Training-time augmentation of a photo and its mask together, on Albumentations.
 
-The studio photos vary in a few known ways: exposure, a slightly different framing, a car turned
-a little, left/right. The augmentation mirrors exactly those and nothing else, with the field's
-standard transforms (same OpenCV underneath as the rest of the loader):
-
-    geometric, probability `p`:  A.Affine — shift, isotropic zoom in or out and rotation in one warp
-    flip, probability `hflip`:   A.HorizontalFlip
-    colour, probability `p`:     A.RandomBrightnessContrast then A.HueSaturationValue (hue only)
-
-Geometric steps move image and mask with the very same transform, so the label stays on the car;
-colour steps touch the image only. A 0/1 mask stays exactly 0/1: it is warped with nearest-neighbour
-sampling. A soft mask (the car's share of each pixel, 0..255) is warped with linear interpolation
-like the photo: a share moved between pixels is still a share, and nearest-neighbour sampling would
-turn its smooth edge back into a staircase.
-
-Borders: a rotated or shrunk photo uncovers pixels outside the original frame. Both image and mask
-fill them by reflecting across the edge (BORDER_REFLECT_101), so a reflected piece of car in the
-image is labelled car in the mask too. Filling the image by reflection but the mask with zeros
-would teach the net that some car pixels are background.
-
-Randomness comes from the caller's numpy Generator alone: every draw Albumentations makes reads
-that generator (or a Python `random.Random` seeded from it), so the same generator state gives the
-same augmentation, which is what keeps a training run a function of (seed, epoch).
-
-Albumentations is imported on first use, not with this module: prediction and validation never
-augment and should not pay for the import, and its import-time check for a newer release (a
-network call) is switched off before the import.
+Only the ways the studio photos really vary: a shift, zoom and small turn in one `A.Affine` warp
+(probability `p`), a left/right flip (`hflip`), and brightness, contrast and hue (`p`, image only).
+Image and mask get the same warp; a 0/1 mask is warped nearest-neighbour (it stays 0/1), a soft mask
+linearly like the photo. Uncovered borders are reflected in both, so reflected car is labelled car.
+Every draw reads the caller's numpy Generator, so a run is a function of (seed, epoch).
+Albumentations is imported on first use (prediction never pays for it), its update check switched off.
 """
 from __future__ import annotations
 

@@ -1,25 +1,12 @@
 """The decoded cache: a run's training photos and masks, decoded and resized once, then memory-mapped.
 
-Decoding a 1918x1280 JPEG (even at libjpeg's 1/8 scale) and, worse, its GIF mask costs about as
-much CPU per item as a small model's training step, and a run repeats it every epoch for the same
-files. The cache does it once per (files, covered size): row i of one uint8 array (N, H, W, 4)
-holds photo i as RGB and, in the fourth channel, its mask as the car's share of each pixel
-(0..255, `images.mask_area_fractions`). A 0/1 mask is that share cut at half (`mask_from_fractions`),
-which is exactly what `load_mask` returns, so one cache serves hard and soft targets alike and a
-batch is the same with or without it.
-
-The array is a .npy file under `<output>/cache/<key>/`, where the key hashes everything that decides
-its content: the format version, the covered size, and each photo's and mask's path, byte size and
-modification time. A changed, added or removed file gives a new key, so a stale cache is never
-read. Loader workers open it with `np.load(mmap_mode="r")`: the pages are the operating system's
-page cache, shared by every worker, not one copy per process.
-
-Building: a pool of the configured loader workers decodes the rows (one OpenCV thread each, as in
-a loader worker) into a temporary file renamed onto the final name when complete (carvana.core.atomic),
-under a lock on the key's folder, so two runs at once build it once and never read half of one. A
-broken photo or mask is the same one-line DataError naming it as without the cache, raised while
-building. The cache is skipped, with a note, when it would be larger than `LIMIT_BYTES` or take
-more than half the free disk.
+Decoding a 1918x1280 JPEG and its GIF mask costs about a small model's training step, every epoch.
+Row i of one uint8 array (N, H, W, 4) holds photo i as RGB and its mask as the car's share of each
+pixel (0..255), so one cache serves hard and soft targets and a batch is the same with or without it.
+The .npy lives under `<output>/cache/<key>/`, the key hashing the covered size and every file's path,
+size and mtime (a stale cache is never read); workers share it through `np.load(mmap_mode="r")`.
+It is built by a pool of loader workers into a temporary file under a lock (two runs build it once),
+broken files raise the usual DataError, and it is skipped, with a note, when too large for the disk.
 """
 from __future__ import annotations
 

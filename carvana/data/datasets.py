@@ -1,22 +1,10 @@
 """Torch datasets and loaders: files on disk -> tensors the U-Nets take, in the model's geometry.
 
-Photos and masks are resized to the geometry's covered size and padded to its input as
-`carvana.data.model_input` describes.
-
-Augmentation runs at the covered size, before the padding: it is cheaper there, and since the
-padding is derived from the already augmented photo, the output-sized mask still matches the
-centre of the input exactly.
-
-Targets: a 0/1 mask at the covered size (a pixel is car when at least half of it is), or, with
-`soft_targets`, the car's share of each pixel as a float in [0, 1]. Up-sampled and thresholded at
-0.5, a net that learned the shares draws the edges between covered-size pixels where they really
-are, instead of on a pixel's border.
-
-The decoded cache (carvana.data.cache), when given, replaces decoding the files: the same pairs,
-read from a memory-mapped array.
-
-Photos leave the loaders as uint8 pixels, (3, H_in, W_in) per photo; the model's forward pass
-(`carvana.models.forward_pass`) normalises them on the batch's device.
+Photos and masks are resized to the covered size, augmented there (cheaper, and the padding derived
+afterwards keeps the mask on the input's centre), then padded to the input (`carvana.data.model_input`).
+Targets are a 0/1 mask or, with `soft_targets`, the car's share of each pixel, so a net can place an
+edge inside a covered-size pixel. The decoded cache, when given, replaces reading the files. Photos
+leave as uint8 (3, H, W); the forward pass normalises them on the batch's device.
 """
 from __future__ import annotations
 
@@ -58,18 +46,11 @@ class LoaderSettings(Protocol):
 class CarvanaTrainDataset(Dataset):
     """(image (3, H_in, W_in) uint8, mask (1, H, W) float32 0/1) pairs, the mask at the covered size.
 
-    With `soft_targets` the mask is the car's share of each pixel, float32 in [0, 1]. With a
-    `cache` holding these photos, pairs are read from it instead of decoded (the same pairs).
-    With `crop` (a same-size net, --crop) each pair is a random `crop`-sized window of the photo and
-    its mask, both mirror-padded to the geometry's input (the padded photo the net predicts whole),
-    augmented after cropping: (3, crop) photos and (1, crop) masks.
-
-    Random augmentation (when `augment` is given) draws from a numpy Generator owned by the
-    process that reads the item: in a DataLoader worker it is seeded from the worker's torch seed
-    (which comes from the loader's seeded generator), so workers differ, each epoch differs (the
-    generator runs on; a new worker gets a new torch seed) and a run repeats given `seed`.
-    Seeding from (index, epoch) instead would not reach persistent workers, which keep their own
-    copy of the dataset.
+    `soft_targets`: the mask is the car's share of each pixel in [0, 1]. `cache`: pairs read from the
+    decoded cache. `crop` (--crop): a random crop-sized window of photo and mask, mirror-padded to the
+    geometry's input. Augmentation draws from a numpy Generator seeded in each loader worker from its
+    torch seed (itself from the loader's seeded generator), so workers and epochs differ and a run repeats
+    given `seed`; seeding from (index, epoch) would not reach persistent workers.
     """
 
     def __init__(

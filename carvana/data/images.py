@@ -1,18 +1,10 @@
 """Decoding photos (OpenCV) and masks (Pillow for GIF), fast, with one-line errors for broken files.
 
-Every file is read into memory once and checked before it is decoded (`carvana.data.image_files`):
-a zero-byte file, a file that is not the format its bytes must be, or a JPEG/GIF/PNG cut short
-raises a `DataError` naming it. (Bytes damaged in the middle of an otherwise complete JPEG still
-decode with libjpeg's own warning on stderr; only a full decode with a stricter decoder could catch
-those.) Sizes come from the header alone, read by Pillow, which parses no pixel data for `.size`.
-
-Speed: a Carvana photo is 1918x1280 but the networks see 192x128 to 1024x1024. libjpeg can
-decode at 1/2, 1/4 or 1/8 scale by dropping DCT coefficients (`IMREAD_REDUCED_COLOR_*`), which is
-several times faster than a full decode and is itself an area-like downscale; the rest of the way
-is done with `INTER_AREA`, which averages instead of skipping pixels.
-
-One rule for orientation: the Kaggle masks and RLE are defined on the stored pixel grid, so an
-EXIF Orientation tag is ignored everywhere (header size, full decode, reduced decode).
+Each file is read once and checked before it is decoded (`carvana.data.image_files`): an empty,
+mislabelled or truncated file raises a `DataError` naming it. Sizes come from the header (Pillow).
+Photos are decoded at libjpeg's 1/2, 1/4 or 1/8 scale where the network's size allows (several times
+faster, and itself an area-like downscale), then resized with `INTER_AREA`. EXIF Orientation is
+ignored everywhere: Kaggle's masks and RLE are defined on the stored pixel grid.
 """
 from __future__ import annotations
 

@@ -1,20 +1,11 @@
 """U-Nets on a classification backbone: encoder -> decoder -> head, as the Carvana winners built them.
 
-The encoder (`carvana.models.encoders`: ResNet18, ResNet34, VGG11) hands over its feature maps at
-1/1 or 1/2 down to 1/32 of the input; five decoder blocks each up-sample by two, concatenate the
-encoder's map of that size (the skip; ResNet has none at full size) and run two padded conv blocks,
-so the output has the input's size and each side must be divisible by 32. VGG11's deepest map is a
-bare max-pool, so a conv block sits between it and the decoder (TernausNet's centre).
-
-`width` scales the decoder's channels only: the encoder's are fixed by the layout its ImageNet
-weights come in. `upsample` chooses how a block doubles its map: "transpose" (a 2x2 transposed conv,
-as TernausNet and LinkNet did), "pixelshuffle" (a 1x1 conv to four times the channels rearranged
-into a map twice the size, initialised ICNR so it starts as nearest-neighbour) or "bilinear"
-(no weights). `attention` puts an attention gate (Oktay et al. 2018) on the skips of the
-ATTENTION_STAGES deepest blocks, where a gate sees enough of the car to tell it from the background;
-the shallow skips carry the edges, and the largest maps, where a gate costs most.
-
-The input is expected ImageNet-normalised, as `carvana.models.forward_pass` hands every net its batch.
+The encoder (`carvana.models.encoders`) hands over feature maps from 1/1 or 1/2 down to 1/32 of the
+input; five decoder blocks each up-sample by two, concatenate the skip of that size and run two
+padded conv blocks, so each side must be divisible by 32 (VGG11 gets TernausNet's centre block).
+`width` scales the decoder only (the encoder's layout is fixed by its ImageNet weights). `upsample`:
+"transpose" (TernausNet, LinkNet), "pixelshuffle" (ICNR-initialised) or "bilinear"; `attention` gates
+the ATTENTION_STAGES deepest skips. The input is ImageNet-normalised by `carvana.models.forward_pass`.
 """
 from __future__ import annotations
 

@@ -1,19 +1,12 @@
 """The machine's fastest layout: the memory format (NCHW or channels_last) and, where `--amp auto` leaves
 a choice, the number format (fp32 or bf16) in which a run's model trains fastest here.
 
-Neither layout wins everywhere: channels_last is 1.15x NCHW on the AMD EPYC box the presets were
-tuned on and 1.5x slower on a 2-core Intel Xeon (docs/benchmarks.md, "4. Train step"). So with
-`memory_format` `auto` (the default) each candidate takes a few training steps of the run's own model
-(`carvana.models.step_timing`) and the fastest wins. bf16 is a candidate beside fp32 only where the
-device computes it natively (`resolve_precision`); its precision is exact enough for training.
-
-The answer is timed once per machine and kept in a small JSON file (`cache_file()`), keyed by what
-decides it: the device (CPU model or GPU name), cores and threads, torch's version, the model (class
-and parameter count, which its width sets), input size, batch size and the amp and memory-format
-settings. A file that cannot be read is timed over and rewritten; one that cannot be written means
-timing again next run, never an error. A process decides each key once (folds and prediction reuse
-it). Under torchrun rank 0 decides, from its file or by timing while the others wait, and every
-process takes its answer, so that all of them run alike.
+Neither layout wins everywhere (channels_last: 1.15x on an AMD EPYC, 1.5x slower on a 2-core Xeon;
+docs/benchmarks.md), so under `auto` each candidate times a few training steps of the run's own model
+and the fastest wins; bf16 competes only where the device computes it natively. The answer is kept
+in a JSON file (`cache_file()`) keyed by device, threads, torch, model, input, batch and settings; a
+file that cannot be read or written means timing again, never an error. Under torchrun rank 0
+decides and every process takes its answer.
 """
 from __future__ import annotations
 

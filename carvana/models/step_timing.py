@@ -1,16 +1,9 @@
 """How long a training step of a model takes in each of several number formats and memory layouts.
 
-`time_training_steps` is what `carvana.models.fastest_layout` times its candidates with: each one a copy
-of the run's model, trained for a few steps on random data (forward under the candidate's autocast, a
-stand-in loss, backward, an Adam step), a warm-up step first and not counted. The candidates take
-their timed steps in turns, so that a moment of contention on a shared machine slows them all alike,
-and each one's fastest step is its time. The run's own model, its weights and torch's random
-numbers are left untouched.
-
-The cost is kept to a few seconds: a step of two images is timed first, and the batch is cut down so
-that every candidate's steps together take about TARGET_SECONDS, and all of it at most LIMIT_SECONDS (a
-model too slow for that is not timed further: one step of two images is then all it cost). The ranking
-at the smaller batch stands for the run's.
+`time_training_steps` (used by `carvana.models.fastest_layout`) trains a copy of the run's model per
+candidate for a few steps on random data, a warm-up step first; the candidates take turns, so a moment
+of contention slows all alike, and each one's fastest step is its time. The batch is cut so that all
+of it takes about TARGET_SECONDS (at most LIMIT_SECONDS). The run's model and random state are untouched.
 """
 from __future__ import annotations
 

@@ -1,22 +1,11 @@
 """Mask clean-up on the probability map at the model's output size, before it is up-sampled (pure functions).
 
-A car is one solid object, so two kinds of error a model makes can be undone by shape alone: a
-speck of "car" away from the car (a reflection, a lamp on the studio wall) and a hole of background
-inside it (a window of the same grey as the wall). The thresholded map at the model's size has the
-same regions as the full-size mask, at a hundredth of the pixels, so the regions are found there.
-
-What is changed is the probabilities, not a mask, and only those of the pixels being removed or
-filled: the submission path (`postprocess`) then up-samples and thresholds the result exactly as it
-would any map, so the car's edges keep their sub-pixel position and the CPU row path and the GPU
-batch path both apply the clean-up by being handed the cleaned map.
-
-- "largest": pixels of every car region but the largest get probability 0. Regions are
-  8-connected, so no pixel of the largest region touches a removed one and the up-sampled edges
-  of the car stay where they were.
-- "fill": background regions that do not touch the map's border are holes; their pixels get at
-  least `FILL_LEVEL`, a probability safely above the threshold (a value just above it could round
-  below it in the interpolation). Background is 4-connected, the complement of 8-connected car.
-- "largest+fill": the first, then the second (a hole left by a removed speck is filled too).
+A car is one solid object, so a speck of "car" off the car and a hole of background inside it can be
+undone by shape alone, found on the small map (the same regions as the full mask, 1% of the pixels).
+Only the probabilities of the pixels removed or filled change, so the up-sampled edges stay where
+they were and the CPU and GPU submission paths both apply it by taking the cleaned map.
+"largest": every 8-connected car region but the largest gets 0. "fill": 4-connected background
+regions off the border get at least `FILL_LEVEL`, safely above the threshold. "largest+fill": both.
 """
 from __future__ import annotations
 

@@ -1,30 +1,12 @@
 """Ensembles: several checkpoints predicting as one model, the mean of their probabilities.
 
-`EnsembleForward` has the interface of `carvana.models.forward_pass.ForwardPass` that `Predictor`
-uses (`probabilities(images, tta)`, `device`, `model`, `input_geometries`), so `Predictor.predict`,
-the prediction callbacks and the submission savers work on an ensemble unchanged: each loader batch
-goes through every member in turn and only their mean is handed on. Memory stays that of one model's
-batch (plus the members' weights) however many photos are predicted; each extra model costs one more
-forward pass per batch (two with flip TTA).
-
-Where the mean is taken, whichever is exact and cheaper:
-- Members whose outputs cover the same size (the same input and output, or different inputs with
-  the same covered size): at that size, before the up-sampling to the photos' size. Bilinear
-  up-sampling is linear (each full-size pixel is a fixed weighted sum of covered-size pixels), so
-  up-sampling the mean equals the mean of the up-sampled maps: exact, and a small map per model
-  instead of a photo-sized one.
-- Members of different covered sizes (say a 384x256 and a 1024x1024 model): at the photos' size.
-  Each member's map is up-sampled there as the submission path up-samples a single model's
-  (`resize_probabilities`, OpenCV's taps) and the mean is what reaches the savers, so the ensemble
-  is exactly the mean of what each model alone would threshold. One photo-sized map per batch image
-  is kept.
-Each member gets the very input it would get alone: the loader makes one input per distinct
-geometry (`input_geometries`; `carvana.data.datasets.CarvanaTestDataset`). Members may differ in
-everything: preset, model, input size, width, precision, TTA.
-
-`ensemble_checkpoints` finds the members of `predict --ensemble RUN_DIR`: the `best.pt` of every
-folder one level below it (a fold run's `fold-1/best.pt`, `fold-2/best.pt`, ...; or each run's
-under `OUTPUT/models`).
+`EnsembleForward` has `ForwardPass`'s interface, so `Predictor`, the callbacks and the submission
+savers take an ensemble unchanged; each batch goes through every member (memory: one batch plus the
+members' weights). The mean is taken at the members' covered size when they share it (bilinear
+up-sampling is linear, so that is exact and cheap), otherwise at the photos' size after each map is
+up-sampled as a single model's would be. Each member gets the very input it would get alone (one per
+distinct geometry), so members may differ in everything: preset, model, size, precision, TTA.
+`ensemble_checkpoints` finds the `best.pt` of every folder one level below `--ensemble RUN_DIR`.
 """
 from __future__ import annotations
 

@@ -1,34 +1,14 @@
 """From a model's probability map to the RLE string of a full-size mask (pure functions).
 
-The model predicts at its covered size (e.g. 384x256); Kaggle scores masks at the photos' size
-(1918x1280). The probabilities, not the thresholded mask, are up-sampled: bilinear interpolation
-of a soft map gives smooth sub-pixel edges, where up-sampling a 0/1 mask gives staircase edges
-one model pixel (here 5 photo pixels) wide.
-
-The definition is OpenCV's: a pixel is the car when `cv2.resize(probabilities, photo size,
-INTER_LINEAR)` is > threshold there. `probabilities_to_mask` computes exactly that.
-
-`probabilities_to_runs` gets the same runs without the 2.4 million interpolated floats, which
-cost most of a submission row only to find a few thousand run edges. Bilinear interpolation is
-separable: interpolating the columns to the full height first (cheap: 1280 rows at the model's
-width) leaves each full-size row linear between two neighbouring source columns. On such an
-interval the mask can change at most once, and only where the two source values lie on both
-sides of the threshold; only those intervals' few target pixels are evaluated, with OpenCV's own
-sample positions and weights. The result equals the thresholded `cv2.resize` except for pixels
-whose interpolated probability lies within float32 rounding (~1e-7) of the threshold, since the
-two ways add the same products in another order.
-
-`probability_batch_to_runs` does the same for a whole batch where the tensor lives: on a GPU the
-up-sampling, threshold and run boundaries are computed on the device and only the boundaries (a few
-thousand integers per image) come back, instead of a megabyte of probabilities per image. Its
-bilinear up-sampling uses OpenCV's taps (`linear_taps`) in OpenCV's order (rows first, then
-columns), so it too agrees with the definition up to pixels within float32 rounding of the
-threshold. (torch's own `F.interpolate` computes the sample positions in float32, which moves
-pixels whose probability lies within ~1e-4 of the threshold.)
-
-Why float32 and not uint8: cv2's fixed-point uint8 interpolation flips the pixels whose
-probability lies within about 1/255 of the threshold (100-160 per image of ~970k car pixels), and
-was no faster for the whole row.
+The definition: a pixel is the car where `cv2.resize(probabilities, photo size, INTER_LINEAR)` is
+above the threshold; probabilities, not a 0/1 mask, are up-sampled, so edges are smooth rather than
+staircases one model pixel wide. `probabilities_to_runs` finds the same runs without the 2.4 million
+interpolated floats: bilinear interpolation is separable, so after the columns are interpolated each
+full-size row is linear between two source columns and can cross the threshold at most once there;
+only those crossings are evaluated, with OpenCV's sample positions and weights.
+`probability_batch_to_runs` does the same where the batch lives (on a GPU only run boundaries come
+back). Both agree with the definition except for pixels within float32 rounding of the threshold;
+float32 rather than uint8, whose fixed-point interpolation flips pixels within ~1/255 of it.
 """
 from __future__ import annotations
 

@@ -1,17 +1,9 @@
 """A run's settings as YAML: `config.yaml` in every run folder, and `--config FILE` to start from one.
 
-The file is a flat mapping of settings, named as the `Config` fields are (`lr`, `input_size`,
-`epochs`, ...) or as their flags are without the dashes (`input-size`, `patience`). Values are
-YAML's own (numbers, true/false, null) or the text a flag takes (`input_size: 384x256`,
-`max_time: 1h30m`), and get the same checks as the flags. A run writes the file it can be started
-again from: its recipe first, then where it ran; `python main.py train --config FILE` takes the
-file's settings as if they were given as flags, explicit flags overriding them.
-
-PyYAML reads and writes it (safe loader and dumper only: no tags, no objects). A file is read as
-untrusted input: at most 64 KiB of it, its YAML events checked for anchors, aliases and nesting
-before anything is built from them, and every value checked for its YAML type and then by its
-flag's parser (`carvana.run.fields`), so that whatever it holds ends in one short `ConfigError` naming
-the file and key.
+A flat mapping named as the `Config` fields or their flags (`input_size` or `input-size`); values are
+YAML's own or a flag's text (`max_time: 1h30m`) and get the flags' checks; explicit flags override the
+file. PyYAML's safe loader and dumper; the file is read as untrusted input (at most 64 KiB, no anchors,
+aliases or deep nesting), so whatever it holds ends in one `ConfigError` naming the file and key.
 """
 from __future__ import annotations
 

@@ -1,19 +1,10 @@
 """The built-in sample dataset: synthetic turntable photos in exactly the Kaggle layout.
 
-`python main.py` trains on this when there is no Kaggle data and no credentials. Every car is a
-random 3-D design (see `sample_car`) photographed in 16 views in a Carvana-like studio (see
-`sample_scene`), so a model has to learn car shapes and edges: the cars are mostly white, black,
-silver and grey on a near-white wall, white panels as bright as the wall, windows from dark
-tinted to clear, dark tyres, dark lettering behind them, soft shadows and in some booths a dark
-floor band under them, and no single grey level separates car from studio.
-
-The set is written into a temporary folder inside `data_dir`, moved into place, and only then
-marked complete (`.carvana-complete.json`, source "sample"). An interrupted run leaves no
-marker, so it is never taken for a complete set. The same seed gives byte-identical files.
-
-Generation holds a lock on `data_dir` (see `carvana.core.locks`): a second process that wants the
-sample in the same folder waits, then finds it complete and reuses it (`ensure_sample_dataset`).
-The staging folder carries its process id; only those of processes that no longer run are removed.
+`python main.py` trains on this when there is no Kaggle data and no credentials: random 3-D cars
+(`sample_car`), 16 views each in a Carvana-like studio (`sample_scene`), mostly white, black, silver
+and grey on a near-white wall, so no single grey level separates car from studio.
+The set is written into a temporary folder, moved into place and only then marked complete; a lock
+on `data_dir` makes a second process wait and reuse it; the same seed gives byte-identical files.
 """
 from __future__ import annotations
 

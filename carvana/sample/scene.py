@@ -1,16 +1,10 @@
 """The photo studio of the built-in sample data, and a painter that photographs a car in it.
 
-What the Carvana photos share, and this studio reproduces: a near-white wall with large dark
-two-tone lettering standing on the wall/floor line high in the frame, a grey (cool or warm) floor
-filling the lower two thirds with a turntable whose rim shows as an ellipse, in some booths a dark
-band along the bottom of the frame, a camera far away on a long lens above the cars, looking down
-on hood and roof, the car in 16 positions 22.5 degrees apart (view 1 the front, view 5 the
-left-facing side, view 9 the rear), a dark contact shadow, a wide soft shadow and a faint
-reflection on the floor (none of them part of the mask), glossy paint that mirrors the bright wall
-and the grey floor (so white panels are as bright as the wall), slightly soft edges, sensor noise.
-Each car is framed a little differently (zoom and height in the frame), as the real booths vary.
-
-Geometry is computed at the Carvana resolution (1918x1280) and scaled per axis to the asked size,
+What the Carvana photos share: a near-white wall with large dark lettering on the wall/floor line, a
+grey floor with a turntable rim, in some booths a dark band at the bottom, a long lens looking down
+from afar, 16 views 22.5 degrees apart (1 the front, 9 the rear), soft shadows and a faint reflection
+(not part of the mask), glossy paint mirroring wall and floor, soft edges, sensor noise, and framing
+that varies a little per car. Geometry is computed at 1918x1280 and scaled per axis to the asked size,
 so a small sample looks like a resized large one. All functions are pure (the backdrop is cached).
 """
 from __future__ import annotations

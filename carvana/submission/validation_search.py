@@ -1,16 +1,9 @@
 """Every threshold and mask clean-up scored on the validation cars, from one pass of the model.
 
-The model runs once; each probability map at the model's size is cleaned up, up-sampled and
-thresholded at each threshold of the grid by the submission's own functions
-(`cleanup.clean_probabilities`, `postprocess.probabilities_to_runs`), and each mask's Dice against the
-true mask is computed from the runs. So the Dice reported for a threshold is exactly the score of a
-submission made at it. Nothing of the maps is kept: the rows of the clean-up in use are streamed into
-one `SubmissionWriter` per threshold (temporary files beside the predictions file), and at the end
-the chosen threshold's file is committed and the others are dropped, so the validation predictions
-file is the one a `score` of it reproduces the printed Dice from.
-
-Maps are processed on the CPU on worker threads while the model predicts the next batch: on a GPU
-only the small maps at the model's size cross to the CPU.
+Each map is cleaned, up-sampled and thresholded at each threshold by the submission's own functions,
+so the Dice reported for a threshold is exactly that of a submission made at it. Rows stream into one
+`SubmissionWriter` per threshold; the chosen one's file is kept, so a `score` of it reproduces the
+printed Dice. Maps are processed on worker threads while the model predicts the next batch.
 """
 from __future__ import annotations
 

@@ -1,20 +1,11 @@
 """Stream probability maps into a gzip submission CSV, post-processing them off the caller's thread.
 
-    caller (model loop)          worker threads               writer thread
-    add_batch(names, probs) -->  resize, threshold, RLE  -->  rows in submission order -> gzip -> temp file
-        (copies, then returns;        (one job per image)
-         blocks only while `max_pending_batches` batches wait)
-    add_runs(names, runs)   -->  RLE text only (the masks' runs were computed on the GPU)
-
-Threads, not processes: cv2.resize, the numpy comparisons and zlib release the GIL, so a small
-pool overlaps with inference without pickling ~1 MB of probabilities per image to another process.
-
-The file is gzip-compressed when its name ends in `.gz` and plain text when it ends in `.csv`
-(Kaggle reads a file by its name); any other name is refused before anything is written.
-
-The file is written under a temporary name beside `path` (carvana.core.atomic) and renamed onto `path`
-only by `close()`: an exception, Ctrl-C or `abort()` removes the temporary file and leaves a
-previous complete `path` untouched, so there is never a truncated submission under the real name.
+`add_batch` copies the maps and returns (blocking only while `max_pending_batches` wait); a pool of
+threads resizes, thresholds and run-length encodes each image (`add_runs` takes runs a GPU already
+found), and a writer thread writes the rows in submission order. Threads, not processes: cv2, numpy
+and zlib release the GIL, and no megabyte of probabilities per image is pickled. gzip for `.gz`,
+plain for `.csv`, any other name refused. The file is a temporary one beside `path`, renamed by
+`close()`; an error, Ctrl-C or `abort()` removes it, so a truncated submission never has the real name.
 """
 from __future__ import annotations
 

@@ -1,30 +1,13 @@
 """When a run ends: its epoch cap, its step budget (`--max-steps`) and its time budget (`--max-time`).
 
-Both budgets count the whole run, resumed parts included: the steps are the optimiser steps of
-every epoch the checkpoint holds (`global_step`), the time is the seconds spent inside training
-(epochs, validation, checkpoints, logs) summed over every process that trained the run, saved in
-each checkpoint as of the end of that epoch's validation. A Kaggle kernel that stops after 9 hours
-can so resume with the same `--max-time 9h` and train only what is left. Time spent getting data,
-scoring the validation cars and predicting the test set is not counted: leave room for it; nor is
-an epoch that an interruption cut short, which a resume trains again.
-
-The decision after an epoch uses the seconds its checkpoint holds, not the clock after the
-checkpoint was written, so a resumed run with the same budget decides the same (a spent budget
-stays spent) instead of squeezing in one more epoch.
-
-Where the run stops, the rule that keeps `last.pt` at the end of an epoch:
-- Before each epoch: the run ends when the epoch cap is reached, the steps are spent, the time is
-  spent, or the next epoch would not fit in the time left (an epoch is estimated as the run's mean
-  so far: its trained seconds over its epochs).
-- After each optimiser step: when the steps or the time are spent, the epoch ends there. That
-  shortened epoch is validated and checkpointed like any other; the checkpoint records its epoch
-  number and the exact step count, and a resumed run (with a larger budget) starts the next epoch
-  from its beginning. A time budget may so be overrun by one validation pass and one checkpoint.
-
-The plan: `planned_epochs` is the epoch the run is expected to end at (the least of the cap, the
-epochs the steps need and the epochs that fit in the time left). A cosine learning-rate schedule
-follows it, so the rate reaches 0 where the run really ends rather than at the preset's epoch count.
-Without a cap and before any epoch was timed, a time-only run plans `fallback_epochs` (the preset's).
+Budgets count the whole run, resumed parts included: optimiser steps (`global_step`) and the seconds
+spent training (epochs, validation, checkpoints, logs; not data, scoring or prediction), as each
+checkpoint records them, so a killed Kaggle kernel resumes with the same `--max-time` and trains only
+what is left, and a resumed run decides as the first one would have.
+Before each epoch the run ends when the cap is reached, a budget is spent or the next epoch (the mean
+so far) would not fit; after each optimiser step a spent budget ends the epoch, which is then validated
+and checkpointed like any other. `planned_epochs` is where the run is expected to end, so a cosine
+schedule reaches 0 there; a time-only run plans `fallback_epochs` until an epoch has been timed.
 """
 from __future__ import annotations
 

@@ -1,33 +1,16 @@
 """`CarvanaClassifier`: the training loop, validation and resume, with named callback hooks.
 
-The classifier owns the model and everything that changes while it learns (optimiser, LR scheduler,
-fp16 loss scaler, epoch and step counters, metrics history); callbacks observe and persist that
-state (TensorBoard, checkpoints, early stopping) without the loop knowing about them, and own their
-own (the best score, early stopping's counters: see `carvana.train.callbacks`).
-Its `forward` (carvana.models.forward_pass) holds the model on its device, in its precision and
-memory format: training and validation run the model through it, as prediction does.
+The classifier owns the model and what changes while it learns (optimiser, schedule, loss scaler,
+counters, metrics history); callbacks observe and persist that state without the loop knowing them.
+Epochs count absolutely (`train(epochs=12)` resumed at epoch 8 runs 9..12) and each epoch's
+randomness is seeded from (seed, epoch), so a resumed run sees the batches of one that never stopped.
+Under torchrun every process runs this loop on its share, the model wrapped in DDP, and all see the
+same metrics, so they stop, schedule and checkpoint alike.
 
-Epochs are counted absolutely: `train(..., epochs=12)` on a classifier resumed at epoch 8 runs
-epochs 9..12. Each epoch's randomness (shuffle order, augmentation) is seeded from (seed, epoch),
-so a resumed run sees the same batches as one that never stopped.
-
-Under torchrun (`carvana.core.distributed`) every process runs this loop on its share of the
-batches, the model wrapped in DistributedDataParallel (`self.model` stays the bare model, which is
-what checkpoints hold); `carvana.train.loop` gives every process the same metrics, so early
-stopping, the LR scheduler and the best checkpoint decide alike everywhere. A NaN loss on any
-process stops all of them at the same step, and a time budget follows rank 0's clock.
-
-Interruptions:
-- Ctrl-C, or SIGTERM (raised as `process_lifetime.Terminated`): the callbacks' `on_exception`
-  runs (the checkpoint keeps `last.pt` at the last COMPLETED epoch, never half an epoch, so a resume
-  redoes the interrupted epoch from its start), then `TrainingInterruptedError` (a
-  KeyboardInterrupt) is raised, carrying where to resume from and the exit code (130 or 143).
-- A budget (`config.max_steps`, `config.max_time`; see `carvana.train.budget`): checked after every
-  optimiser step and before every epoch; a budget spent mid-epoch ends that epoch early, which is
-  then validated and checkpointed; `TrainState.stop_reason` says why training ended.
-- A NaN/inf loss: `TrainingDiverged` naming the epoch and step, raised before that step updates
-  the weights; `on_exception` runs first (as for any other error), and as the weights are mid-epoch nothing is saved:
-  `last.pt` and `best.pt` keep the last good epoch.
+How training ends early: Ctrl-C or SIGTERM -> callbacks' `on_exception` (`last.pt` stays at the last
+completed epoch), then `TrainingInterruptedError` with the resume point and exit code; a spent budget
+(`carvana.train.budget`) ends the epoch, which is validated and saved; a NaN/inf loss raises
+`TrainingDiverged` before that step changes the weights.
 """
 from __future__ import annotations
 

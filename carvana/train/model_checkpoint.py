@@ -53,20 +53,12 @@ def checkpoint_payload(state: TrainState, run_record: dict[str, Any] | None = No
 class ModelCheckpoint(MetricMonitor):
     """`last.pt` after every epoch, `best.pt` when the monitored metric improves (Lightning/Keras names).
 
-    `best_model_score` is the best value of `monitor` so far, `best_model_path` the file holding the
-    weights that scored it, `last_model_path` the newest `last.pt` written (the paths are None until
-    written) and `last_model_epoch` the epoch it holds. The score and the paths are its
-    `state_dict()`, saved in every checkpoint, so a resumed run keeps comparing against the best of
-    the epochs before the interruption.
-
-    On an interruption (Ctrl-C, diverged loss, error) `last.pt` is left at the last completed epoch:
-    it is written only if that epoch's end was not yet saved and the weights are still those of
-    that epoch's end (`not state.mid_epoch`), so neither half-trained nor NaN weights are saved,
-    and not again if writing it at that epoch's end just failed (a full disk stays full).
-
-    Its hooks run after those that keep state it saves (early stopping, `order` TRACK) and before
-    every other callback's (`order` PERSIST), so an epoch's checkpoint is on disk before a logger or
-    another observer of that epoch can fail.
+    `best_model_score`, `best_model_path`, `last_model_path` and `last_model_epoch` are its
+    `state_dict()`, saved in every checkpoint, so a resumed run compares against the epochs before it.
+    On an interruption `last.pt` stays at the last completed epoch: it is written only while the weights
+    are that epoch's end (never half-trained or NaN weights) and not again after a failed write.
+    Its hooks run after early stopping's (`order` TRACK) and before every other callback's (PERSIST),
+    so an epoch's checkpoint is on disk before a logger of that epoch can fail.
     """
 
     order = PERSIST

@@ -97,17 +97,11 @@ class _Kept:
 class TensorBoardVisualizer(_LoggingCallback):
     """Each epoch, pictures of validation images: a fixed set, to follow progress, and the worst, to see failures.
 
-    Ranks every validation image by its Dice at the model's output size as the validation pass
-    computes it (no second pass), keeping only the images it will show. At the epoch's end each
-    shown photo is read from disk at its full resolution and the prediction up-sampled to it by
-    `upsample` (the pipeline passes the submission's own rule), then drawn by
-    `overlays.validation_picture`: the error overlay at a readable width beside a 1:1 crop of the
-    worst edge. Images of a loader that does not name its files, or without `upsample`, are drawn
-    at the model's size.
-
-    Tags: `val_fixed/<photo>` (the first photo of each of the first `fixed` validation cars, the
-    same every epoch) and `val_worst/<rank>` (rank 1 is the lowest Dice); `val_worst/dice` is a
-    text table of that epoch's worst photos and their Dice, which each picture's caption repeats.
+    Images are ranked by the Dice the validation pass already computes; at the epoch's end each shown
+    photo is read at full resolution, the prediction up-sampled by `upsample` (the submission's rule) and
+    drawn by `overlays.validation_picture` (without file names or `upsample`: at the model's size).
+    Tags: `val_fixed/<photo>` (first view of the first `fixed` validation cars), `val_worst/<rank>`
+    (1 is the lowest Dice) and the text table `val_worst/dice`.
     """
 
     def __init__(self, logger: TensorBoardLogger, *, worst: int = 3, fixed: int = 3,
